@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"sync"
+	"sync/atomic"
+)
+
+// Events reads a helper's stderr as it arrives. Use it as the helper's
+// Stderr writer; read its fields once the helper has ended.
+type Events struct {
+	// OnWarning is called for each warning the helper reports.
+	OnWarning func(path, msg string)
+
+	Progress atomic.Int64 // uncompressed bytes the helper has handled
+	Estimate atomic.Int64 // the helper's estimate of the total, 0 if none
+
+	mu    sync.Mutex
+	line  []byte
+	done  *Event
+	err   string
+	other []string // lines that are not events: a crash, a runtime message
+}
+
+func (e *Events) Write(p []byte) (int, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.line = append(e.line, p...)
+	for {
+		i := bytes.IndexByte(e.line, '\n')
+		if i < 0 {
+			break
+		}
+		e.handle(e.line[:i])
+		e.line = e.line[i+1:]
+	}
+	return len(p), nil
+}
+
+func (e *Events) handle(line []byte) {
+	var ev Event
+	if err := json.Unmarshal(line, &ev); err != nil || ev.Event == "" {
+		if len(e.other) < 20 && len(bytes.TrimSpace(line)) > 0 {
+			e.other = append(e.other, string(line))
+		}
+		return
+	}
+	switch ev.Event {
+	case "warning":
+		if e.OnWarning != nil {
+			e.OnWarning(ev.Path, ev.Message)
+		}
+	case "progress":
+		e.Progress.Store(ev.Bytes)
+	case "estimate":
+		e.Estimate.Store(ev.Bytes)
+	case "done":
+		e.Progress.Store(ev.Bytes)
+		e.done = &ev
+	case "error":
+		e.err = ev.Message
+	}
+}
+
+// Done returns the helper's final counts, or nil if it never got there.
+func (e *Events) Done() *Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.line) > 0 {
+		e.handle(e.line)
+		e.line = nil
+	}
+	return e.done
+}
+
+// Err returns what the helper said went wrong: its error event, or else
+// whatever else it printed (a Go panic, say); empty if nothing.
+func (e *Events) Err() string {
+	e.Done()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.err != "" {
+		return e.err
+	}
+	return strings.Join(e.other, "; ")
+}

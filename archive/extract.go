@@ -1,0 +1,487 @@
+package archive
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotEmpty is returned by CheckEmpty for a target that has entries.
+var ErrNotEmpty = errors.New("target is not empty")
+
+// ExtractOptions tune Extract.
+type ExtractOptions struct {
+	// Warn is told about what could not be restored as it was (an xattr the
+	// filesystem refuses, a device node without CAP_MKNOD, owners when not root).
+	Warn func(path, msg string)
+}
+
+// holeBlock is the granule at which runs of zeros become holes on restore:
+// the filesystem block size on every filesystem a volume is likely to be on.
+const holeBlock = 4096
+
+var zeroBlock [holeBlock]byte
+
+// Extract restores a tar+zstd stream into root, which must exist. It reads r
+// to its end even after the tar's end marker, so that a corrupt or extended
+// stream fails here, before the caller calls the restore good. Names that
+// would land outside root, and writes through a symlink in the archive, are
+// refused.
+func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
+	dec, err := zstd.NewReader(r)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer dec.Close()
+	cr := &countReader{r: dec}
+	x := &extractor{
+		root:  root,
+		tr:    tar.NewReader(cr),
+		dirs:  map[string]bool{".": true},
+		buf:   make([]byte, 1<<20),
+		warn:  opt.Warn,
+		root0: os.Geteuid() == 0,
+	}
+	if x.warn == nil {
+		x.warn = func(string, string) {}
+	}
+	err = x.run()
+	if err == nil {
+		// Past the tar end marker only padding may follow; reading to the
+		// zstd stream's end checks its last checksum.
+		_, err = io.Copy(io.Discard, cr)
+		if err != nil {
+			err = fmt.Errorf("archive corrupt after its last entry: %w", err)
+		}
+	}
+	if err == nil {
+		err = x.finishDirs()
+	}
+	x.stats.Bytes = cr.n
+	return x.stats, err
+}
+
+type extractor struct {
+	root   string
+	tr     *tar.Reader
+	dirs   map[string]bool // relative dirs known to be real directories, not symlinks
+	later  []pending       // directories get their metadata last, deepest first
+	buf    []byte
+	warn   func(path, msg string)
+	root0  bool // running as root: owners are restored
+	warned map[string]bool
+	stats  Stats
+}
+
+type pending struct {
+	full string
+	hdr  *tar.Header
+}
+
+func (x *extractor) run() error {
+	for {
+		hdr, err := x.tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return corrupt(err)
+		}
+		x.stats.Entries++
+		if err := x.entry(hdr); err != nil {
+			return err
+		}
+	}
+}
+
+// corrupt words the decoder's and tar reader's errors for a person.
+func corrupt(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("archive truncated: %w", err)
+	}
+	return fmt.Errorf("archive corrupt: %w", err)
+}
+
+// cleanName turns an entry name into a slash path relative to root, or an
+// error for a name that climbs out of it.
+func cleanName(name string) (string, error) {
+	name = strings.TrimLeft(name, "/")
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", fmt.Errorf("archive entry %q leaves the target: refused", name)
+		}
+	}
+	return path.Clean("./" + name), nil
+}
+
+func (x *extractor) entry(hdr *tar.Header) error {
+	rel, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	full := filepath.Join(x.root, filepath.FromSlash(rel))
+	if rel == "." {
+		if hdr.Typeflag == tar.TypeDir {
+			x.later = append(x.later, pending{full, hdr})
+		}
+		return nil
+	}
+	if err := x.parent(rel); err != nil {
+		return err
+	}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := x.mkdir(rel, full); err != nil {
+			return err
+		}
+		x.later = append(x.later, pending{full, hdr})
+		return nil
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		return x.file(rel, full, hdr)
+	case tar.TypeSymlink:
+		if err := x.replace(rel, full); err != nil {
+			return err
+		}
+		if err := os.Symlink(hdr.Linkname, full); err != nil {
+			return fmt.Errorf("symlink %s: %w", rel, err)
+		}
+		x.chown(rel, full, hdr)
+		return x.times(rel, full, hdr)
+	case tar.TypeLink:
+		target, err := cleanName(hdr.Linkname)
+		if err != nil {
+			return err
+		}
+		if !x.dirs[path.Dir(target)] {
+			return fmt.Errorf("hardlink %s: target %s is not inside the restored tree: refused", rel, target)
+		}
+		if err := x.replace(rel, full); err != nil {
+			return err
+		}
+		if err := os.Link(filepath.Join(x.root, filepath.FromSlash(target)), full); err != nil {
+			return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)
+		}
+		return nil
+	case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
+		if err := x.replace(rel, full); err != nil {
+			return err
+		}
+		kind := uint32(unix.S_IFIFO)
+		switch hdr.Typeflag {
+		case tar.TypeChar:
+			kind = unix.S_IFCHR
+		case tar.TypeBlock:
+			kind = unix.S_IFBLK
+		}
+		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
+		if err := unix.Mknod(full, kind|uint32(hdr.Mode&0o7777), int(dev)); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				x.warnOnce("mknod", rel, "device node not created: not permitted here (needs CAP_MKNOD)")
+				return nil
+			}
+			return fmt.Errorf("mknod %s: %w", rel, err)
+		}
+		if err := x.meta(rel, full, hdr, nil); err != nil {
+			return err
+		}
+		return x.times(rel, full, hdr)
+	default:
+		x.stats.Warnings++
+		x.warn(rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
+		return nil
+	}
+}
+
+// parent makes sure rel's parent directories exist as real directories, so
+// that no entry is ever written through a symlink the archive planted.
+func (x *extractor) parent(rel string) error {
+	dir := path.Dir(rel)
+	if x.dirs[dir] {
+		return nil
+	}
+	if err := x.parent(dir); err != nil {
+		return err
+	}
+	return x.mkdir(dir, filepath.Join(x.root, filepath.FromSlash(dir)))
+}
+
+func (x *extractor) mkdir(rel, full string) error {
+	if x.dirs[rel] {
+		return nil
+	}
+	err := os.Mkdir(full, 0o700)
+	if errors.Is(err, os.ErrExist) {
+		var st unix.Stat_t
+		if err := unix.Lstat(full, &st); err != nil {
+			return fmt.Errorf("stat %s: %w", rel, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if err := x.replace(rel, full); err != nil {
+				return err
+			}
+			err = os.Mkdir(full, 0o700)
+		} else {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mkdir %s: %w", rel, err)
+	}
+	x.dirs[rel] = true
+	return nil
+}
+
+// replace clears the way for a non-directory entry at full. An archive lists
+// each name once, so this only matters for restores over --force'd leftovers
+// and hostile archives; the directory cache is dropped when a directory goes,
+// since its descendants went with it.
+func (x *extractor) replace(rel, full string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(full, &st); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("stat %s: %w", rel, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		clear(x.dirs)
+		x.dirs["."] = true
+	}
+	if err := os.RemoveAll(full); err != nil {
+		return fmt.Errorf("replace %s: %w", rel, err)
+	}
+	return nil
+}
+
+func (x *extractor) file(rel, full string, hdr *tar.Header) error {
+	f, err := os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		if err = x.replace(rel, full); err == nil {
+			f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", rel, err)
+	}
+	if err := x.content(f, hdr.Size); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	if err := x.meta(rel, full, hdr, f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", rel, err)
+	}
+	return x.times(rel, full, hdr)
+}
+
+// content writes size bytes from the archive into f, leaving holes where
+// whole blocks are zero: a sparse file comes back sparse, and zeros are
+// not written at all, which is most of what restore would spend on them.
+func (x *extractor) content(f *os.File, size int64) error {
+	var off int64
+	for off < size {
+		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
+		n, err := io.ReadFull(x.tr, chunk)
+		chunk = chunk[:n]
+		for i := 0; i < n; {
+			for i < n && isZero(chunk[i:min(i+holeBlock, n)]) {
+				i += holeBlock
+			}
+			if i >= n {
+				break
+			}
+			j := i
+			for j < n && !isZero(chunk[j:min(j+holeBlock, n)]) {
+				j += holeBlock
+			}
+			j = min(j, n)
+			if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
+				return err
+			}
+			i = j
+		}
+		off += int64(n)
+		if err != nil {
+			return corrupt(err)
+		}
+	}
+	// A trailing hole has no write to extend the file to its size.
+	return f.Truncate(size)
+}
+
+func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
+
+// meta restores owner, mode and xattrs, in that order: chown clears setuid
+// bits and file capabilities, so they are set after it.
+func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
+	x.chown(rel, full, hdr)
+	mode := uint32(hdr.Mode & 0o7777)
+	var err error
+	if f != nil {
+		err = unix.Fchmod(int(f.Fd()), mode)
+	} else {
+		err = unix.Fchmodat(unix.AT_FDCWD, full, mode, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("chmod %s: %w", rel, err)
+	}
+	for name, val := range xattrsOf(hdr.PAXRecords) {
+		if err := unix.Lsetxattr(full, name, []byte(val), 0); err != nil {
+			x.warnOnce("xattr:"+name, rel, fmt.Sprintf("xattr %s not restored: %v", name, err))
+		}
+	}
+	return nil
+}
+
+func (x *extractor) chown(rel, full string, hdr *tar.Header) {
+	if err := unix.Lchown(full, hdr.Uid, hdr.Gid); err != nil {
+		if x.root0 || !errors.Is(err, unix.EPERM) {
+			x.warnOnce("chown", rel, fmt.Sprintf("owner %d:%d not restored: %v", hdr.Uid, hdr.Gid, err))
+		} else {
+			x.warnOnce("chown", rel, "owners not restored: not running as root")
+		}
+	}
+}
+
+func (x *extractor) times(rel, full string, hdr *tar.Header) error {
+	atime := hdr.AccessTime
+	if atime.IsZero() {
+		atime = hdr.ModTime
+	}
+	ts := []unix.Timespec{timespec(atime), timespec(hdr.ModTime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, full, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set mtime of %s: %w", rel, err)
+	}
+	return nil
+}
+
+func timespec(t time.Time) unix.Timespec { return unix.NsecToTimespec(t.UnixNano()) }
+
+// finishDirs gives directories their metadata after everything inside them
+// was written (writing a child changes a directory's mtime, and a read-only
+// directory would refuse its children). Deepest first, since the archive
+// lists parents before children.
+func (x *extractor) finishDirs() error {
+	for i := len(x.later) - 1; i >= 0; i-- {
+		p := x.later[i]
+		rel, _ := filepath.Rel(x.root, p.full)
+		if err := x.meta(rel, p.full, p.hdr, nil); err != nil {
+			return err
+		}
+		if err := x.times(rel, p.full, p.hdr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warnOnce reports the first entry that hit a kind of problem and counts
+// every one, so that a volume of 100k files owned by others gives one line.
+func (x *extractor) warnOnce(kind, rel, msg string) {
+	x.stats.Warnings++
+	if x.warned == nil {
+		x.warned = map[string]bool{}
+	}
+	if x.warned[kind] {
+		return
+	}
+	x.warned[kind] = true
+	x.warn(rel, msg+" (further cases not reported one by one)")
+}
+
+// CheckEmpty returns ErrNotEmpty if dir has any entry. Volumes made by
+// some drivers hold a lost+found; it does not count.
+func CheckEmpty(dir string) error {
+	names, err := readNames(dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if n != "lost+found" {
+			return ErrNotEmpty
+		}
+	}
+	return nil
+}
+
+// Empty removes everything inside dir, keeping dir itself (a volume's root
+// is a mount point).
+func Empty(dir string) error {
+	names, err := readNames(dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// Scan reads a tar+zstd stream to its end without writing anything: it
+// checks every zstd checksum and the tar structure, and counts.
+func Scan(r io.Reader) (Stats, error) {
+	dec, err := zstd.NewReader(r)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer dec.Close()
+	cr := &countReader{r: dec}
+	tr := tar.NewReader(cr)
+	var st Stats
+	for {
+		_, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			st.Bytes = cr.n
+			return st, corrupt(err)
+		}
+		st.Entries++
+		if _, err := io.Copy(io.Discard, tr); err != nil {
+			st.Bytes = cr.n
+			return st, corrupt(err)
+		}
+	}
+	if _, err := io.Copy(io.Discard, cr); err != nil {
+		st.Bytes = cr.n
+		return st, fmt.Errorf("archive corrupt after its last entry: %w", err)
+	}
+	st.Bytes = cr.n
+	return st, nil
+}
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/backup"
+	"github.com/volbak/volbak/progress"
+	"github.com/volbak/volbak/restore"
+	"github.com/volbak/volbak/snapshot"
+	"github.com/volbak/volbak/storage"
+	"github.com/volbak/volbak/storage/dest"
+)
+
+const storageHelp = `Storage is a directory on this host, as a path or a file:// URL
+(file:///srv/backups). Snapshots are laid out as
+  <volume>/<UTC time>-<id>.tar.zst   the archive (tar + zstd, open with tar --zstd -xf)
+  <volume>/<UTC time>-<id>.json      its manifest, written last
+An archive without a manifest is an unfinished backup and is never listed.`
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "volbak",
+		Short: "Back up Docker volumes and restore them",
+		Long: `volbak backs up Docker volumes through a short-lived helper container that
+mounts the volume read-only and streams it as a zstd-compressed tar, with every
+file's owner, mode, times, xattrs, links and holes, to storage; and restores
+snapshots into fresh volumes with their labels and driver.
+
+The helper image is built from this very binary (no registry is needed) and
+loaded into the daemon named by DOCKER_HOST (default: the local socket).
+
+Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
+130 interrupted (what was begun is undone).
+
+` + storageHelp,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{fmt.Errorf("%w (see volbak %s --help)", err, c.Name())}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.BoolVarP(&g.quiet, "quiet", "q", false, "no progress meter")
+	pf.StringVar(&g.helperImage, "helper-image", "", "run helpers from this image (its /volbak must be this volbak) instead of one built from this binary")
+	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g))
+	return root
+}
+
+func args(min int, max int) cobra.PositionalArgs {
+	return func(c *cobra.Command, a []string) error {
+		if len(a) < min || (max >= 0 && len(a) > max) {
+			return usageError{fmt.Errorf("%s takes %s (see volbak %s --help)", c.Name(), c.Use[len(c.Name())+1:], c.Name())}
+		}
+		return nil
+	}
+}
+
+func backupCmd(g *globals) *cobra.Command {
+	var to, level string
+	c := &cobra.Command{
+		Use:   "backup VOLUME... --to STORAGE",
+		Short: "Back up volumes as new snapshots",
+		Long: `Back up each VOLUME as a new snapshot in STORAGE. A missing storage directory
+is created. Each volume is read by its own helper container, with the volume
+mounted read-only, no network and only the capability to read every file.
+The volume is not stopped: stop what writes to it first for a consistent
+snapshot. A file that changes while read is archived consistently (cut at the
+size it had, or padded) and reported as a warning.
+
+If one volume fails, the others are still backed up, and volbak exits 1.
+
+Levels (zstd): fastest (the default; about 1.5% larger than default, a quarter
+less CPU), default, better, best (much slower).
+
+` + storageHelp,
+		Example: `  volbak backup pgdata --to /srv/backups
+  volbak backup pgdata redis-data --to file:///srv/backups --level default`,
+		Args: args(1, -1),
+		RunE: func(c *cobra.Command, vols []string) error {
+			for _, v := range vols {
+				if err := checkVolumeName(v); err != nil {
+					return err
+				}
+			}
+			lvl, err := archive.ParseLevel(level)
+			if err != nil {
+				return usageError{err}
+			}
+			if to == "" {
+				return usageError{errors.New("backup needs --to STORAGE (a directory)")}
+			}
+			ctx := c.Context()
+			st, err := dest.Open(to, true)
+			if err != nil {
+				return err
+			}
+			eng, err := g.engine(ctx)
+			if err != nil {
+				return err
+			}
+			defer eng.Close()
+			opts := backup.Options{Level: lvl, Version: version, Log: g.logger(), Progress: g.progress()}
+			var failed []string
+			var firstErr error
+			for _, v := range vols {
+				m, err := backup.Volume(ctx, eng, st, v, opts)
+				if err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, err)
+					failed = append(failed, v)
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				fmt.Fprintf(g.stdout, "%s@%s  %s (%s uncompressed, %d files) in %.1fs  %s\n",
+					m.Volume, m.ID, progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files, m.Duration, st)
+			}
+			switch {
+			case len(failed) == 1 && len(vols) == 1:
+				return firstErr
+			case len(failed) > 0:
+				return fmt.Errorf("%d of %d volumes failed: %s", len(failed), len(vols), strings.Join(failed, ", "))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "storage to write to (directory or file:// URL)")
+	c.Flags().StringVar(&level, "level", string(archive.DefaultLevel), "zstd level: fastest, default, better, best")
+	return c
+}
+
+func listCmd(g *globals) *cobra.Command {
+	var from, volume string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "list --from STORAGE",
+		Short: "List snapshots",
+		Long: `List the snapshots in STORAGE, oldest first: volume, snapshot id, time (UTC),
+stored size, uncompressed size and number of entries. Unfinished backups
+(archives without a manifest) are not listed. --json prints the manifests.
+
+` + storageHelp,
+		Example: `  volbak list --from /srv/backups
+  volbak list --from /srv/backups --volume pgdata --json`,
+		Args: args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if volume != "" {
+				if err := checkVolumeName(volume); err != nil {
+					return err
+				}
+			}
+			st, err := openFrom(from)
+			if err != nil {
+				return err
+			}
+			ms, err := snapshot.List(c.Context(), st, volume)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if ms == nil {
+					ms = []snapshot.Manifest{}
+				}
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(ms)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tTIME\tSIZE\tUNCOMPRESSED\tFILES")
+			for _, m := range ms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.Volume, m.ID, m.Created.Format(time.RFC3339),
+					progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files)
+			}
+			return tw.Flush()
+		},
+	}
+	c.Flags().StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	c.Flags().StringVar(&volume, "volume", "", "only this volume's snapshots")
+	c.Flags().BoolVar(&asJSON, "json", false, "print manifests as JSON")
+	return c
+}
+
+func restoreCmd(g *globals) *cobra.Command {
+	var from, toVolume, toDir, driver string
+	var force bool
+	var labels, driverOpts []string
+	c := &cobra.Command{
+		Use:   "restore VOLUME[@SNAPSHOT] --from STORAGE (--to-volume NAME | --to-dir PATH)",
+		Short: "Restore a snapshot into a new volume or a directory",
+		Long: `Restore a snapshot of VOLUME (its latest, or the one whose id starts with
+SNAPSHOT) into the volume NAME, created with the snapshot's labels, driver and
+driver options (override them with --label, --driver, --driver-opt), or into a
+host directory with --to-dir (no helper; owners need root).
+
+A target that exists and is not empty is refused; --force empties it first.
+The archive's sha256 is checked as it streams; if anything fails (checksum,
+truncated archive, helper error, interrupt), a volume or directory this
+restore created is removed, so nothing half-restored is left looking fine.
+
+` + storageHelp,
+		Example: `  volbak restore pgdata --from /srv/backups --to-volume pgdata-restored
+  volbak restore pgdata@3f9a1c2b --from /srv/backups --to-volume pgdata --force
+  volbak restore pgdata --from /srv/backups --to-dir /tmp/pgdata-inspect`,
+		Args: args(1, 1),
+		RunE: func(c *cobra.Command, a []string) error {
+			vol, id, err := ref(a[0])
+			if err != nil {
+				return err
+			}
+			if (toVolume == "") == (toDir == "") {
+				return usageError{errors.New("restore needs exactly one of --to-volume NAME and --to-dir PATH")}
+			}
+			if toVolume != "" {
+				if err := checkVolumeName(toVolume); err != nil {
+					return err
+				}
+			}
+			lm, err := keyValues("--label", labels)
+			if err != nil {
+				return err
+			}
+			dm, err := keyValues("--driver-opt", driverOpts)
+			if err != nil {
+				return err
+			}
+			if len(dm) > 0 && driver == "" {
+				return usageError{errors.New("--driver-opt goes with --driver")}
+			}
+			ctx := c.Context()
+			st, err := openFrom(from)
+			if err != nil {
+				return err
+			}
+			m, err := snapshot.Find(ctx, st, vol, id)
+			if err != nil {
+				return err
+			}
+			opts := restore.Options{TargetVolume: toVolume, ToDir: toDir, Force: force, Labels: lm,
+				Driver: driver, DriverOpts: dm, Log: g.logger(), Progress: g.progress()}
+			var eng restore.Engine
+			if toVolume != "" {
+				e, err := g.engine(ctx)
+				if err != nil {
+					return err
+				}
+				defer e.Close()
+				eng = e
+			}
+			if err := restore.Restore(ctx, eng, st, m, opts); err != nil {
+				return err
+			}
+			target := "volume " + toVolume
+			if toDir != "" {
+				target = "directory " + toDir
+			}
+			fmt.Fprintf(g.stdout, "restored %s@%s (%s, %d files) into %s\n", m.Volume, m.ID, m.Created.Format(time.RFC3339), m.Files, target)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	f.StringVar(&toVolume, "to-volume", "", "volume to restore into (created if missing)")
+	f.StringVar(&toDir, "to-dir", "", "host directory to restore into instead")
+	f.BoolVar(&force, "force", false, "empty a non-empty target first")
+	f.StringArrayVar(&labels, "label", nil, "KEY=VALUE label for the new volume, over the snapshot's (repeatable)")
+	f.StringVar(&driver, "driver", "", "volume driver for the new volume instead of the snapshot's")
+	f.StringArrayVar(&driverOpts, "driver-opt", nil, "KEY=VALUE driver option with --driver (repeatable)")
+	return c
+}
+
+func openFrom(from string) (storage.Storage, error) {
+	if from == "" {
+		return nil, usageError{errors.New("--from STORAGE is required (the directory backups were written to)")}
+	}
+	return dest.Open(from, false)
+}
+
+func keyValues(flag string, kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, usageError{fmt.Errorf("%s %q: want KEY=VALUE", flag, kv)}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func verifyCmd(g *globals) *cobra.Command {
+	var from string
+	c := &cobra.Command{
+		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE",
+		Short: "Read a snapshot end to end and check it",
+		Long: `Read a snapshot (the latest of VOLUME, or the one whose id starts with
+SNAPSHOT) end to end without restoring it: its stored size and sha256, every
+zstd checksum, the tar structure, and the entry count and size in its manifest.
+Exit 0 only if all hold; 3 if the snapshot is corrupt.
+
+` + storageHelp,
+		Example: `  volbak verify pgdata --from /srv/backups
+  volbak verify pgdata@3f9a1c2b --from /srv/backups`,
+		Args: args(1, 1),
+		RunE: func(c *cobra.Command, a []string) error {
+			vol, id, err := ref(a[0])
+			if err != nil {
+				return err
+			}
+			ctx := c.Context()
+			st, err := openFrom(from)
+			if err != nil {
+				return err
+			}
+			m, err := snapshot.Find(ctx, st, vol, id)
+			if err != nil {
+				return err
+			}
+			stats, err := restore.Verify(ctx, st, m)
+			if err != nil {
+				return fmt.Errorf("%s@%s: %w", m.Volume, m.ID, err)
+			}
+			fmt.Fprintf(g.stdout, "%s@%s ok: %d files, %s uncompressed, sha256 %s\n", m.Volume, m.ID, stats.Entries, progress.Bytes(stats.Bytes), m.SHA256)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	return c
+}

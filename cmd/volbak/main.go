@@ -1,0 +1,142 @@
+// Command volbak backs up Docker volumes and restores them.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/volbak/volbak/agent"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/restore"
+	"github.com/volbak/volbak/snapshot"
+	"golang.org/x/term"
+)
+
+// version is set at build time: -ldflags "-X main.version=1.2.3".
+var version = "dev"
+
+// Exit codes, in one place.
+const (
+	exitOK          = 0
+	exitFailed      = 1   // the operation failed; the message says why
+	exitUsage       = 2   // the command line is wrong
+	exitCorrupt     = 3   // a snapshot does not verify
+	exitInterrupted = 130 // SIGINT or SIGTERM; everything begun was undone
+)
+
+func main() {
+	// Inside a helper container: no flags library, no signals, just the stream.
+	if len(os.Args) > 1 && os.Args[1] == "agent" {
+		os.Exit(agent.Main(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "\nvolbak: %v: stopping and cleaning up (again to quit at once)\n", s)
+		cancel()
+		<-sigs
+		os.Exit(exitInterrupted)
+	}()
+	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	code := exitCode(ctx, err)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "volbak: %v\n", err)
+	}
+	os.Exit(code)
+}
+
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+func exitCode(ctx context.Context, err error) int {
+	var usage usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		return exitInterrupted
+	case errors.As(err, &usage):
+		return exitUsage
+	case errors.Is(err, restore.ErrCorrupt):
+		return exitCorrupt
+	}
+	return exitFailed
+}
+
+// globals are the flags every command takes.
+type globals struct {
+	logFormat   string
+	logLevel    string
+	quiet       bool
+	helperImage string
+	stdout      io.Writer
+	stderr      io.Writer
+}
+
+func (g *globals) logger() *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(g.logLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	ho := &slog.HandlerOptions{Level: level}
+	format := g.logFormat
+	if format == "auto" {
+		format = "json"
+		if g.terminal() {
+			format = "text"
+		}
+	}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(g.stderr, ho))
+	}
+	return slog.New(slog.NewJSONHandler(g.stderr, ho))
+}
+
+func (g *globals) terminal() bool {
+	f, ok := g.stderr.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// progress is where meters go: stderr on a terminal, nowhere otherwise.
+func (g *globals) progress() io.Writer {
+	if g.quiet || !g.terminal() {
+		return nil
+	}
+	return g.stderr
+}
+
+func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {
+	return engine.New(ctx, engine.Options{HelperImage: g.helperImage, Version: version})
+}
+
+// ref splits VOLUME[@ID] and checks the volume name as Docker would.
+func ref(arg string) (volume, id string, err error) {
+	volume, id = snapshot.ParseRef(arg)
+	if err := checkVolumeName(volume); err != nil {
+		return "", "", err
+	}
+	return volume, id, nil
+}
+
+func checkVolumeName(name string) error {
+	ok := name != ""
+	for i, c := range name {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
+			ok = false
+		}
+	}
+	if !ok {
+		return usageError{fmt.Errorf("%q is not a volume name (letters, digits, _ . -)", name)}
+	}
+	return nil
+}

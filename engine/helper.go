@@ -1,0 +1,220 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/client"
+)
+
+// MountPoint is where a helper sees the volume it serves.
+const MountPoint = "/data"
+
+// Capabilities a helper needs and nothing more: reading every file whatever
+// its mode, or recreating every file with its owner, mode, xattrs and
+// device numbers.
+var (
+	CapsRead  = []string{"DAC_READ_SEARCH"}
+	CapsWrite = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP"}
+)
+
+// Helper is one run of `volbak agent …` in a container beside a volume.
+type Helper struct {
+	Op       string // "backup" or "restore": names and labels the container
+	Volume   string // mounted at MountPoint
+	ReadOnly bool
+	Args     []string // the agent's arguments, after the binary
+	Caps     []string
+	// Stdin, if set, is streamed to the helper's stdin, which is closed at
+	// its EOF. If reading Stdin fails, the helper is killed before it can
+	// see an end of input, and Run returns that error.
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// ExitError is a helper that ended with a non-zero status.
+type ExitError struct{ Code int64 }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("helper exited with status %d", e.Code) }
+
+// Run runs the helper to its end. The container is removed on every path,
+// cancellation included.
+func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
+	image, err := e.helperImage(ctx)
+	if err != nil {
+		return err
+	}
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	name := "volbak-" + h.Op + "-" + hex.EncodeToString(suffix[:])
+	stdin := h.Stdin != nil
+	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name: name,
+		Config: &container.Config{
+			Image:        image,
+			Entrypoint:   []string{"/volbak"},
+			Cmd:          h.Args,
+			User:         "0:0",
+			WorkingDir:   "/",
+			AttachStdin:  stdin,
+			OpenStdin:    stdin,
+			StdinOnce:    stdin,
+			AttachStdout: true,
+			AttachStderr: true,
+			Labels:       map[string]string{LabelHelper: h.Op, LabelVolume: h.Volume},
+		},
+		HostConfig: &container.HostConfig{
+			Mounts: []mount.Mount{{
+				Type: mount.TypeVolume, Source: h.Volume, Target: MountPoint, ReadOnly: h.ReadOnly,
+				// Never let Docker copy the image's /data into the volume.
+				VolumeOptions: &mount.VolumeOptions{NoCopy: true},
+			}},
+			NetworkMode: "none",
+			// json-file would copy every byte of the stream into the daemon's log.
+			LogConfig:      container.LogConfig{Type: "none"},
+			CapDrop:        []string{"ALL"},
+			CapAdd:         h.Caps,
+			SecurityOpt:    []string{"no-new-privileges"},
+			ReadonlyRootfs: true,
+			// If volbak itself dies, the daemon still cleans up after the helper.
+			AutoRemove: true,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("create helper container: %w", err)
+	}
+	id := created.ID
+	defer func() {
+		if rerr := e.removeContainer(ctx, id); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+
+	att, err := e.cli.ContainerAttach(ctx, id, client.ContainerAttachOptions{Stream: true, Stdin: stdin, Stdout: true, Stderr: true})
+	if err != nil {
+		return fmt.Errorf("attach helper: %w", err)
+	}
+	defer att.Close()
+	wait := e.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return fmt.Errorf("start helper: %w", err)
+	}
+
+	outDone := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(h.Stdout, h.Stderr, att.Reader)
+		outDone <- err
+	}()
+	inDone := make(chan error, 1)
+	inShort := false // the helper stopped reading before the input ended
+	if stdin {
+		go func() {
+			src := &readErr{r: h.Stdin}
+			_, err := io.Copy(att.Conn, src)
+			switch {
+			case src.err != nil:
+				// Kill before the helper could take a closed stdin for a
+				// complete input and report success.
+				e.kill(ctx, id)
+				inDone <- src.err
+				return
+			case err != nil:
+				inShort = true
+			default:
+				if err := att.CloseWrite(); err != nil {
+					inShort = true
+				}
+			}
+			inDone <- nil
+		}()
+	} else {
+		inDone <- nil
+	}
+
+	var outErr error
+	select {
+	case outErr = <-outDone:
+	case <-ctx.Done():
+		e.kill(ctx, id)
+		att.Close()
+		<-outDone
+		<-inDone
+		return ctx.Err()
+	}
+	if outErr != nil {
+		// Whoever consumes stdout gave up (a full disk, a failed upload):
+		// stop the helper rather than let it run on into nothing.
+		e.kill(ctx, id)
+	}
+	att.Close() // unblocks a stdin copy still writing into a helper that exited
+	if inErr := <-inDone; inErr != nil {
+		return inErr
+	}
+	if outErr != nil {
+		return outErr
+	}
+	select {
+	case res := <-wait.Result:
+		if res.Error != nil && res.Error.Message != "" {
+			return fmt.Errorf("helper: %s", res.Error.Message)
+		}
+		if res.StatusCode != 0 {
+			return &ExitError{Code: res.StatusCode}
+		}
+	case err := <-wait.Error:
+		return fmt.Errorf("wait for helper: %w", err)
+	case <-ctx.Done():
+		e.kill(ctx, id)
+		return ctx.Err()
+	}
+	if inShort {
+		return errors.New("helper exited before reading all of its input")
+	}
+	return nil
+}
+
+func (e *Engine) kill(ctx context.Context, id string) {
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	e.cli.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: "KILL"})
+}
+
+func (e *Engine) removeContainer(ctx context.Context, id string) error {
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	_, err := e.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
+	if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
+		// Conflict: AutoRemove is already removing it.
+		return fmt.Errorf("remove helper container %s: %w", id[:12], err)
+	}
+	return nil
+}
+
+// cleanupContext outlives the caller's cancellation: cleaning up after an
+// interrupt is exactly when it must still run.
+func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+type readErr struct {
+	r   io.Reader
+	err error
+}
+
+func (r *readErr) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}

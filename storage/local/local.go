@@ -1,0 +1,204 @@
+// Package local stores snapshots in a directory of the host.
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/volbak/volbak/storage"
+)
+
+// tempPrefix marks a Put in progress; List never shows such files.
+const tempPrefix = ".volbak-tmp-"
+
+// Dir is a storage.Storage in a local directory.
+type Dir struct {
+	root string
+}
+
+var _ storage.Storage = (*Dir)(nil)
+
+// New opens the directory root. With create, it is made if missing and
+// checked for writing, so that a backup fails before any helper starts.
+func New(root string, create bool) (*Dir, error) {
+	if root == "" {
+		return nil, errors.New("empty storage directory")
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, err
+	}
+	if create {
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return nil, fmt.Errorf("create storage directory: %w", err)
+		}
+		f, err := os.CreateTemp(abs, tempPrefix+"probe-*")
+		if err != nil {
+			return nil, fmt.Errorf("storage directory %s is not writable: %w", abs, err)
+		}
+		f.Close()
+		os.Remove(f.Name())
+	} else {
+		st, err := os.Stat(abs)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("storage directory %s does not exist", abs)
+			}
+			return nil, err
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("storage %s is not a directory", abs)
+		}
+	}
+	return &Dir{root: abs}, nil
+}
+
+func (d *Dir) String() string { return d.root }
+
+func (d *Dir) path(key string) (string, error) {
+	clean := path.Clean("/" + key)
+	if key == "" || clean != "/"+key || strings.HasPrefix(path.Base(key), tempPrefix) {
+		return "", fmt.Errorf("invalid storage key %q", key)
+	}
+	return filepath.Join(d.root, filepath.FromSlash(key)), nil
+}
+
+// Put writes to a temp file beside the target, syncs it, and renames it into
+// place, then syncs the directory: after Put returns, the object survives a
+// crash; before, only a temp file that List ignores can be left.
+func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
+	full, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(full)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	f, err := os.CreateTemp(dir, tempPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	if _, err := io.CopyBuffer(f, &ctxReader{ctx: ctx, r: r}, buf); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("put %s: sync: %w", key, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := os.Rename(f.Name(), full); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	full, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(full)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotExist)
+		}
+		return nil, fmt.Errorf("open %s: %w", key, err)
+	}
+	return f, nil
+}
+
+func (d *Dir) List(ctx context.Context, prefix string) ([]storage.Object, error) {
+	var out []storage.Object
+	// Walk only the directory the prefix points into.
+	start := d.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		start = filepath.Join(d.root, filepath.FromSlash(prefix[:i]))
+	}
+	err := filepath.WalkDir(start, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if e.IsDir() || strings.HasPrefix(e.Name(), tempPrefix) {
+			return nil
+		}
+		rel, _ := filepath.Rel(d.root, p)
+		key := filepath.ToSlash(rel)
+		if !strings.HasPrefix(key, prefix) {
+			return nil
+		}
+		info, err := e.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		out = append(out, storage.Object{Key: key, Size: info.Size(), ModTime: info.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+func (d *Dir) Delete(ctx context.Context, key string) error {
+	full, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(full); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("delete %s: %w", key, storage.ErrNotExist)
+		}
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}
+
+// ctxReader ends a copy when its context does, so that an interrupted Put
+// stops at the next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,38 @@
+// Package storage is where snapshots live: the interface every backend
+// implements, and the parsing of destination URLs.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotExist is what every backend returns, wrapped, for a key it does not
+// hold.
+var ErrNotExist = errors.New("not found")
+
+// Object is one stored key.
+type Object struct {
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// Storage holds objects under slash-separated keys.
+type Storage interface {
+	// Put stores everything r yields under key. The object appears whole or
+	// not at all: if r fails or ctx ends, nothing is left under key, nor
+	// listed. An existing key is replaced.
+	Put(ctx context.Context, key string, r io.Reader) error
+	// Open streams the object at key; a missing key gives ErrNotExist.
+	Open(ctx context.Context, key string) (io.ReadCloser, error)
+	// List returns the objects whose keys start with prefix, in key order.
+	// Unfinished Puts are not listed.
+	List(ctx context.Context, prefix string) ([]Object, error)
+	// Delete removes key; a missing key gives ErrNotExist.
+	Delete(ctx context.Context, key string) error
+	// String names the storage for people, with any secret masked.
+	String() string
+}

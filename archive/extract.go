@@ -92,6 +92,9 @@ func (x *extractor) run() error {
 	for {
 		hdr, err := x.tr.Next()
 		if err == io.EOF {
+			if x.stats.Entries == 0 {
+				return errNoEntries
+			}
 			return nil
 		}
 		if err != nil {
@@ -103,6 +106,9 @@ func (x *extractor) run() error {
 		}
 	}
 }
+
+// errNoEntries: every volbak archive holds at least its root directory.
+var errNoEntries = errors.New("archive corrupt: it holds no entries")
 
 // corrupt words the decoder's and tar reader's errors for a person.
 func corrupt(err error) error {
@@ -455,6 +461,9 @@ func Scan(r io.Reader) (Stats, error) {
 	for {
 		_, err := tr.Next()
 		if err == io.EOF {
+			if st.Entries == 0 {
+				return st, errNoEntries
+			}
 			break
 		}
 		if err != nil {

@@ -1,0 +1,242 @@
+package archive
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/volbak/volbak/internal/voltest"
+)
+
+func archiveTree(t *testing.T, root string) ([]byte, Stats) {
+	t.Helper()
+	var buf bytes.Buffer
+	st, err := Write(root, &buf, WriteOptions{Level: DefaultLevel, Warn: func(p, m string) { t.Logf("warning: %s: %s", p, m) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes(), st
+}
+
+// Every entry kind survives archive then extract, compared by digest, and
+// the sparse file comes back sparse.
+func TestRoundTripEveryEntryKind(t *testing.T) {
+	voltest.RequireRoot(t)
+	src, dst := t.TempDir(), t.TempDir()
+	if err := voltest.Edge(src); err != nil {
+		t.Fatal(err)
+	}
+	if err := voltest.Fill(src, 3<<20, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(src, 0o750); err != nil { // the root's own mode must come back too
+		t.Fatal(err)
+	}
+	data, wst := archiveTree(t, src)
+	if wst.Warnings != 0 {
+		t.Fatalf("%d warnings archiving a still tree", wst.Warnings)
+	}
+	xst, err := Extract(bytes.NewReader(data), dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if xst.Entries != wst.Entries || xst.Bytes != wst.Bytes {
+		t.Fatalf("extract counted %+v, archive %+v", xst, wst)
+	}
+	diff, err := voltest.Diff(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diff) > 0 {
+		t.Fatalf("restored tree differs:\n%s", strings.Join(diff, "\n"))
+	}
+	alloc, err := voltest.Allocated(filepath.Join(dst, voltest.SparseName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if alloc > 1<<20 {
+		t.Fatalf("sparse file restored with %d bytes allocated; holes were filled", alloc)
+	}
+	sst, err := Scan(bytes.NewReader(data))
+	if err != nil || sst != (Stats{Entries: wst.Entries, Bytes: wst.Bytes}) {
+		t.Fatalf("scan: %+v, %v; want %+v", sst, err, wst)
+	}
+}
+
+// The same tree archives to the same bytes.
+func TestDeterministic(t *testing.T) {
+	src := t.TempDir()
+	if err := voltest.Fill(src, 1<<20, 2); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := archiveTree(t, src)
+	b, _ := archiveTree(t, src)
+	if !bytes.Equal(a, b) {
+		t.Fatal("two archives of one tree differ")
+	}
+}
+
+// A flipped byte or a cut stream fails extract and scan with a clear error.
+func TestCorruptInput(t *testing.T) {
+	src := t.TempDir()
+	if err := voltest.Fill(src, 2<<20, 3); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := archiveTree(t, src)
+	flipped := bytes.Clone(data)
+	flipped[len(flipped)/2] ^= 0x40
+	cases := map[string][]byte{
+		"flipped byte":   flipped,
+		"truncated":      data[:len(data)*2/3],
+		"cut at the end": data[:len(data)-3],
+		"not zstd":       []byte(strings.Repeat("not an archive ", 100)),
+		"empty":          nil,
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Scan(bytes.NewReader(in)); err == nil {
+				t.Fatal("scan accepted it")
+			}
+			dst := t.TempDir()
+			_, err := Extract(bytes.NewReader(in), dst, ExtractOptions{})
+			if err == nil {
+				t.Fatal("extract accepted it")
+			}
+			if !strings.Contains(err.Error(), "archive") && !strings.Contains(err.Error(), "zstd") {
+				t.Errorf("error does not say what is wrong: %v", err)
+			}
+		})
+	}
+}
+
+// A file that shrinks is padded, one that grows is cut: the header's size
+// is always what follows it.
+func TestCopyExactly(t *testing.T) {
+	buf := make([]byte, 7)
+	var out bytes.Buffer
+	n, err := CopyExactly(&out, strings.NewReader("short"), 12, buf)
+	if err != nil || n != 5 || out.String() != "short\x00\x00\x00\x00\x00\x00\x00" {
+		t.Fatalf("shrunk: n=%d err=%v out=%q", n, err, out.String())
+	}
+	out.Reset()
+	n, err = CopyExactly(&out, strings.NewReader("a longer text than promised"), 8, buf)
+	if err != nil || n != 8 || out.String() != "a longer" {
+		t.Fatalf("grown: n=%d err=%v out=%q", n, err, out.String())
+	}
+	out.Reset()
+	boom := errors.New("boom")
+	if _, err := CopyExactly(&out, io.MultiReader(strings.NewReader("ab"), errReader{boom}), 8, buf); !errors.Is(err, boom) {
+		t.Fatalf("read error lost: %v", err)
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// A log that grows the whole time the backup reads it does not abort the
+// backup, and the archive is valid.
+func TestGrowingFile(t *testing.T) {
+	src := t.TempDir()
+	if err := voltest.Fill(src, 4<<20, 4); err != nil {
+		t.Fatal(err)
+	}
+	log, err := os.Create(filepath.Join(src, "growing.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	log.Write(bytes.Repeat([]byte("line\n"), 1<<18))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				log.Write([]byte("another log line\n"))
+			}
+		}
+	}()
+	var buf bytes.Buffer
+	_, err = Write(src, &buf, WriteOptions{})
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Scan(bytes.NewReader(buf.Bytes())); err != nil {
+		t.Fatalf("archive of a growing file is invalid: %v", err)
+	}
+}
+
+// Hostile names: climbing out of the target, and writing through a symlink
+// planted by the archive itself, are refused.
+func TestHostileArchive(t *testing.T) {
+	outside := t.TempDir()
+	cases := map[string]struct {
+		hdrs    []tar.Header
+		refused bool // else: extracted, but the symlink was replaced, not followed
+	}{
+		"dot-dot": {[]tar.Header{{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644}}, true},
+		"through symlink": {[]tar.Header{
+			{Name: "link", Typeflag: tar.TypeSymlink, Linkname: outside},
+			{Name: "link/escape", Typeflag: tar.TypeReg, Mode: 0o644},
+		}, false},
+		"hardlink out": {[]tar.Header{{Name: "hl", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"}}, true},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var raw bytes.Buffer
+			enc, _ := zstd.NewWriter(&raw)
+			tw := tar.NewWriter(enc)
+			for _, h := range c.hdrs {
+				h.ModTime = time.Unix(0, 0)
+				if err := tw.WriteHeader(&h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tw.Close()
+			enc.Close()
+			dst := t.TempDir()
+			if _, err := Extract(&raw, dst, ExtractOptions{}); (err != nil) != c.refused {
+				t.Fatalf("refused=%v, want %v: %v", err != nil, c.refused, err)
+			}
+			if _, err := os.Lstat(filepath.Join(outside, "escape")); err == nil {
+				t.Fatal("a file was written outside the target")
+			}
+		})
+	}
+}
+
+func TestCheckEmptyAndEmpty(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckEmpty(dir); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "lost+found"), 0o700)
+	if err := CheckEmpty(dir); err != nil {
+		t.Fatalf("lost+found counted: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "x"), nil, 0o600)
+	if err := CheckEmpty(dir); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("got %v", err)
+	}
+	if err := Empty(dir); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := readNames(dir); len(names) != 0 {
+		t.Fatalf("left %v", names)
+	}
+}

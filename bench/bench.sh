@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# bench/bench.sh: time volbak backup/restore against a plain
+# "busybox tar | zstd" baseline, on the same generated volume, in one run.
+#
+#   bash bench/bench.sh                        # 1 GiB mixed tree, 2 reps
+#   SIZE=64MiB REPS=1 bash bench/bench.sh      # quick check
+#
+# Knobs (environment):
+#   SIZE         voltree -size            (default 1GiB)
+#   PROFILE      voltree -profile         (default mixed: mixed|small|big|edge)
+#   REPS         repetitions per timed run, best (min) wall time is kept (default 2)
+#   KEEP_IMAGES  if set, keep the volbakbench-busybox:1 image afterwards
+#
+# Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
+# (only if zstd, GNU time or busybox-static are missing).
+#
+# stdout is the Markdown result (also saved to bench/out/results-<date>.md);
+# progress goes to stderr. Docker objects created: volumes volbakbench-*,
+# containers volbakbench-*, image volbakbench-busybox:1. Nothing else is
+# touched, except that volbak itself loads its volbak-helper:<version> image
+# (left in place).
+set -euo pipefail
+
+SIZE=${SIZE:-1GiB}
+PROFILE=${PROFILE:-mixed}
+REPS=${REPS:-2}
+BB_IMAGE=volbakbench-busybox:1
+SRC_VOL=volbakbench-src
+DST_VOL=volbakbench-dst
+DST_BASE_VOL=volbakbench-dst-base
+WARM_VOL=volbakbench-warm
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/.." && pwd)
+VOLTREE_SRC=$(cd "$REPO/../shared/tools/voltree" 2>/dev/null && pwd) || VOLTREE_SRC=$REPO/../shared/tools/voltree
+OUT_DIR=$SCRIPT_DIR/out
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "REPS must be a positive integer, got '$REPS'"
+[[ $(id -u) == 0 ]] || die "must run as root (writes straight into volume mountpoints)"
+command -v go >/dev/null || export PATH=$PATH:/usr/local/go/bin
+command -v go >/dev/null || die "go not found (PATH or /usr/local/go/bin)"
+command -v docker >/dev/null || die "docker CLI not found"
+docker info >/dev/null 2>&1 || die "docker daemon not reachable"
+[[ -d $VOLTREE_SRC ]] || die "voltree sources not found at $VOLTREE_SRC"
+
+# ------------------------------------------------------------------ cleanup
+
+WORK=""
+CHILD=""   # pid (= process group, via setsid) of the command being timed
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	set +e
+	if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
+		log "cleanup: stopping running command (pgid $CHILD)"
+		kill -TERM -- "-$CHILD" 2>/dev/null
+		for _ in $(seq 50); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.2; done
+		kill -KILL -- "-$CHILD" 2>/dev/null
+		wait "$CHILD" 2>/dev/null
+	fi
+	local c v
+	# Our own containers (named volbakbench-*).
+	for c in $(docker ps -a --filter name=volbakbench- --format '{{.Names}}' 2>/dev/null); do
+		[[ $c == volbakbench-* ]] && docker rm -f "$c" >/dev/null 2>&1 && log "cleanup: removed container $c"
+	done
+	for v in $(docker volume ls -q --filter name=volbakbench- 2>/dev/null); do
+		[[ $v == volbakbench-* ]] || continue
+		if ! docker volume rm -f "$v" >/dev/null 2>&1; then
+			# volbak removes its helpers itself; give an interrupted one a moment.
+			sleep 2
+			docker volume rm -f "$v" >/dev/null 2>&1 || log "cleanup: could not remove volume $v (in use by: $(docker ps -a --filter volume="$v" --format '{{.Names}}' | tr '\n' ' '))"
+		fi
+	done
+	if [[ -z ${KEEP_IMAGES:-} ]] && docker image inspect "$BB_IMAGE" >/dev/null 2>&1; then
+		docker image rm "$BB_IMAGE" >/dev/null 2>&1 && log "cleanup: removed image $BB_IMAGE"
+	fi
+	if [[ -n $WORK && -d $WORK ]]; then
+		rm -rf -- "$WORK"
+	fi
+	((rc == 0)) || log "exit status $rc"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ helpers
+
+# run_timed NAME CMD...: runs CMD in its own process group (so cleanup can
+# stop the whole pipeline), output to $WORK/logs/NAME.log; sets WALL (seconds,
+# from date +%s%N around the command). On failure prints the log and exits.
+WALL=""
+run_timed() {
+	local name=$1; shift
+	local logf=$WORK/logs/$name.log t0 t1 rc=0
+	t0=$(date +%s%N)
+	setsid "$@" >"$logf" 2>&1 </dev/null &
+	CHILD=$!
+	wait "$CHILD" || rc=$?
+	CHILD=""
+	t1=$(date +%s%N)
+	if ((rc != 0)); then
+		log "FAILED ($rc): $name: $*"
+		log "---- output of $name ----"
+		cat "$logf" >&2
+		log "-------------------------"
+		exit 1
+	fi
+	WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
+}
+
+# Peak RSS (KiB) from the "%e %M" file /usr/bin/time -o wrote.
+rss_kib() { awk 'END{print $2}' "$1"; }
+
+min() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b+0 < a+0) print b; else print a }'; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b+0 > a+0) print b; else print a }'; }
+
+mountpoint_of() { docker volume inspect -f '{{.Mountpoint}}' "$1"; }
+
+# Field of the (single) manifest under DIR/VOLUME.
+manifest_field() { # DIR FIELD
+	local f
+	f=$(ls "$1/$SRC_VOL"/*.json 2>/dev/null | head -n1)
+	[[ -n $f ]] || die "no manifest under $1/$SRC_VOL"
+	sed -n "s/^[[:space:]]*\"$2\":[[:space:]]*\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}[[:space:]]*\$/\1/p" "$f" | head -n1
+}
+
+vol_rm() { docker volume rm -f "$1" >/dev/null 2>&1 || true; }
+
+# ------------------------------------------------------------------ 1. tools
+
+missing=()
+command -v zstd >/dev/null || missing+=(zstd)
+[[ -x /usr/bin/time ]] && /usr/bin/time -f '%e' true >/dev/null 2>&1 || missing+=(time)
+# busybox must be static to run alone in a scratch image.
+if ! [[ -x /bin/busybox ]] || ! file_is_static=$(LC_ALL=C readelf -l /bin/busybox 2>/dev/null | grep -c INTERP || true) || [[ $file_is_static != 0 ]]; then
+	missing+=(busybox-static)
+fi
+if ((${#missing[@]})); then
+	log "installing with apt-get: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq >&2
+	apt-get install -y -qq "${missing[@]}" >&2
+fi
+command -v zstd >/dev/null || die "zstd still missing"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time still missing"
+[[ -x /bin/busybox ]] || die "/bin/busybox still missing"
+if LC_ALL=C readelf -l /bin/busybox 2>/dev/null | grep -q INTERP; then
+	die "/bin/busybox is dynamically linked (need the busybox-static package)"
+fi
+
+WORK=$(mktemp -d /var/tmp/volbakbench.XXXXXX)
+mkdir -p "$WORK/logs" "$OUT_DIR"
+log "work dir $WORK"
+
+# ------------------------------------------------------------------ 2. busybox image
+
+log "building $BB_IMAGE (FROM scratch + static busybox)"
+mkdir -p "$WORK/bbctx/bin"
+cp /bin/busybox "$WORK/bbctx/bin/busybox"
+cat >"$WORK/bbctx/Dockerfile" <<'EOF'
+FROM scratch
+COPY bin/busybox /bin/busybox
+EOF
+if ! DOCKER_BUILDKIT=0 docker build -q -t "$BB_IMAGE" "$WORK/bbctx" >"$WORK/logs/bbimage.log" 2>&1; then
+	cat "$WORK/logs/bbimage.log" >&2
+	die "docker build of $BB_IMAGE failed"
+fi
+docker run --rm --log-driver none --name "volbakbench-check-$$" "$BB_IMAGE" /bin/busybox true ||
+	die "$BB_IMAGE does not run"
+
+# ------------------------------------------------------------------ 3./4. build tools
+
+log "building voltree ($VOLTREE_SRC)"
+go build -C "$VOLTREE_SRC" -o "$WORK/voltree" . || die "voltree build failed"
+log "building volbak ($REPO)"
+(cd "$REPO" && CGO_ENABLED=0 go build -o "$WORK/volbak" ./cmd/volbak) || die "volbak build failed"
+VOLTREE=$WORK/voltree
+VOLBAK=$WORK/volbak
+VOLBAK_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+VOLBAK_DIRTY=$( [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && echo " (+ uncommitted changes)" || true)
+
+# ------------------------------------------------------------------ 5. source volume
+
+for v in "$SRC_VOL" "$DST_VOL" "$DST_BASE_VOL" "$WARM_VOL"; do
+	if docker volume inspect "$v" >/dev/null 2>&1; then
+		die "volume $v already exists (left over from another run?); remove it first"
+	fi
+done
+docker volume create "$SRC_VOL" >/dev/null
+SRC_MP=$(mountpoint_of "$SRC_VOL")
+[[ -d $SRC_MP ]] || die "mountpoint $SRC_MP of $SRC_VOL is not visible here (daemon not local?)"
+log "generating $PROFILE tree of $SIZE into $SRC_VOL ($SRC_MP)"
+"$VOLTREE" gen -profile "$PROFILE" -size "$SIZE" -seed 1 "$SRC_MP" 2> >(sed 's/^/[voltree] /' >&2)
+sync
+VOL_BYTES=$(du -sb "$SRC_MP" | awk '{print $1}')
+VOL_ALLOC=$(du -sk "$SRC_MP" | awk '{print $1 * 1024}')
+log "source: $VOL_BYTES bytes apparent (du -sb), $VOL_ALLOC bytes allocated"
+
+# ------------------------------------------------------------------ 6. warm-up
+
+log "warm-up: reading the whole tree once (voltree hash) so every run reads from page cache"
+SRC_HASH=$("$VOLTREE" hash "$SRC_MP")
+log "source digest: $SRC_HASH"
+
+log "warm-up: volbak backup of a tiny volume (loads the volbak-helper image, untimed)"
+docker volume create "$WARM_VOL" >/dev/null
+echo warm >"$(mountpoint_of "$WARM_VOL")/warm.txt"
+run_timed warmup "$VOLBAK" backup "$WARM_VOL" --to "$WORK/warmstore" -q --log-format json
+log "warm-up done in ${WALL}s"
+vol_rm "$WARM_VOL"
+rm -rf "$WORK/warmstore"
+
+# ------------------------------------------------------------------ 7. measurements
+
+declare -A BEST RSS OSIZE
+
+# Baseline backup.
+for ((i = 1; i <= REPS; i++)); do
+	rm -f "$WORK/baseline.tar.zst"
+	log "baseline backup rep $i/$REPS"
+	run_timed "base-backup-$i" bash -c 'set -o pipefail
+		docker run --rm --log-driver none --name "$1" -v "$2":/data:ro "$3" /bin/busybox tar -C /data -cf - . |
+			zstd -T0 -3 -q >"$4"' _ "volbakbench-tar-$$-$i" "$SRC_VOL" "$BB_IMAGE" "$WORK/baseline.tar.zst"
+	log "  ${WALL}s"
+	BEST[base_backup]=$(min "${BEST[base_backup]:-}" "$WALL")
+done
+OSIZE[base_backup]=$(stat -c %s "$WORK/baseline.tar.zst")
+
+# volbak backup, default flags.
+for ((i = 1; i <= REPS; i++)); do
+	rm -rf "$WORK/store"
+	log "volbak backup rep $i/$REPS"
+	run_timed "volbak-backup-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+		"$VOLBAK" backup "$SRC_VOL" --to "$WORK/store" -q --log-format json
+	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
+	BEST[vb_backup]=$(min "${BEST[vb_backup]:-}" "$WALL")
+	RSS[vb_backup]=$(max "${RSS[vb_backup]:-}" "$(rss_kib "$WORK/time.out")")
+done
+OSIZE[vb_backup]=$(manifest_field "$WORK/store" size)
+VB_LEVEL=$(manifest_field "$WORK/store" zstd_level)
+VB_UNCOMP=$(manifest_field "$WORK/store" uncompressed_size)
+VB_FILES=$(manifest_field "$WORK/store" files)
+VB_WARNINGS=$(manifest_field "$WORK/store" warnings)
+
+# volbak backup --level default, once (to its own store; the restore uses ./store).
+log "volbak backup --level default (1 rep)"
+run_timed "volbak-backup-level-default" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+	"$VOLBAK" backup "$SRC_VOL" --to "$WORK/store-default" -q --log-format json --level default
+BEST[vb_backup_def]=$WALL
+RSS[vb_backup_def]=$(rss_kib "$WORK/time.out")
+OSIZE[vb_backup_def]=$(manifest_field "$WORK/store-default" size)
+log "  ${WALL}s, peak RSS ${RSS[vb_backup_def]} KiB"
+rm -rf "$WORK/store-default"
+
+# Baseline restore.
+for ((i = 1; i <= REPS; i++)); do
+	vol_rm "$DST_BASE_VOL"
+	docker volume create "$DST_BASE_VOL" >/dev/null
+	log "baseline restore rep $i/$REPS"
+	run_timed "base-restore-$i" bash -c 'set -o pipefail
+		zstd -dc "$4" |
+			docker run --rm -i --log-driver none --name "$1" -v "$2":/data "$3" /bin/busybox tar -C /data -xf -' \
+		_ "volbakbench-untar-$$-$i" "$DST_BASE_VOL" "$BB_IMAGE" "$WORK/baseline.tar.zst"
+	log "  ${WALL}s"
+	BEST[base_restore]=$(min "${BEST[base_restore]:-}" "$WALL")
+done
+# Informational: how faithful is the baseline (busybox tar) restore?
+BASE_DIFF_LINE=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_BASE_VOL")" 2>&1 | tail -n1) || true
+vol_rm "$DST_BASE_VOL"
+
+# volbak restore.
+for ((i = 1; i <= REPS; i++)); do
+	vol_rm "$DST_VOL"
+	log "volbak restore rep $i/$REPS"
+	run_timed "volbak-restore-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+		"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
+	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
+	BEST[vb_restore]=$(min "${BEST[vb_restore]:-}" "$WALL")
+	RSS[vb_restore]=$(max "${RSS[vb_restore]:-}" "$(rss_kib "$WORK/time.out")")
+done
+
+# Fidelity of the last volbak restore.
+DST_MP=$(mountpoint_of "$DST_VOL")
+log "checking fidelity: voltree diff $SRC_MP $DST_MP"
+FID_OK=1
+"$VOLTREE" diff "$SRC_MP" "$DST_MP" >"$WORK/diff.out" 2>&1 || FID_OK=0
+FID_LINE=$(tail -n1 "$WORK/diff.out")
+if ((!FID_OK)); then
+	log "voltree diff found differences (first 40 lines):"
+	head -n 40 "$WORK/diff.out" >&2
+fi
+SPARSE_LINE="n/a (no edge/sparse.img in profile $PROFILE)"
+if [[ -f $SRC_MP/edge/sparse.img ]]; then
+	s_alloc=$(du -sk "$SRC_MP/edge/sparse.img" | awk '{print $1}')
+	d_alloc=$( [[ -f $DST_MP/edge/sparse.img ]] && du -sk "$DST_MP/edge/sparse.img" | awk '{print $1}' || echo missing)
+	s_app=$(stat -c %s "$SRC_MP/edge/sparse.img")
+	SPARSE_LINE="source ${s_alloc} KiB allocated, restored ${d_alloc} KiB allocated (apparent size $((s_app / 1024)) KiB)"
+fi
+
+# ------------------------------------------------------------------ 8. report
+
+fmt_row() { # LABEL KEY BASEKEY
+	local label=$1 k=$2 b=$3 wall rss ratio mbs size
+	wall=${BEST[$k]}
+	mbs=$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')
+	size="–"
+	[[ -n ${OSIZE[$k]:-} ]] && size=$(awk -v n="${OSIZE[$k]}" 'BEGIN{ printf "%.1f", n / 1048576 }')
+	rss="–"
+	[[ -n ${RSS[$k]:-} ]] && rss=$(awk -v n="${RSS[$k]}" 'BEGIN{ printf "%.1f", n / 1024 }')
+	ratio=$(awk -v a="$wall" -v b="${BEST[$b]}" 'BEGIN{ printf "%.2fx", a / b }')
+	printf '| %s | %.2f | %s | %s | %s | %s |\n' "$label" "$wall" "$mbs" "$size" "$rss" "$ratio"
+}
+
+pct() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%+.1f%%", (a / b - 1) * 100 }'; }
+
+CPU_MODEL=$(LC_ALL=C lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
+DOCKER_VER=$(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null || echo unknown)
+DOCKER_ROOT=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)
+DOCKER_FS=$(df -PT "$DOCKER_ROOT" | awk 'NR==2{print $2}')
+WORK_FS=$(df -PT "$WORK" | awk 'NR==2{print $2}')
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULT=$OUT_DIR/results-$STAMP.md
+
+{
+	echo "## volbak benchmark $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo
+	echo "Volume: profile \`$PROFILE\`, size \`$SIZE\` (voltree seed 1): $VOL_BYTES bytes apparent (\`du -sb\`), $VB_FILES tar entries; volbak's manifest says uncompressed_size $VB_UNCOMP."
+	echo "volbak $VOLBAK_COMMIT$VOLBAK_DIRTY. Best (min) wall time of $REPS rep(s) per row, except \`--level default\` (1 rep)."
+	echo "Page cache warm: the source tree was read once (voltree hash) before timing; caches are not dropped. Outputs go to $WORK_FS under /var/tmp."
+	echo
+	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB | ratio vs baseline (wall) |"
+	echo "|---|---:|---:|---:|---:|---:|"
+	fmt_row "baseline backup (busybox tar \| zstd -T0 -3)" base_backup base_backup
+	fmt_row "volbak backup (default flags, level $VB_LEVEL)" vb_backup base_backup
+	fmt_row "volbak backup --level default" vb_backup_def base_backup
+	fmt_row "baseline restore (zstd -dc \| busybox tar -x)" base_restore base_restore
+	fmt_row "volbak restore" vb_restore base_restore
+	echo
+	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s."
+	echo "- Peak RSS = max over reps of /usr/bin/time %M of the volbak process (helper containers not included)."
+	echo "- Output size volbak/baseline: $(pct "${OSIZE[vb_backup]}" "${OSIZE[base_backup]}") (level $VB_LEVEL), $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[base_backup]}") (--level default)."
+	echo "- Level default vs $VB_LEVEL: size $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[vb_backup]}"), wall $(pct "${BEST[vb_backup_def]}" "${BEST[vb_backup]}")."
+	echo "- volbak backup warnings (manifest): ${VB_WARNINGS:-0}."
+	echo "- Fidelity (voltree diff source vs last volbak restore): $FID_LINE$( ((FID_OK)) || echo ' **FAILED**')"
+	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
+	echo "- Baseline restore fidelity (info only): $BASE_DIFF_LINE"
+	echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, kernel $(uname -r), Docker $DOCKER_VER, $DOCKER_ROOT on $DOCKER_FS, $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)."
+} | tee "$RESULT"
+
+log "saved $RESULT"
+((FID_OK)) || die "fidelity check failed: $FID_LINE"

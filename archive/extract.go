@@ -59,9 +59,8 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 	if err == nil {
 		// Past the tar end marker only padding may follow; reading to the
 		// zstd stream's end checks its last checksum.
-		_, err = io.Copy(io.Discard, cr)
-		if err != nil {
-			err = fmt.Errorf("archive corrupt after its last entry: %w", err)
+		if _, err = io.Copy(io.Discard, cr); err != nil {
+			err = corrupt(err)
 		}
 	}
 	if err == nil {
@@ -478,7 +477,7 @@ func Scan(r io.Reader) (Stats, error) {
 	}
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		st.Bytes = cr.n
-		return st, fmt.Errorf("archive corrupt after its last entry: %w", err)
+		return st, corrupt(err)
 	}
 	st.Bytes = cr.n
 	return st, nil

@@ -68,17 +68,19 @@ cleanup() {
 	done
 	for v in $(docker volume ls -q --filter name=volbakbench- 2>/dev/null); do
 		[[ $v == volbakbench-* ]] || continue
-		if ! docker volume rm -f "$v" >/dev/null 2>&1; then
+		if docker volume rm -f "$v" >/dev/null 2>&1; then
+			log "cleanup: removed volume $v"
+		else
 			# volbak removes its helpers itself; give an interrupted one a moment.
 			sleep 2
-			docker volume rm -f "$v" >/dev/null 2>&1 || log "cleanup: could not remove volume $v (in use by: $(docker ps -a --filter volume="$v" --format '{{.Names}}' | tr '\n' ' '))"
+			docker volume rm -f "$v" >/dev/null 2>&1 && log "cleanup: removed volume $v" || log "cleanup: could not remove volume $v (in use by: $(docker ps -a --filter volume="$v" --format '{{.Names}}' | tr '\n' ' '))"
 		fi
 	done
 	if [[ -z ${KEEP_IMAGES:-} ]] && docker image inspect "$BB_IMAGE" >/dev/null 2>&1; then
 		docker image rm "$BB_IMAGE" >/dev/null 2>&1 && log "cleanup: removed image $BB_IMAGE"
 	fi
 	if [[ -n $WORK && -d $WORK ]]; then
-		rm -rf -- "$WORK"
+		rm -rf -- "$WORK" && log "cleanup: removed $WORK"
 	fi
 	((rc == 0)) || log "exit status $rc"
 	exit "$rc"
@@ -123,9 +125,9 @@ mountpoint_of() { docker volume inspect -f '{{.Mountpoint}}' "$1"; }
 # Field of the (single) manifest under DIR/VOLUME.
 manifest_field() { # DIR FIELD
 	local f
-	f=$(ls "$1/$SRC_VOL"/*.json 2>/dev/null | head -n1)
+	f=$(ls "$1/$SRC_VOL"/*.json 2>/dev/null | head -n1 || true)
 	[[ -n $f ]] || die "no manifest under $1/$SRC_VOL"
-	sed -n "s/^[[:space:]]*\"$2\":[[:space:]]*\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}[[:space:]]*\$/\1/p" "$f" | head -n1
+	{ grep -o "\"$2\":[[:space:]]*[^,}]*" "$f" || true; } | head -n1 | sed 's/^[^:]*:[[:space:]]*//; s/"//g; s/[[:space:]]*$//'
 }
 
 vol_rm() { docker volume rm -f "$1" >/dev/null 2>&1 || true; }
@@ -135,10 +137,10 @@ vol_rm() { docker volume rm -f "$1" >/dev/null 2>&1 || true; }
 missing=()
 command -v zstd >/dev/null || missing+=(zstd)
 [[ -x /usr/bin/time ]] && /usr/bin/time -f '%e' true >/dev/null 2>&1 || missing+=(time)
-# busybox must be static to run alone in a scratch image.
-if ! [[ -x /bin/busybox ]] || ! file_is_static=$(LC_ALL=C readelf -l /bin/busybox 2>/dev/null | grep -c INTERP || true) || [[ $file_is_static != 0 ]]; then
+# busybox must be static to run alone in a scratch image: the busybox-static
+# package provides that (it replaces the dynamic "busybox" package).
+[[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" && -x /bin/busybox ]] ||
 	missing+=(busybox-static)
-fi
 if ((${#missing[@]})); then
 	log "installing with apt-get: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -148,9 +150,6 @@ fi
 command -v zstd >/dev/null || die "zstd still missing"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time still missing"
 [[ -x /bin/busybox ]] || die "/bin/busybox still missing"
-if LC_ALL=C readelf -l /bin/busybox 2>/dev/null | grep -q INTERP; then
-	die "/bin/busybox is dynamically linked (need the busybox-static package)"
-fi
 
 WORK=$(mktemp -d /var/tmp/volbakbench.XXXXXX)
 mkdir -p "$WORK/logs" "$OUT_DIR"

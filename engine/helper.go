@@ -193,11 +193,24 @@ func (e *Engine) removeContainer(ctx context.Context, id string) error {
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	_, err := e.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
-	if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
-		// Conflict: AutoRemove is already removing it.
+	if err == nil || cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if !cerrdefs.IsConflict(err) {
 		return fmt.Errorf("remove helper container %s: %w", id[:12], err)
 	}
-	return nil
+	// Conflict: AutoRemove is already removing it. Wait until it is gone, so
+	// that "done" means nothing is left.
+	for {
+		if _, err := e.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{}); cerrdefs.IsNotFound(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("helper container %s still being removed: %w", id[:12], ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // cleanupContext outlives the caller's cancellation: cleaning up after an

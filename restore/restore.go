@@ -213,10 +213,16 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 		return archive.Stats{}, err
 	}
 	defer rc.Close()
-	stats, err := archive.Scan(newVerifier(rc, m))
+	v := newVerifier(rc, m)
+	stats, err := archive.Scan(v)
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
 			return stats, err
+		}
+		// The decoder noticed first; the stored checksum says more (the
+		// file changed after the backup), so read on to it.
+		if _, verr := io.Copy(io.Discard, v); verr != nil {
+			return stats, fmt.Errorf("%w (%v)", verr, err)
 		}
 		return stats, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}

@@ -1,0 +1,261 @@
+package main
+
+// End-to-end tests: the volbak binary, built static as a user builds it,
+// against the real Docker daemon. Everything they create is named
+// volbaktest-… and removed on every path; a daemon that cannot be reached
+// fails the run rather than skipping it.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/internal/voltest"
+	"github.com/volbak/volbak/snapshot"
+)
+
+const (
+	prefix      = "volbaktest-"
+	testVersion = "0.0.0-test"
+)
+
+var (
+	bin string         // the volbak binary under test
+	dc  *client.Client // the tests' own view of the daemon
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	ctx := context.Background()
+	var err error
+	dc, err = client.New(client.FromEnv)
+	if err == nil {
+		_, err = dc.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "the end-to-end tests need the Docker daemon and cannot reach it: %v\n(run scripts/test.sh, which starts it)\n", err)
+		return 1
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "the end-to-end tests need root: they fill and read volumes through their mountpoints")
+		return 1
+	}
+	dir, err := os.MkdirTemp("", prefix+"bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755) // the permission test runs it as nobody
+	bin = filepath.Join(dir, "volbak")
+	build := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version="+testVersion, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build volbak:", err)
+		return 1
+	}
+	code := m.Run()
+	cleanupDaemon(ctx)
+	return code
+}
+
+// cleanupDaemon removes whatever a failed test may have left.
+func cleanupDaemon(ctx context.Context) {
+	for _, c := range testHelpers(ctx) {
+		dc.ContainerRemove(ctx, c, client.ContainerRemoveOptions{Force: true})
+	}
+	vols, _ := dc.VolumeList(ctx, client.VolumeListOptions{})
+	for _, v := range vols.Items {
+		if strings.HasPrefix(v.Name, prefix) {
+			dc.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true})
+		}
+	}
+	dc.ImageRemove(ctx, engine.HelperRepo+":"+testVersion, client.ImageRemoveOptions{Force: true})
+}
+
+// testHelpers lists helper containers serving the tests' volumes.
+func testHelpers(ctx context.Context) []string {
+	res, err := dc.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("label", engine.LabelHelper)})
+	if err != nil {
+		panic(err)
+	}
+	var out []string
+	for _, c := range res.Items {
+		if strings.HasPrefix(c.Labels[engine.LabelVolume], prefix) {
+			out = append(out, c.ID)
+		}
+	}
+	return out
+}
+
+func noHelpersLeft(t *testing.T) {
+	t.Helper()
+	if left := testHelpers(context.Background()); len(left) > 0 {
+		t.Fatalf("%d helper containers left behind", len(left))
+	}
+}
+
+func randName(what string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return prefix + what + "-" + hex.EncodeToString(b[:])
+}
+
+// newVolume creates a volume with labels, fills it through its mountpoint,
+// and removes it when the test ends.
+func newVolume(t *testing.T, labels map[string]string, fill func(dir string) error) (name, dir string) {
+	t.Helper()
+	name = randName("vol")
+	ctx := context.Background()
+	res, err := dc.VolumeCreate(ctx, client.VolumeCreateOptions{Name: name, Labels: labels})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeVolume(name) })
+	if fill != nil {
+		if err := fill(res.Volume.Mountpoint); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return name, res.Volume.Mountpoint
+}
+
+func removeVolume(name string) {
+	dc.VolumeRemove(context.Background(), name, client.VolumeRemoveOptions{Force: true})
+}
+
+func volumeExists(name string) bool {
+	_, err := dc.VolumeInspect(context.Background(), name, client.VolumeInspectOptions{})
+	return err == nil
+}
+
+func mountpoint(t *testing.T, name string) string {
+	t.Helper()
+	res, err := dc.VolumeInspect(context.Background(), name, client.VolumeInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Volume.Mountpoint
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+}
+
+// volbak runs the binary as a user would, not on a terminal.
+func volbak(t *testing.T, args ...string) result {
+	t.Helper()
+	return volbakCmd(t, exec.Command(bin, args...))
+}
+
+func volbakCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func mustOK(t *testing.T, r result) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("volbak failed: %s", r)
+	}
+	return r
+}
+
+func mustFail(t *testing.T, r result, code int, says string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("want exit %d: %s", code, r)
+	}
+	if !strings.Contains(r.stderr, says) {
+		t.Fatalf("stderr does not say %q: %s", says, r)
+	}
+	if strings.Count(strings.TrimSpace(lastLine(r.stderr)), "\n") > 0 {
+		t.Fatalf("error is not one line: %s", r)
+	}
+	noHelpersLeft(t)
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
+func list(t *testing.T, store string, volume string) []snapshot.Manifest {
+	t.Helper()
+	args := []string{"list", "--from", store, "--json"}
+	if volume != "" {
+		args = append(args, "--volume", volume)
+	}
+	r := mustOK(t, volbak(t, args...))
+	var ms []snapshot.Manifest
+	if err := json.Unmarshal([]byte(r.stdout), &ms); err != nil {
+		t.Fatalf("list --json: %v: %s", err, r.stdout)
+	}
+	return ms
+}
+
+func sameTree(t *testing.T, a, b string) {
+	t.Helper()
+	diff, err := voltest.Diff(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diff) > 0 {
+		t.Fatalf("restored tree differs from its source:\n%s", strings.Join(diff, "\n"))
+	}
+}
+
+// noTempFiles checks that no unfinished upload is left in a store.
+func noTempFiles(t *testing.T, store string) {
+	t.Helper()
+	filepath.Walk(store, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasPrefix(info.Name(), ".volbak-tmp-") {
+			t.Errorf("unfinished upload left: %s", p)
+		}
+		return nil
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -57,7 +57,12 @@ cleanup() {
 	if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
 		log "cleanup: stopping running command (pgid $CHILD)"
 		kill -TERM -- "-$CHILD" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$CHILD" 2>/dev/null || break; sleep 0.2; done
+		# Wait (up to 20 s) until nothing but zombies is left in its session,
+		# so that e.g. volbak can remove its helper container first.
+		for _ in $(seq 100); do
+			ps -o stat= -s "$CHILD" 2>/dev/null | grep -qv '^Z' || break
+			sleep 0.2
+		done
 		kill -KILL -- "-$CHILD" 2>/dev/null
 		wait "$CHILD" 2>/dev/null
 	fi

@@ -104,7 +104,10 @@ func (e *Engine) Volume(ctx context.Context, name string) (Volume, error) {
 
 // CreateVolume creates v.Name with v's driver, options and labels.
 func (e *Engine) CreateVolume(ctx context.Context, v Volume) error {
-	_, err := e.cli.VolumeCreate(ctx, client.VolumeCreateOptions{
+	// Made whole or not at all, like a helper: see Run.
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	_, err := e.cli.VolumeCreate(cctx, client.VolumeCreateOptions{
 		Name: v.Name, Driver: v.Driver, DriverOpts: v.Options, Labels: v.Labels,
 	})
 	if err != nil {

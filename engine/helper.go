@@ -58,7 +58,11 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	rand.Read(suffix[:])
 	name := "volbak-" + h.Op + "-" + hex.EncodeToString(suffix[:])
 	stdin := h.Stdin != nil
-	created, err := e.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
+	// Created whole or not at all: an interrupt in the middle of the call
+	// could leave a container the daemon made but volbak never heard of.
+	cctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	created, err := e.cli.ContainerCreate(cctx, client.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
 			Image:        image,
@@ -99,6 +103,9 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			err = rerr
 		}
 	}()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 
 	att, err := e.cli.ContainerAttach(ctx, id, client.ContainerAttachOptions{Stream: true, Stdin: stdin, Stdout: true, Stderr: true})
 	if err != nil {

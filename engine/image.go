@@ -94,7 +94,25 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 	if _, err := e.cli.ImageInspect(ctx, img.id); err != nil {
 		return "", fmt.Errorf("helper image %s missing after load: %w", img.id, err)
 	}
+	e.pruneOldImages(ctx, img.id)
 	return img.id, nil
+}
+
+// pruneOldImages removes helper images that a newer load left untagged
+// (an upgrade, a rebuilt binary), so that they do not pile up. One still in
+// use by a running helper is refused by the daemon and stays.
+func (e *Engine) pruneOldImages(ctx context.Context, current string) {
+	res, err := e.cli.ImageList(ctx, client.ImageListOptions{
+		Filters: client.Filters{}.Add("label", LabelHelper+"=image").Add("dangling", "true"),
+	})
+	if err != nil {
+		return
+	}
+	for _, im := range res.Items {
+		if im.ID != current {
+			e.cli.ImageRemove(ctx, im.ID, client.ImageRemoveOptions{})
+		}
+	}
 }
 
 // binaryArch checks that bin can run alone in an empty image (statically

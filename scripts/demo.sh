@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A real round trip, start to end: build volbak, make a demo volume with a
+# few awkward files, back it up, list, verify, restore it into a new volume,
+# and compare the two. Needs Go, Docker, and root (it writes the demo files
+# through the volume's mountpoint). Backups go to ./demo-backups.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+scripts/docker-up.sh >/dev/null
+
+CGO_ENABLED=0 go build -o bin/volbak ./cmd/volbak
+src=volbak-demo
+dst=volbak-demo-restored
+cleanup() { docker volume rm -f "$src" "$dst" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+cleanup
+
+docker volume create --label app=demo "$src" >/dev/null
+mp=$(docker volume inspect -f '{{.Mountpoint}}' "$src")
+mkdir -p "$mp/conf" "$mp/empty-dir"
+seq 1 100000 >"$mp/numbers.txt"
+echo 'secret=1' >"$mp/conf/app.conf" && chmod 600 "$mp/conf/app.conf" && chown 999:999 "$mp/conf/app.conf"
+ln -s conf/app.conf "$mp/config-link"
+ln "$mp/numbers.txt" "$mp/numbers-hardlink.txt"
+truncate -s 1G "$mp/sparse.img" && echo tail >>"$mp/sparse.img"
+
+set -x
+bin/volbak backup "$src" --to ./demo-backups
+bin/volbak list --from ./demo-backups
+bin/volbak verify "$src" --from ./demo-backups
+bin/volbak restore "$src" --from ./demo-backups --to-volume "$dst"
+{ set +x; } 2>/dev/null
+
+rp=$(docker volume inspect -f '{{.Mountpoint}}' "$dst")
+echo "labels of the restored volume: $(docker volume inspect -f '{{json .Labels}}' "$dst")"
+echo "sparse.img: $(du -h "$rp/sparse.img" | cut -f1) on disk for $(du -h --apparent-size "$rp/sparse.img" | cut -f1)"
+# Content, owners, modes and times, compared entry by entry.
+describe() { (cd "$1" && find . -printf '%p %y %m %U:%G %s %T@ %l\n' | sort); }
+if diff <(describe "$mp") <(describe "$rp") && diff -r "$mp" "$rp" >/dev/null 2>&1; then
+  echo "demo: restored volume is identical to its source"
+else
+  echo "demo: restored volume differs from its source" >&2
+  exit 1
+fi

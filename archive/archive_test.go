@@ -44,6 +44,9 @@ func TestRoundTripEveryEntryKind(t *testing.T) {
 	if wst.Warnings != 0 {
 		t.Fatalf("%d warnings archiving a still tree", wst.Warnings)
 	}
+	if wst.Bytes > 16<<20 {
+		t.Fatalf("tar stream of %d bytes: the 64 MiB sparse file's hole was archived as zeros", wst.Bytes)
+	}
 	xst, err := Extract(bytes.NewReader(data), dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }})
 	if err != nil {
 		t.Fatal(err)

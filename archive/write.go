@@ -3,13 +3,17 @@ package archive
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +49,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	a := &writer{
 		root:  root,
+		out:   bw,
 		tw:    tar.NewWriter(bw),
 		links: map[[2]uint64]string{},
 		buf:   make([]byte, 1<<20),
@@ -74,6 +79,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 
 type writer struct {
 	root  string
+	out   io.Writer // what tw writes to; sparse entries are written here directly
 	tw    *tar.Writer
 	links map[[2]uint64]string // (dev, inode) of a multiply-linked file -> first name
 	buf   []byte
@@ -201,6 +207,11 @@ func (a *writer) file(full, rel string, hdr *tar.Header, size int64) error {
 	if err := a.xattrs(full, hdr); err != nil {
 		return err
 	}
+	if st.Blocks*512 < size {
+		if segs := dataSegments(f, size); segs != nil {
+			return a.sparse(f, rel, hdr, size, segs)
+		}
+	}
 	if err := a.header(hdr); err != nil {
 		return err
 	}
@@ -214,6 +225,150 @@ func (a *writer) file(full, rel string, hdr *tar.Header, size int64) error {
 		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", size))
 	}
 	return nil
+}
+
+// dataSegments maps where f holds data, as [offset, length] pairs, ending
+// with a zero-length entry at size when the file ends in a hole (as GNU tar
+// writes it). It returns nil when the file has no holes or the filesystem
+// cannot say.
+func dataSegments(f *os.File, size int64) [][2]int64 {
+	fd := int(f.Fd())
+	var segs [][2]int64
+	var data int64
+	for off := int64(0); off < size; {
+		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // the rest is a hole
+		}
+		if err != nil {
+			return nil
+		}
+		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+		if err != nil {
+			return nil
+		}
+		end = min(end, size)
+		if end > start {
+			segs = append(segs, [2]int64{start, end - start})
+			data += end - start
+		}
+		off = end
+	}
+	if data == size {
+		return nil
+	}
+	if len(segs) == 0 || segs[len(segs)-1][0]+segs[len(segs)-1][1] < size {
+		segs = append(segs, [2]int64{size, 0})
+	}
+	return segs
+}
+
+// sparse writes a file with holes in the GNU sparse format 1.0 (PAX), which
+// GNU tar, bsdtar and Go's archive/tar read: a map of the data segments at
+// the start of the entry's data, then only the data. A 1 TiB disk image
+// with 1 MiB in it archives as 1 MiB. Go's tar.Writer will not write the
+// GNU.sparse records, so this entry's two headers are made here and
+// written between the Writer's entries, at a block boundary.
+func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, segs [][2]int64) error {
+	sparseMap := fmt.Appendf(nil, "%d\n", len(segs))
+	var data int64
+	for _, s := range segs {
+		sparseMap = fmt.Appendf(sparseMap, "%d\n%d\n", s[0], s[1])
+		data += s[1]
+	}
+	sparseMap = append(sparseMap, make([]byte, blockPad(int64(len(sparseMap))))...)
+	stored := int64(len(sparseMap)) + data
+
+	recs := map[string]string{
+		"GNU.sparse.major":    "1",
+		"GNU.sparse.minor":    "0",
+		"GNU.sparse.name":     rel,
+		"GNU.sparse.realsize": strconv.FormatInt(size, 10),
+		"size":                strconv.FormatInt(stored, 10),
+		"uid":                 strconv.Itoa(hdr.Uid),
+		"gid":                 strconv.Itoa(hdr.Gid),
+		"mtime":               paxTime(hdr.ModTime),
+	}
+	maps.Copy(recs, hdr.PAXRecords) // xattrs
+	var paxData strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(recs)) {
+		paxData.WriteString(paxRecord(k, recs[k]))
+	}
+	// The plain USTAR fields are placeholders; the PAX records above win.
+	var blocks bytes.Buffer
+	scratch := tar.NewWriter(&blocks)
+	// Go refuses to write an 'x' header itself: write a regular one, and
+	// turn it into the extended header below.
+	if err := scratch.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "PaxHeaders.0/sparse",
+		Size: int64(paxData.Len()), ModTime: hdr.ModTime.Truncate(time.Second), Format: tar.FormatUSTAR}); err != nil {
+		return fmt.Errorf("sparse header for %s: %w", rel, err)
+	}
+	scratch.Write([]byte(paxData.String()))
+	scratch.Flush()
+	setTypeflag(blocks.Bytes()[:512], tar.TypeXHeader)
+	placeholder := min(stored, 1<<33-1) // USTAR's largest size; the reader takes the PAX size
+	if err := scratch.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "GNUSparseFile.0/sparse",
+		Mode: hdr.Mode, Size: placeholder, ModTime: hdr.ModTime.Truncate(time.Second), Format: tar.FormatUSTAR}); err != nil {
+		return fmt.Errorf("sparse header for %s: %w", rel, err)
+	}
+	hdrBytes := blocks.Bytes()[:blocks.Len()] // both headers; scratch is dropped before any data
+	a.stats.Entries++
+	if err := a.tw.Flush(); err != nil {
+		return err
+	}
+	if _, err := a.out.Write(hdrBytes); err != nil {
+		return err
+	}
+	if _, err := a.out.Write(sparseMap); err != nil {
+		return err
+	}
+	var short int64
+	for _, s := range segs {
+		n, err := CopyExactly(a.out, io.NewSectionReader(f, s[0], s[1]), s[1], a.buf)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", rel, err)
+		}
+		short += s[1] - n
+	}
+	if _, err := a.out.Write(make([]byte, blockPad(stored))); err != nil {
+		return err
+	}
+	if short > 0 {
+		a.warnf(rel, fmt.Sprintf("shrank while read; %d bytes padded with zeros", short))
+	}
+	return nil
+}
+
+// setTypeflag changes a USTAR header block's type and fixes its checksum.
+func setTypeflag(blk []byte, flag byte) {
+	blk[156] = flag
+	copy(blk[148:156], "        ")
+	var sum int64
+	for _, c := range blk {
+		sum += int64(c)
+	}
+	copy(blk[148:156], fmt.Sprintf("%06o\x00 ", sum))
+}
+
+func blockPad(n int64) int64 { return -n & 511 }
+
+// paxRecord formats "LEN key=value\n", LEN counting itself.
+func paxRecord(k, v string) string {
+	size := len(k) + len(v) + 3
+	size += len(strconv.Itoa(size))
+	rec := strconv.Itoa(size) + " " + k + "=" + v + "\n"
+	if len(rec) != size { // the length's own digits pushed it over
+		rec = strconv.Itoa(len(rec)) + " " + k + "=" + v + "\n"
+	}
+	return rec
+}
+
+func paxTime(t time.Time) string {
+	sec, nsec := t.Unix(), t.Nanosecond()
+	if nsec == 0 {
+		return strconv.FormatInt(sec, 10)
+	}
+	return strings.TrimRight(fmt.Sprintf("%d.%09d", sec, nsec), "0")
 }
 
 // CopyExactly copies size bytes from r to w. If r ends early, the rest is

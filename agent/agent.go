@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/volbak/volbak/archive"
@@ -107,8 +108,13 @@ func estimate(ctx context.Context, root string, em *emitter) {
 		if err != nil || !d.Type().IsRegular() {
 			return nil
 		}
+		// What the archive will carry: a sparse file's data, not its holes.
 		if info, err := d.Info(); err == nil {
-			total += info.Size()
+			size := info.Size()
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				size = min(size, st.Blocks*512)
+			}
+			total += size
 		}
 		return nil
 	})

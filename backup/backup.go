@@ -11,6 +11,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"sync"
 	"syscall"
 	"time"
 
@@ -70,10 +71,12 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 		log.Warn("file not archived as it was", "path", path, "reason", msg)
 	}}
 	args := []string{"agent", "archive", "--root", engine.MountPoint, "--level", string(opts.Level)}
+	stopMeter := func() {}
 	if opts.Progress != nil {
 		args = append(args, "--progress", "250ms")
 		meter := progress.Start(opts.Progress, name, events.Progress.Load, events.Estimate.Load)
-		defer meter.Stop()
+		stopMeter = sync.OnceFunc(meter.Stop)
+		defer stopMeter()
 	}
 
 	pr, pw := io.Pipe()
@@ -93,6 +96,7 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 	}
 	pw.CloseWithError(runErr) // nil: the archive is complete, Put may commit it
 	putErr := <-putDone
+	stopMeter() // before anything else is printed
 
 	switch {
 	case ctx.Err() != nil:

@@ -101,7 +101,10 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 // pruneOldImages removes helper images that a newer load left untagged
 // (an upgrade, a rebuilt binary), so that they do not pile up. One still in
 // use by a running helper is refused by the daemon and stays.
+// Tidying is not worth stalling a backup for: a busy daemon gets 2 s.
 func (e *Engine) pruneOldImages(ctx context.Context, current string) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	res, err := e.cli.ImageList(ctx, client.ImageListOptions{
 		Filters: client.Filters{}.Add("label", LabelHelper+"=image").Add("dangling", "true"),
 	})

@@ -46,6 +46,11 @@ command -v docker >/dev/null || die "docker CLI not found"
 docker info >/dev/null 2>&1 || die "docker daemon not reachable"
 [[ -d $VOLTREE_SRC ]] || die "voltree sources not found at $VOLTREE_SRC"
 
+# One run at a time: cleanup removes every volbakbench-* object, so a second
+# concurrent run would destroy the first one's volumes.
+exec 9<"$SCRIPT_DIR/bench.sh"
+flock -n 9 || die "another bench.sh run is going on (flock on $SCRIPT_DIR/bench.sh)"
+
 # ------------------------------------------------------------------ cleanup
 
 WORK=""
@@ -57,9 +62,10 @@ cleanup() {
 	if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
 		log "cleanup: stopping running command (pgid $CHILD)"
 		kill -TERM -- "-$CHILD" 2>/dev/null
-		# Wait (up to 20 s) until nothing but zombies is left in its session,
-		# so that e.g. volbak can remove its helper container first.
-		for _ in $(seq 100); do
+		# Wait (up to 40 s) until nothing but zombies is left in its session,
+		# so that volbak can remove its helper container itself. (Seen: volbak
+		# sometimes needs its full 30 s cleanup timeout after SIGTERM.)
+		for _ in $(seq 200); do
 			ps -o stat= -s "$CHILD" 2>/dev/null | grep -qv '^Z' || break
 			sleep 0.2
 		done
@@ -189,10 +195,10 @@ VOLBAK_DIRTY=$( [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && ech
 
 # ------------------------------------------------------------------ 5. source volume
 
-for v in "$SRC_VOL" "$DST_VOL" "$DST_BASE_VOL" "$WARM_VOL"; do
-	if docker volume inspect "$v" >/dev/null 2>&1; then
-		die "volume $v already exists (left over from another run?); remove it first"
-	fi
+for v in $(docker volume ls -q --filter name=volbakbench- 2>/dev/null); do
+	[[ $v == volbakbench-* ]] || continue
+	log "removing volume $v left over from an earlier run"
+	docker volume rm "$v" >/dev/null || die "cannot remove leftover volume $v"
 done
 docker volume create "$SRC_VOL" >/dev/null
 SRC_MP=$(mountpoint_of "$SRC_VOL")
@@ -298,10 +304,12 @@ if ((!FID_OK)); then
 	head -n 40 "$WORK/diff.out" >&2
 fi
 SPARSE_LINE="n/a (no edge/sparse.img in profile $PROFILE)"
+SPARSE_NOTE=""
 if [[ -f $SRC_MP/edge/sparse.img ]]; then
 	s_alloc=$(du -sk "$SRC_MP/edge/sparse.img" | awk '{print $1}')
 	d_alloc=$( [[ -f $DST_MP/edge/sparse.img ]] && du -sk "$DST_MP/edge/sparse.img" | awk '{print $1}' || echo missing)
 	s_app=$(stat -c %s "$SRC_MP/edge/sparse.img")
+	SPARSE_NOTE=" This counts the $((s_app / 1048576)) MiB apparent size of the sparse edge/sparse.img, which busybox tar reads as zeros."
 	SPARSE_LINE="source ${s_alloc} KiB allocated, restored ${d_alloc} KiB allocated (apparent size $((s_app / 1024)) KiB)"
 fi
 
@@ -336,7 +344,7 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "volbak $VOLBAK_COMMIT$VOLBAK_DIRTY. Best (min) wall time of $REPS rep(s) per row, except \`--level default\` (1 rep)."
 	echo "Page cache warm: the source tree was read once (voltree hash) before timing; caches are not dropped. Outputs go to $WORK_FS under /var/tmp."
 	echo
-	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB | ratio vs baseline (wall) |"
+	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB (volbak only) | ratio vs baseline (wall) |"
 	echo "|---|---:|---:|---:|---:|---:|"
 	fmt_row "baseline backup (busybox tar \| zstd -T0 -3)" base_backup base_backup
 	fmt_row "volbak backup (default flags, level $VB_LEVEL)" vb_backup base_backup
@@ -344,14 +352,14 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	fmt_row "baseline restore (zstd -dc \| busybox tar -x)" base_restore base_restore
 	fmt_row "volbak restore" vb_restore base_restore
 	echo
-	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s."
+	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s.$SPARSE_NOTE"
 	echo "- Peak RSS = max over reps of /usr/bin/time %M of the volbak process (helper containers not included)."
 	echo "- Output size volbak/baseline: $(pct "${OSIZE[vb_backup]}" "${OSIZE[base_backup]}") (level $VB_LEVEL), $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[base_backup]}") (--level default)."
 	echo "- Level default vs $VB_LEVEL: size $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[vb_backup]}"), wall $(pct "${BEST[vb_backup_def]}" "${BEST[vb_backup]}")."
 	echo "- volbak backup warnings (manifest): ${VB_WARNINGS:-0}."
 	echo "- Fidelity (voltree diff source vs last volbak restore): $FID_LINE$( ((FID_OK)) || echo ' **FAILED**')"
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
-	echo "- Baseline restore fidelity (info only): $BASE_DIFF_LINE"
+	echo "- Baseline restore fidelity (info only; busybox tar is known to drop xattrs, symlink owners and directory mtimes): $BASE_DIFF_LINE"
 	echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, kernel $(uname -r), Docker $DOCKER_VER, $DOCKER_ROOT on $DOCKER_FS, $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)."
 } | tee "$RESULT"
 

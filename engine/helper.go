@@ -152,18 +152,20 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	select {
 	case outErr = <-outDone:
 	case <-ctx.Done():
-		e.kill(ctx, id)
+		// Detach first: the daemon's kill waits for the container's streams
+		// to drain, and nobody reads them any more.
 		att.Close()
+		e.kill(ctx, id)
 		<-outDone
 		<-inDone
 		return ctx.Err()
 	}
+	att.Close() // unblocks a stdin copy still writing into a helper that exited
 	if outErr != nil {
 		// Whoever consumes stdout gave up (a full disk, a failed upload):
 		// stop the helper rather than let it run on into nothing.
 		e.kill(ctx, id)
 	}
-	att.Close() // unblocks a stdin copy still writing into a helper that exited
 	if inErr := <-inDone; inErr != nil {
 		return inErr
 	}

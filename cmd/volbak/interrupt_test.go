@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/volbak/volbak/internal/voltest"
 )
@@ -40,7 +41,11 @@ func TestInterrupt(t *testing.T) {
 			}
 			waitFor(t, "the upload to start", func() bool { return uploading(store) })
 			cmd.Process.Signal(sig)
+			sent := time.Now()
 			err := cmd.Wait()
+			if took := time.Since(sent); took > 10*time.Second {
+				t.Errorf("volbak took %s to stop after %v", took, sig)
+			}
 			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
 				t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
 			}
@@ -75,7 +80,11 @@ func TestInterrupt(t *testing.T) {
 			return err == nil
 		})
 		cmd.Process.Signal(syscall.SIGINT)
+		sent := time.Now()
 		err := cmd.Wait()
+		if took := time.Since(sent); took > 10*time.Second {
+			t.Errorf("volbak took %s to stop after SIGINT", took)
+		}
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
 			t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
 		}

@@ -243,3 +243,45 @@ func TestCheckEmptyAndEmpty(t *testing.T) {
 		t.Fatalf("left %v", names)
 	}
 }
+
+// Frames of any size concatenate into one stream that decodes to the input,
+// and a failing output stops the writer with its error.
+func TestFrameWriter(t *testing.T) {
+	for _, size := range []int{0, 1, 1000, 64 << 10, 3<<20 + 17} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i * i >> 7)
+		}
+		var out bytes.Buffer
+		fw, err := newFrameWriter(&out, LevelFastest, 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p := data; len(p) > 0; p = p[min(len(p), 777):] {
+			fw.Write(p[:min(len(p), 777)])
+		}
+		if err := fw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		dec, _ := zstd.NewReader(&out)
+		got, err := io.ReadAll(dec)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("size %d: round trip err %v, equal %v", size, err, bytes.Equal(got, data))
+		}
+	}
+	boom := errors.New("disk full")
+	fw, _ := newFrameWriter(failWriter{boom}, LevelFastest, 4096)
+	var err error
+	for range 100 {
+		if _, err = fw.Write(make([]byte, 4096)); err != nil {
+			break
+		}
+	}
+	if cerr := fw.Close(); !errors.Is(cerr, boom) || (err != nil && !errors.Is(err, boom)) {
+		t.Fatalf("write error lost: %v / %v", err, cerr)
+	}
+}
+
+type failWriter struct{ err error }
+
+func (f failWriter) Write([]byte) (int, error) { return 0, f.err }

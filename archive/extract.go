@@ -32,6 +32,9 @@ const holeBlock = 4096
 
 var zeroBlock [holeBlock]byte
 
+// minHole is the shortest run of zeros restored as a hole.
+var minHole = 64 << 10
+
 // Extract restores a tar+zstd stream into root, which must exist. It reads r
 // to its end even after the tar's end marker, so that a corrupt or extended
 // stream fails here, before the caller calls the restore good. Names that
@@ -293,30 +296,42 @@ func (x *extractor) file(rel, full string, hdr *tar.Header) error {
 }
 
 // content writes size bytes from the archive into f, leaving holes where
-// whole blocks are zero: a sparse file comes back sparse, and zeros are
-// not written at all, which is most of what restore would spend on them.
+// the data has long runs of zeros (at least minHole, or up to the end): a
+// sparse file comes back sparse, and zeros cost no writes. Shorter runs are
+// written: a hole per database page would fragment the file into one extent
+// a page, slow to write and to read back.
 func (x *extractor) content(f *os.File, size int64) error {
 	var off int64
 	for off < size {
 		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
 		n, err := io.ReadFull(x.tr, chunk)
 		chunk = chunk[:n]
+		last := off+int64(n) == size
 		for i := 0; i < n; {
-			for i < n && isZero(chunk[i:min(i+holeBlock, n)]) {
-				i += holeBlock
-			}
-			if i >= n {
-				break
-			}
-			j := i
-			for j < n && !isZero(chunk[j:min(j+holeBlock, n)]) {
-				j += holeBlock
+			// Find the next zero run worth a hole; write what comes before it.
+			j, k := i, n
+			for j < n {
+				if !isZero(chunk[j:min(j+holeBlock, n)]) {
+					j += holeBlock
+					continue
+				}
+				k = j
+				for k < n && isZero(chunk[k:min(k+holeBlock, n)]) {
+					k += holeBlock
+				}
+				k = min(k, n)
+				if k-j >= minHole || (k == n && last) {
+					break
+				}
+				j, k = k, n
 			}
 			j = min(j, n)
-			if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
-				return err
+			if j > i {
+				if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
+					return err
+				}
 			}
-			i = j
+			i = k
 		}
 		off += int64(n)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -58,7 +59,11 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 	if x.warn == nil {
 		x.warn = func(string, string) {}
 	}
+	x.startWorkers()
 	err = x.run()
+	if werr := x.stopWorkers(); err == nil {
+		err = werr
+	}
 	if err == nil {
 		// Past the tar end marker only padding may follow; reading to the
 		// zstd stream's end checks its last checksum.
@@ -83,6 +88,14 @@ type extractor struct {
 	root0  bool // running as root: owners are restored
 	warned map[string]bool
 	stats  Stats
+
+	// Small files are written by workers (extract_files.go).
+	jobs     chan fileJob
+	pool     chan []byte
+	workers  sync.WaitGroup
+	pending  sync.WaitGroup
+	mu       sync.Mutex // guards warned, stats.Warnings and asyncErr
+	asyncErr error
 }
 
 type pending struct {
@@ -104,6 +117,9 @@ func (x *extractor) run() error {
 		}
 		x.stats.Entries++
 		if err := x.entry(hdr); err != nil {
+			return err
+		}
+		if err := x.failed(); err != nil {
 			return err
 		}
 	}
@@ -170,6 +186,9 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		if err != nil {
 			return err
 		}
+		if err := x.settle(); err != nil {
+			return err
+		}
 		if !x.dirs[path.Dir(target)] {
 			return fmt.Errorf("hardlink %s: target %s is not inside the restored tree: refused", rel, target)
 		}
@@ -204,8 +223,7 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		}
 		return x.times(rel, full, hdr)
 	default:
-		x.stats.Warnings++
-		x.warn(rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
+		x.warnOnce(fmt.Sprintf("type %q", hdr.Typeflag), rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
 		return nil
 	}
 }
@@ -271,67 +289,14 @@ func (x *extractor) replace(rel, full string) error {
 	return nil
 }
 
-func (x *extractor) file(rel, full string, hdr *tar.Header) error {
-	f, err := os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		if err = x.replace(rel, full); err == nil {
-			f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("create %s: %w", rel, err)
-	}
-	if err := x.content(f, hdr.Size); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", rel, err)
-	}
-	if err := x.meta(rel, full, hdr, f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", rel, err)
-	}
-	return x.times(rel, full, hdr)
-}
-
-// content writes size bytes from the archive into f, leaving holes where
-// the data has long runs of zeros (at least minHole, or up to the end): a
-// sparse file comes back sparse, and zeros cost no writes. Shorter runs are
-// written: a hole per database page would fragment the file into one extent
-// a page, slow to write and to read back.
+// content writes size bytes from the archive into f; see writeData.
 func (x *extractor) content(f *os.File, size int64) error {
 	var off int64
 	for off < size {
 		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
 		n, err := io.ReadFull(x.tr, chunk)
-		chunk = chunk[:n]
-		last := off+int64(n) == size
-		for i := 0; i < n; {
-			// Find the next zero run worth a hole; write what comes before it.
-			j, k := i, n
-			for j < n {
-				if !isZero(chunk[j:min(j+holeBlock, n)]) {
-					j += holeBlock
-					continue
-				}
-				k = j
-				for k < n && isZero(chunk[k:min(k+holeBlock, n)]) {
-					k += holeBlock
-				}
-				k = min(k, n)
-				if k-j >= minHole || (k == n && last) {
-					break
-				}
-				j, k = k, n
-			}
-			j = min(j, n)
-			if j > i {
-				if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
-					return err
-				}
-			}
-			i = k
+		if werr := writeData(f, chunk[:n], off, off+int64(n) == size); werr != nil {
+			return werr
 		}
 		off += int64(n)
 		if err != nil {
@@ -340,6 +305,42 @@ func (x *extractor) content(f *os.File, size int64) error {
 	}
 	// A trailing hole has no write to extend the file to its size.
 	return f.Truncate(size)
+}
+
+// writeData writes chunk at off, leaving holes where it has long runs of
+// zeros (at least minHole, or up to the end of the file when last): a
+// sparse file comes back sparse, and zeros cost no writes. Shorter runs are
+// written: a hole per database page would fragment the file into one
+// extent a page, slow to write and to read back.
+func writeData(f *os.File, chunk []byte, off int64, last bool) error {
+	n := len(chunk)
+	for i := 0; i < n; {
+		// Find the next zero run worth a hole; write what comes before it.
+		j, k := i, n
+		for j < n {
+			if !isZero(chunk[j:min(j+holeBlock, n)]) {
+				j += holeBlock
+				continue
+			}
+			k = j
+			for k < n && isZero(chunk[k:min(k+holeBlock, n)]) {
+				k += holeBlock
+			}
+			k = min(k, n)
+			if k-j >= minHole || (k == n && last) {
+				break
+			}
+			j, k = k, n
+		}
+		j = min(j, n)
+		if j > i {
+			if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
+				return err
+			}
+		}
+		i = k
+	}
+	return nil
 }
 
 func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
@@ -411,6 +412,8 @@ func (x *extractor) finishDirs() error {
 // warnOnce reports the first entry that hit a kind of problem and counts
 // every one, so that a volume of 100k files owned by others gives one line.
 func (x *extractor) warnOnce(kind, rel, msg string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	x.stats.Warnings++
 	if x.warned == nil {
 		x.warned = map[string]bool{}

@@ -127,7 +127,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	if stdin {
 		go func() {
 			src := &readErr{r: h.Stdin}
-			_, err := io.Copy(att.Conn, src)
+			_, err := io.CopyBuffer(att.Conn, src, make([]byte, 1<<20))
 			switch {
 			case src.err != nil:
 				// Kill before the helper could take a closed stdin for a

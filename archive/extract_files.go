@@ -1,0 +1,157 @@
+package archive
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// Small files are written by workers beside the archive reader: on a
+// restore, creating a file is a filesystem transaction that costs as much
+// as writing a megabyte, and one goroutine doing nothing else would leave
+// the other core idle while the stream waits. Their content is read into
+// a pooled buffer first, so memory is bounded by the pool.
+const (
+	smallFile   = 1 << 20
+	poolBuffers = 16
+)
+
+type fileJob struct {
+	rel, full string
+	hdr       *tar.Header
+	data, buf []byte
+}
+
+func (x *extractor) startWorkers() {
+	n := runtime.GOMAXPROCS(0)
+	if n < 2 {
+		return
+	}
+	x.jobs = make(chan fileJob)
+	x.pool = make(chan []byte, poolBuffers)
+	for range poolBuffers {
+		x.pool <- make([]byte, smallFile)
+	}
+	for range n {
+		x.workers.Add(1)
+		go func() {
+			defer x.workers.Done()
+			for j := range x.jobs {
+				err := x.writeSmall(j)
+				x.pool <- j.buf
+				if err != nil {
+					x.fail(err)
+				}
+				x.pending.Done()
+			}
+		}()
+	}
+}
+
+// stopWorkers waits for every file handed out and returns the first error.
+func (x *extractor) stopWorkers() error {
+	if x.jobs != nil {
+		close(x.jobs)
+		x.workers.Wait()
+		x.jobs = nil
+	}
+	return x.failed()
+}
+
+// settle waits until every file handed out is written: a hardlink needs
+// its target complete.
+func (x *extractor) settle() error {
+	x.pending.Wait()
+	return x.failed()
+}
+
+func (x *extractor) fail(err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.asyncErr == nil {
+		x.asyncErr = err
+	}
+}
+
+func (x *extractor) failed() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.asyncErr
+}
+
+// file restores a regular file: a small one through a worker, a large one
+// here, streamed.
+func (x *extractor) file(rel, full string, hdr *tar.Header) error {
+	if x.jobs != nil && hdr.Size <= smallFile {
+		if err := x.failed(); err != nil {
+			return err
+		}
+		buf := <-x.pool
+		data := buf[:hdr.Size]
+		if _, err := io.ReadFull(x.tr, data); err != nil {
+			x.pool <- buf
+			return corrupt(err)
+		}
+		x.pending.Add(1)
+		x.jobs <- fileJob{rel: rel, full: full, hdr: hdr, data: data, buf: buf}
+		return nil
+	}
+	f, err := create(full)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", rel, err)
+	}
+	if err := x.content(f, hdr.Size); err != nil {
+		f.Close()
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	return x.finishFile(rel, full, hdr, f)
+}
+
+func (x *extractor) writeSmall(j fileJob) error {
+	f, err := create(j.full)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", j.rel, err)
+	}
+	if err := writeData(f, j.data, 0, true); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", j.rel, err)
+	}
+	if err := f.Truncate(j.hdr.Size); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", j.rel, err)
+	}
+	return x.finishFile(j.rel, j.full, j.hdr, f)
+}
+
+func (x *extractor) finishFile(rel, full string, hdr *tar.Header, f *os.File) error {
+	if err := x.meta(rel, full, hdr, f); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", rel, err)
+	}
+	return x.times(rel, full, hdr)
+}
+
+// create makes a new file, replacing a non-directory already there (a
+// leftover the archive lists again). It never follows a symlink.
+func create(full string) (*os.File, error) {
+	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL | unix.O_NOFOLLOW
+	f, err := os.OpenFile(full, flags, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		var st unix.Stat_t
+		if lerr := unix.Lstat(full, &st); lerr == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			if rerr := os.Remove(full); rerr != nil {
+				return nil, rerr
+			}
+			f, err = os.OpenFile(full, flags, 0o600)
+		}
+	}
+	return f, err
+}

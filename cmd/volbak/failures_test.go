@@ -66,6 +66,9 @@ func TestBackupFailures(t *testing.T) {
 			t.Fatal("a partial snapshot is listed")
 		}
 	})
+	t.Run("missing helper image", func(t *testing.T) {
+		mustFail(t, volbak(t, "backup", vol, "--to", t.TempDir(), "--helper-image", prefix+"no-such-image:1"), 1, "no registry is asked")
+	})
 	t.Run("bad level", func(t *testing.T) {
 		mustFail(t, volbak(t, "backup", vol, "--to", t.TempDir(), "--level", "ludicrous"), 2, "unknown zstd level")
 	})

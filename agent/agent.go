@@ -31,7 +31,16 @@ type Event struct {
 	Bytes    int64  `json:"bytes,omitempty"`
 	Entries  int64  `json:"entries,omitempty"`
 	Warnings int64  `json:"warnings,omitempty"`
+	// Kind classifies an error event for the controller: "corrupt" (the
+	// archive is bad), "not_empty" (the restore target holds data), or empty.
+	Kind string `json:"kind,omitempty"`
 }
+
+// Error kinds.
+const (
+	KindCorrupt  = "corrupt"
+	KindNotEmpty = "not_empty"
+)
 
 type emitter struct {
 	mu  sync.Mutex
@@ -53,11 +62,20 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runArchive(args[1:], stdout, em)
 	case len(args) > 0 && args[0] == "extract":
 		err = runExtract(args[1:], stdin, em)
+	case len(args) > 0 && args[0] == "wipe":
+		err = runWipe(args[1:])
 	default:
-		err = errors.New("usage: volbak agent archive|extract [flags] (run by volbak inside its helper containers)")
+		err = errors.New("usage: volbak agent archive|extract|wipe [flags] (run by volbak inside its helper containers)")
 	}
 	if err != nil {
-		em.emit(Event{Event: "error", Message: err.Error()})
+		ev := Event{Event: "error", Message: err.Error()}
+		switch {
+		case errors.Is(err, archive.ErrCorrupt):
+			ev.Kind = KindCorrupt
+		case errors.Is(err, archive.ErrNotEmpty):
+			ev.Kind = KindNotEmpty
+		}
+		em.emit(ev)
 		return 1
 	}
 	return 0
@@ -167,4 +185,16 @@ func runExtract(args []string, stdin io.Reader, em *emitter) error {
 	}
 	em.emit(Event{Event: "done", Entries: st.Entries, Bytes: st.Bytes, Warnings: st.Warnings})
 	return nil
+}
+
+// runWipe empties the target: what a failed restore into a volume that
+// existed before leaves, instead of a partial tree.
+func runWipe(args []string) error {
+	fl := flag.NewFlagSet("wipe", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	root := fl.String("root", "/data", "tree to empty")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	return archive.Empty(*root)
 }

@@ -21,6 +21,7 @@ type Events struct {
 	line  []byte
 	done  *Event
 	err   string
+	kind  string
 	other []string // lines that are not events: a crash, a runtime message
 }
 
@@ -60,7 +61,7 @@ func (e *Events) handle(line []byte) {
 		e.Progress.Store(ev.Bytes)
 		e.done = &ev
 	case "error":
-		e.err = ev.Message
+		e.err, e.kind = ev.Message, ev.Kind
 	}
 }
 
@@ -73,6 +74,14 @@ func (e *Events) Done() *Event {
 		e.line = nil
 	}
 	return e.done
+}
+
+// Kind returns the kind of the helper's error event (KindCorrupt, …).
+func (e *Events) Kind() string {
+	e.Done()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.kind
 }
 
 // Err returns what the helper said went wrong: its error event, or else

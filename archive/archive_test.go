@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/volbak/volbak/internal/voltest"
+	"golang.org/x/sys/unix"
 )
 
 func archiveTree(t *testing.T, root string) ([]byte, Stats) {
@@ -285,3 +286,71 @@ func TestFrameWriter(t *testing.T) {
 type failWriter struct{ err error }
 
 func (f failWriter) Write([]byte) (int, error) { return 0, f.err }
+
+// A directory replaced by a symlink later in the archive gets no metadata
+// through that symlink (the directory outside keeps its mode).
+func TestReplacedDirectoryNotFollowed(t *testing.T) {
+	outside := t.TempDir()
+	os.Chmod(outside, 0o700)
+	var raw bytes.Buffer
+	enc, _ := zstd.NewWriter(&raw)
+	tw := tar.NewWriter(enc)
+	for _, h := range []tar.Header{
+		{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o777},
+		{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "d", Typeflag: tar.TypeSymlink, Linkname: outside},
+	} {
+		h.ModTime = time.Unix(0, 0)
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	enc.Close()
+	if _, err := Extract(&raw, t.TempDir(), ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(outside); st.Mode().Perm() != 0o700 {
+		t.Fatalf("directory outside the target changed to %v", st.Mode())
+	}
+	if _, err := os.Stat(filepath.Join(outside, "f")); err == nil {
+		t.Fatal("a file was written outside the target")
+	}
+}
+
+// Sparse files with times USTAR cannot hold, and xattr names PAX cannot
+// hold, neither fail the backup.
+func TestOddTimesAndXattrNames(t *testing.T) {
+	src, dst := t.TempDir(), t.TempDir()
+	sparse := filepath.Join(src, "old-sparse")
+	f, _ := os.Create(sparse)
+	f.WriteAt([]byte("x"), 8<<20)
+	f.Close()
+	old := time.Unix(-1, -500_000_000) // 1969-12-31T23:59:58.5
+	if err := os.Chtimes(sparse, old, old); err != nil {
+		t.Fatal(err)
+	}
+	odd := filepath.Join(src, "odd-xattr")
+	os.WriteFile(odd, []byte("x"), 0o644)
+	if err := unix.Setxattr(odd, "user.a=b", []byte("v"), 0); err != nil {
+		t.Skipf("cannot set an xattr named user.a=b here: %v", err)
+	}
+	var buf bytes.Buffer
+	st, err := Write(src, &buf, WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Warnings != 1 {
+		t.Fatalf("want one warning (the xattr name), got %d", st.Warnings)
+	}
+	if _, err := Extract(&buf, dst, ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.Stat(filepath.Join(dst, "old-sparse"))
+	if !got.ModTime().Equal(old) {
+		t.Fatalf("mtime %v, want %v", got.ModTime(), old)
+	}
+	if paxTime(old) != "-1.5" {
+		t.Fatalf("paxTime(-1.5 s) = %q", paxTime(old))
+	}
+}

@@ -125,15 +125,20 @@ func (x *extractor) run() error {
 	}
 }
 
+// ErrCorrupt marks a stream that is not a whole, valid archive: a failed
+// checksum, a truncation, a broken tar. Other failures (a full disk, a
+// refused chown) are the target's, not the archive's.
+var ErrCorrupt = errors.New("archive corrupt")
+
 // errNoEntries: every volbak archive holds at least its root directory.
-var errNoEntries = errors.New("archive corrupt: it holds no entries")
+var errNoEntries = fmt.Errorf("%w: it holds no entries", ErrCorrupt)
 
 // corrupt words the decoder's and tar reader's errors for a person.
 func corrupt(err error) error {
 	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("archive truncated: %w", err)
+		return fmt.Errorf("%w: truncated: %w", ErrCorrupt, err)
 	}
-	return fmt.Errorf("archive corrupt: %w", err)
+	return fmt.Errorf("%w: %w", ErrCorrupt, err)
 }
 
 // cleanName turns an entry name into a slash path relative to root, or an
@@ -142,7 +147,7 @@ func cleanName(name string) (string, error) {
 	name = strings.TrimLeft(name, "/")
 	for _, part := range strings.Split(name, "/") {
 		if part == ".." {
-			return "", fmt.Errorf("archive entry %q leaves the target: refused", name)
+			return "", fmt.Errorf("%w: entry %q leaves the target: refused", ErrCorrupt, name)
 		}
 	}
 	return path.Clean("./" + name), nil
@@ -190,12 +195,16 @@ func (x *extractor) entry(hdr *tar.Header) error {
 			return err
 		}
 		if !x.dirs[path.Dir(target)] {
-			return fmt.Errorf("hardlink %s: target %s is not inside the restored tree: refused", rel, target)
+			return fmt.Errorf("%w: hardlink %s: target %s is not inside the restored tree: refused", ErrCorrupt, rel, target)
 		}
 		if err := x.replace(rel, full); err != nil {
 			return err
 		}
 		if err := os.Link(filepath.Join(x.root, filepath.FromSlash(target)), full); err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive; not restored")
+				return nil
+			}
 			return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)
 		}
 		return nil
@@ -278,6 +287,11 @@ func (x *extractor) replace(rel, full string) error {
 			return nil
 		}
 		return fmt.Errorf("stat %s: %w", rel, err)
+	}
+	// A worker may still be writing below what is about to go: let it
+	// finish, or it would write through whatever takes the name's place.
+	if err := x.settle(); err != nil {
+		return err
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		clear(x.dirs)
@@ -399,6 +413,12 @@ func (x *extractor) finishDirs() error {
 	for i := len(x.later) - 1; i >= 0; i-- {
 		p := x.later[i]
 		rel, _ := filepath.Rel(x.root, p.full)
+		if !x.dirs[filepath.ToSlash(rel)] {
+			// Replaced by a later entry (or a parent was): its path may now
+			// lead through a symlink, so it gets nothing.
+			x.warnOnce("replaced-dir", rel, "directory replaced by a later entry; its metadata not restored")
+			continue
+		}
 		if err := x.meta(rel, p.full, p.hdr, nil); err != nil {
 			return err
 		}

@@ -107,15 +107,13 @@ func (a *writer) walk(rel string) error {
 		return a.dir(full, rel, hdr)
 	case unix.S_IFREG:
 		if st.Nlink > 1 {
-			key := [2]uint64{st.Dev, st.Ino}
-			if first, ok := a.links[key]; ok {
+			if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
 				hdr.Typeflag = tar.TypeLink
 				hdr.Linkname = first
 				return a.header(hdr)
 			}
-			a.links[key] = rel
 		}
-		return a.file(full, rel, hdr, st.Size)
+		return a.file(full, rel, hdr)
 	case unix.S_IFLNK:
 		target, err := os.Readlink(full)
 		if err != nil {
@@ -155,8 +153,12 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 	if err := a.header(hdr); err != nil {
 		return err
 	}
-	f, err := os.Open(full)
+	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
+		if rel != "." && (errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR)) {
+			a.warnf(rel, "directory vanished or replaced while the backup ran; archived empty")
+			return nil
+		}
 		return fmt.Errorf("open directory %s: %w", rel, err)
 	}
 	names, err := f.Readdirnames(-1)
@@ -181,11 +183,13 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 // whatever the file does meanwhile: a file that grows is cut at the size it
 // had when stat'ed, one that shrinks is padded with zeros. Both are reported;
 // the tar stays valid either way (GNU tar does the same).
-func (a *writer) file(full, rel string, hdr *tar.Header, size int64) error {
-	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+func (a *writer) file(full, rel string, hdr *tar.Header) error {
+	// O_NONBLOCK: if the name became a FIFO since the walk saw a file, the
+	// open must not wait for a writer that never comes.
+	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			a.warnf(rel, "vanished while the backup ran; not archived")
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ELOOP) {
+			a.warnf(rel, "vanished or replaced while the backup ran; not archived")
 			return nil
 		}
 		return fmt.Errorf("open %s: %w", rel, err)
@@ -195,9 +199,18 @@ func (a *writer) file(full, rel string, hdr *tar.Header, size int64) error {
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
 		return fmt.Errorf("stat %s: %w", rel, err)
 	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		a.warnf(rel, "replaced by something other than a file while the backup ran; not archived")
+		return nil
+	}
+	// Later names of this inode become hardlinks to this one; recorded only
+	// now that it is sure to be in the archive.
+	if st.Nlink > 1 {
+		a.links[[2]uint64{st.Dev, st.Ino}] = rel
+	}
 	// The opened file is what gets archived: take size and mtime from it, in
 	// case the name was replaced between walk and open.
-	size = st.Size
+	size := st.Size
 	hdr.ModTime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 	hdr.Typeflag = tar.TypeReg
 	hdr.Size = size
@@ -297,7 +310,7 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	// Go refuses to write an 'x' header itself: write a regular one, and
 	// turn it into the extended header below.
 	if err := scratch.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "PaxHeaders.0/sparse",
-		Size: int64(paxData.Len()), ModTime: hdr.ModTime.Truncate(time.Second), Format: tar.FormatUSTAR}); err != nil {
+		Size: int64(paxData.Len()), ModTime: epoch, Format: tar.FormatUSTAR}); err != nil {
 		return fmt.Errorf("sparse header for %s: %w", rel, err)
 	}
 	scratch.Write([]byte(paxData.String()))
@@ -305,7 +318,7 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	setTypeflag(blocks.Bytes()[:512], tar.TypeXHeader)
 	placeholder := min(stored, 1<<33-1) // USTAR's largest size; the reader takes the PAX size
 	if err := scratch.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "GNUSparseFile.0/sparse",
-		Mode: hdr.Mode, Size: placeholder, ModTime: hdr.ModTime.Truncate(time.Second), Format: tar.FormatUSTAR}); err != nil {
+		Mode: hdr.Mode, Size: placeholder, ModTime: epoch, Format: tar.FormatUSTAR}); err != nil {
 		return fmt.Errorf("sparse header for %s: %w", rel, err)
 	}
 	hdrBytes := blocks.Bytes()[:blocks.Len()] // both headers; scratch is dropped before any data
@@ -360,13 +373,23 @@ func paxRecord(k, v string) string {
 	return rec
 }
 
+// paxTime formats t as PAX does: seconds, a dot and nanoseconds, where
+// before 1970 both parts count away from zero (-1.5 s is "-1.5").
 func paxTime(t time.Time) string {
-	sec, nsec := t.Unix(), t.Nanosecond()
+	sec, nsec := t.Unix(), int64(t.Nanosecond())
 	if nsec == 0 {
 		return strconv.FormatInt(sec, 10)
 	}
-	return strings.TrimRight(fmt.Sprintf("%d.%09d", sec, nsec), "0")
+	sign := ""
+	if sec < 0 {
+		sign, sec, nsec = "-", -(sec + 1), 1e9-nsec
+	}
+	return strings.TrimRight(fmt.Sprintf("%s%d.%09d", sign, sec, nsec), "0")
 }
+
+// epoch stands in the USTAR fields of headers whose PAX records hold the
+// real time, since USTAR cannot hold every time a file may carry.
+var epoch = time.Unix(0, 0)
 
 // CopyExactly copies size bytes from r to w. If r ends early, the rest is
 // written as zeros, so a header promising size bytes is never followed by
@@ -421,6 +444,10 @@ func (a *writer) xattrs(full string, hdr *tar.Header) error {
 		return nil
 	}
 	for k, v := range xs {
+		if strings.ContainsAny(k, "=\x00") {
+			a.warnf(hdr.Name, fmt.Sprintf("xattr %q has a name a tar cannot hold; not archived", k))
+			continue
+		}
 		if hdr.PAXRecords == nil {
 			hdr.PAXRecords = map[string]string{}
 		}

@@ -100,6 +100,9 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 
 	switch {
 	case ctx.Err() != nil:
+		if putErr == nil { // committed just before the interrupt landed
+			st.Delete(context.WithoutCancel(ctx), m.Archive)
+		}
 		return snapshot.Manifest{}, fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err())
 	case putErr != nil && (runErr == nil || errors.Is(runErr, errStorageGaveUp)):
 		return snapshot.Manifest{}, storageError(st, putErr)
@@ -117,6 +120,7 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 	m.Uncompressed, m.Files, m.Warnings = done.Bytes, done.Entries, done.Warnings
 	m.Duration = now().Sub(start).Seconds()
 	if err := snapshot.Put(ctx, st, m); err != nil {
+		st.Delete(context.WithoutCancel(ctx), m.Key())
 		st.Delete(context.WithoutCancel(ctx), m.Archive)
 		return snapshot.Manifest{}, fmt.Errorf("write manifest: %w", storageError(st, err))
 	}

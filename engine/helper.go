@@ -95,6 +95,8 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		},
 	})
 	if err != nil {
+		// A timeout may come after the daemon made it: remove it by name.
+		e.removeContainer(ctx, name)
 		return fmt.Errorf("create helper container: %w", err)
 	}
 	id := created.ID
@@ -112,7 +114,11 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		return fmt.Errorf("attach helper: %w", err)
 	}
 	defer att.Close()
-	wait := e.cli.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	// Cancelled on every return, so that the wait's goroutine does not block
+	// forever on a result nobody reads.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	wait := e.cli.ContainerWait(wctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
 	if _, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
 		return fmt.Errorf("start helper: %w", err)
 	}
@@ -195,7 +201,11 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 func (e *Engine) kill(ctx context.Context, id string) {
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
-	e.cli.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: "KILL"})
+	if _, err := e.cli.ContainerKill(ctx, id, client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		// Whatever the kill's trouble, removal also ends the streams that
+		// Run is waiting on.
+		e.cli.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true})
+	}
 }
 
 func (e *Engine) removeContainer(ctx context.Context, id string) error {
@@ -206,7 +216,7 @@ func (e *Engine) removeContainer(ctx context.Context, id string) error {
 		return nil
 	}
 	if !cerrdefs.IsConflict(err) {
-		return fmt.Errorf("remove helper container %s: %w", id[:12], err)
+		return fmt.Errorf("remove helper container %s: %w", short(id), err)
 	}
 	// Conflict: AutoRemove is already removing it. Wait until it is gone, so
 	// that "done" means nothing is left.
@@ -216,7 +226,7 @@ func (e *Engine) removeContainer(ctx context.Context, id string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("helper container %s still being removed: %w", id[:12], ctx.Err())
+			return fmt.Errorf("helper container %s still being removed: %w", short(id), ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -240,3 +250,5 @@ func (r *readErr) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+func short(id string) string { return id[:min(12, len(id))] }

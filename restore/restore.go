@@ -13,8 +13,8 @@ import (
 	"log/slog"
 	"maps"
 	"os"
-	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/archive"
@@ -67,7 +67,7 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 		return err
 	}
 	defer rc.Close()
-	src := newVerifier(rc, m)
+	src := newVerifier(ctxReader{ctx, rc}, m)
 	if opts.Progress != nil {
 		label := m.Volume + "@" + m.ID
 		meter := progress.Start(opts.Progress, label, src.n.Load, func() int64 { return m.Size })
@@ -112,14 +112,30 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		if err == nil {
 			return
 		}
+		if errors.Is(err, ErrNotEmpty) {
+			return // refused before anything was written
+		}
 		if created {
 			if rerr := eng.RemoveVolume(ctx, name); rerr != nil {
 				err = fmt.Errorf("%w; and the half-restored volume %s could not be removed, remove it by hand: %v", err, name, rerr)
 			} else {
 				err = fmt.Errorf("%w (volume %s, created for this restore, was removed)", err, name)
 			}
-		} else if opts.Force {
-			err = fmt.Errorf("%w; volume %s was emptied by --force and is now incomplete: restore it again", err, name)
+			return
+		}
+		// A volume that was there before: empty it again rather than leave a
+		// partial restore that looks like data.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		werr := eng.Run(wctx, engine.Helper{Op: "restore", Volume: name, Args: []string{"agent", "wipe", "--root", engine.MountPoint},
+			Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: io.Discard})
+		switch {
+		case werr != nil:
+			err = fmt.Errorf("%w; volume %s holds a partial restore and could not be emptied (%v): restore again with --force", err, name, werr)
+		case opts.Force:
+			err = fmt.Errorf("%w; volume %s was emptied (its old content, removed by --force, is gone): restore it again", err, name)
+		default:
+			err = fmt.Errorf("%w (volume %s was emptied again)", err, name)
 		}
 	}()
 
@@ -139,10 +155,10 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		var exit *engine.ExitError
 		if errors.As(runErr, &exit) {
 			msg := events.Err()
-			if strings.Contains(msg, archive.ErrNotEmpty.Error()) {
+			switch events.Kind() {
+			case agent.KindNotEmpty:
 				return fmt.Errorf("%w: volume %s exists and is not empty: restore into a new name, or pass --force to empty it first", ErrNotEmpty, name)
-			}
-			if strings.HasPrefix(msg, "archive ") {
+			case agent.KindCorrupt:
 				return fmt.Errorf("%w: %s", ErrCorrupt, msg)
 			}
 			if msg != "" {
@@ -192,11 +208,8 @@ func toDir(src *verifier, m snapshot.Manifest, dir string, force bool, warn func
 	}()
 	stats, err := archive.Extract(src, dir, archive.ExtractOptions{Warn: warn})
 	if err != nil {
-		if errors.Is(err, ErrCorrupt) {
-			return err
-		}
-		if strings.HasPrefix(err.Error(), "archive ") {
-			return fmt.Errorf("%w: %v", ErrCorrupt, err)
+		if errors.Is(err, archive.ErrCorrupt) && !errors.Is(err, ErrCorrupt) {
+			return fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
 		return err
 	}
@@ -214,7 +227,7 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 		return archive.Stats{}, err
 	}
 	defer rc.Close()
-	v := newVerifier(rc, m)
+	v := newVerifier(ctxReader{ctx, rc}, m)
 	stats, err := archive.Scan(v)
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
@@ -231,6 +244,20 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 		return stats, fmt.Errorf("%w: archive holds %d entries in %d bytes, the manifest says %d in %d", ErrCorrupt, stats.Entries, stats.Bytes, m.Files, m.Uncompressed)
 	}
 	return stats, nil
+}
+
+// ctxReader ends a stream when its context does, so that an interrupt stops
+// a restore or verify at its next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // verifier passes the stored archive through, and fails at its end, before

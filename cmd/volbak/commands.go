@@ -122,7 +122,9 @@ less CPU), default, better, best (much slower).
 					if ctx.Err() != nil {
 						return err
 					}
-					fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, err)
+					if len(vols) > 1 { // a single failure is reported once, by main
+						fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, err)
+					}
 					failed = append(failed, v)
 					if firstErr == nil {
 						firstErr = err

@@ -114,6 +114,7 @@ func TestReadFailures(t *testing.T) {
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", "a", "--to-dir", "/tmp/x"), 2, "exactly one")
 		mustFail(t, volbak(t, "list"), 2, "--from")
 		mustFail(t, volbak(t, "verify", vol, "--from", store, "--bogus"), 2, "unknown flag")
+		mustFail(t, volbak(t, "bakcup", vol, "--to", store), 2, "unknown command")
 	})
 
 	// Corruption last: it damages the store's only snapshot.
@@ -134,6 +135,12 @@ func TestReadFailures(t *testing.T) {
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", target), 3, "corrupt")
 		if volumeExists(target) {
 			t.Fatal("a corrupt archive left a restored volume behind")
+		}
+		// A volume that existed before is emptied again, not left half-full.
+		existing, edir := newVolume(t, nil, nil)
+		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", existing), 3, "emptied again")
+		if names, _ := os.ReadDir(edir); len(names) != 0 {
+			t.Fatalf("a failed restore left %d entries in a volume that existed before", len(names))
 		}
 		dir := filepath.Join(t.TempDir(), "d")
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-dir", dir), 3, "corrupt")

@@ -93,4 +93,25 @@ func TestInterrupt(t *testing.T) {
 			t.Fatalf("an interrupted restore left its volume; stderr: %s", stderr.String())
 		}
 	})
+	t.Run("restore to a directory", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "d")
+		cmd := exec.Command(bin, "restore", vol, "--from", store, "--to-dir", dir)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the restore to write data", func() bool {
+			_, err := os.Stat(filepath.Join(dir, "data", "d01"))
+			return err == nil
+		})
+		cmd.Process.Signal(syscall.SIGINT)
+		err := cmd.Wait()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
+			t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
+		}
+		if _, err := os.Stat(dir); err == nil {
+			t.Fatal("an interrupted restore left its directory")
+		}
+	})
 }

@@ -104,10 +104,18 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	if err := ctx.Err(); err != nil { // a late interrupt: do not commit
+		return fmt.Errorf("put %s: %w", key, err)
+	}
 	if err := os.Rename(f.Name(), full); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	return syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		// Not known to be durable: not there at all, as promised.
+		os.Remove(full)
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

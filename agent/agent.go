@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -20,7 +19,6 @@ import (
 	"time"
 
 	"github.com/volbak/volbak/archive"
-	"golang.org/x/sys/unix"
 )
 
 // Event is one line of a helper's stderr.
@@ -100,10 +98,6 @@ func runArchive(args []string, stdout io.Writer, em *emitter) error {
 	if *progress > 0 {
 		go estimate(ctx, *root, em)
 		go report(ctx, *progress, &written, em)
-	}
-	// A bigger pipe lets the daemon take the stream in fewer, fuller reads.
-	if f, ok := stdout.(*os.File); ok {
-		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
 	st, err := archive.Write(*root, stdout, archive.WriteOptions{
 		Level:    level,

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
@@ -184,8 +185,8 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		if err := os.Symlink(hdr.Linkname, full); err != nil {
 			return fmt.Errorf("symlink %s: %w", rel, err)
 		}
-		x.chown(rel, full, hdr)
-		return x.times(rel, full, hdr)
+		x.chown(rel, full, hdr, nil)
+		return x.times(rel, full, hdr, nil)
 	case tar.TypeLink:
 		target, err := cleanName(hdr.Linkname)
 		if err != nil {
@@ -230,7 +231,7 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		if err := x.meta(rel, full, hdr, nil); err != nil {
 			return err
 		}
-		return x.times(rel, full, hdr)
+		return x.times(rel, full, hdr, nil)
 	default:
 		x.warnOnce(fmt.Sprintf("type %q", hdr.Typeflag), rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
 		return nil
@@ -305,29 +306,41 @@ func (x *extractor) replace(rel, full string) error {
 
 // content writes size bytes from the archive into f; see writeData.
 func (x *extractor) content(f *os.File, size int64) error {
-	var off int64
+	var off, end int64
 	for off < size {
 		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
 		n, err := io.ReadFull(x.tr, chunk)
-		if werr := writeData(f, chunk[:n], off, off+int64(n) == size); werr != nil {
+		e, werr := writeData(f, chunk[:n], off, off+int64(n) == size)
+		if werr != nil {
 			return werr
 		}
+		end = max(end, e)
 		off += int64(n)
 		if err != nil {
 			return corrupt(err)
 		}
 	}
-	// A trailing hole has no write to extend the file to its size.
-	return f.Truncate(size)
+	return extend(f, end, size)
+}
+
+// extend gives f its full size when it ends in a hole, which no write
+// reached.
+func extend(f *os.File, end, size int64) error {
+	if end < size {
+		return f.Truncate(size)
+	}
+	return nil
 }
 
 // writeData writes chunk at off, leaving holes where it has long runs of
 // zeros (at least minHole, or up to the end of the file when last): a
 // sparse file comes back sparse, and zeros cost no writes. Shorter runs are
 // written: a hole per database page would fragment the file into one
-// extent a page, slow to write and to read back.
-func writeData(f *os.File, chunk []byte, off int64, last bool) error {
+// extent a page, slow to write and to read back. It returns the offset
+// just past the last byte it wrote.
+func writeData(f *os.File, chunk []byte, off int64, last bool) (int64, error) {
 	n := len(chunk)
+	end := off
 	for i := 0; i < n; {
 		// Find the next zero run worth a hole; write what comes before it.
 		j, k := i, n
@@ -349,20 +362,24 @@ func writeData(f *os.File, chunk []byte, off int64, last bool) error {
 		j = min(j, n)
 		if j > i {
 			if _, err := f.WriteAt(chunk[i:j], off+int64(i)); err != nil {
-				return err
+				return end, err
 			}
+			end = off + int64(j)
 		}
 		i = k
 	}
-	return nil
+	return end, nil
 }
 
 func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // meta restores owner, mode and xattrs, in that order: chown clears setuid
 // bits and file capabilities, so they are set after it.
+// meta restores owner, mode and xattrs, in that order: chown clears setuid
+// bits and file capabilities, so they are set after it. Through f when
+// there is one: no path to resolve, and nothing a path could be swapped to.
 func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
-	x.chown(rel, full, hdr)
+	x.chown(rel, full, hdr, f)
 	mode := uint32(hdr.Mode & 0o7777)
 	var err error
 	if f != nil {
@@ -374,15 +391,26 @@ func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
 		return fmt.Errorf("chmod %s: %w", rel, err)
 	}
 	for name, val := range xattrsOf(hdr.PAXRecords) {
-		if err := unix.Lsetxattr(full, name, []byte(val), 0); err != nil {
+		if f != nil {
+			err = unix.Fsetxattr(int(f.Fd()), name, []byte(val), 0)
+		} else {
+			err = unix.Lsetxattr(full, name, []byte(val), 0)
+		}
+		if err != nil {
 			x.warnOnce("xattr:"+name, rel, fmt.Sprintf("xattr %s not restored: %v", name, err))
 		}
 	}
 	return nil
 }
 
-func (x *extractor) chown(rel, full string, hdr *tar.Header) {
-	if err := unix.Lchown(full, hdr.Uid, hdr.Gid); err != nil {
+func (x *extractor) chown(rel, full string, hdr *tar.Header, f *os.File) {
+	var err error
+	if f != nil {
+		err = unix.Fchown(int(f.Fd()), hdr.Uid, hdr.Gid)
+	} else {
+		err = unix.Lchown(full, hdr.Uid, hdr.Gid)
+	}
+	if err != nil {
 		if x.root0 || !errors.Is(err, unix.EPERM) {
 			x.warnOnce("chown", rel, fmt.Sprintf("owner %d:%d not restored: %v", hdr.Uid, hdr.Gid, err))
 		} else {
@@ -391,13 +419,25 @@ func (x *extractor) chown(rel, full string, hdr *tar.Header) {
 	}
 }
 
-func (x *extractor) times(rel, full string, hdr *tar.Header) error {
+// times sets atime and mtime, through f when there is one (after its last
+// write), else on the path itself, not what a symlink points to.
+func (x *extractor) times(rel, full string, hdr *tar.Header, f *os.File) error {
 	atime := hdr.AccessTime
 	if atime.IsZero() {
 		atime = hdr.ModTime
 	}
-	ts := []unix.Timespec{timespec(atime), timespec(hdr.ModTime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, full, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	ts := [2]unix.Timespec{timespec(atime), timespec(hdr.ModTime)}
+	var err error
+	if f != nil {
+		// futimens: utimensat on the descriptor itself (a NULL path).
+		_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, f.Fd(), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+		if errno != 0 {
+			err = errno
+		}
+	} else {
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, full, ts[:], unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
 		return fmt.Errorf("set mtime of %s: %w", rel, err)
 	}
 	return nil
@@ -422,7 +462,7 @@ func (x *extractor) finishDirs() error {
 		if err := x.meta(rel, p.full, p.hdr, nil); err != nil {
 			return err
 		}
-		if err := x.times(rel, p.full, p.hdr); err != nil {
+		if err := x.times(rel, p.full, p.hdr, nil); err != nil {
 			return err
 		}
 	}

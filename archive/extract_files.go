@@ -117,11 +117,11 @@ func (x *extractor) writeSmall(j fileJob) error {
 	if err != nil {
 		return fmt.Errorf("create %s: %w", j.rel, err)
 	}
-	if err := writeData(f, j.data, 0, true); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", j.rel, err)
+	end, err := writeData(f, j.data, 0, true)
+	if err == nil {
+		err = extend(f, end, j.hdr.Size)
 	}
-	if err := f.Truncate(j.hdr.Size); err != nil {
+	if err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", j.rel, err)
 	}
@@ -129,14 +129,14 @@ func (x *extractor) writeSmall(j fileJob) error {
 }
 
 func (x *extractor) finishFile(rel, full string, hdr *tar.Header, f *os.File) error {
-	if err := x.meta(rel, full, hdr, f); err != nil {
-		f.Close()
-		return err
+	err := x.meta(rel, full, hdr, f)
+	if err == nil {
+		err = x.times(rel, full, hdr, f)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", rel, err)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", rel, cerr)
 	}
-	return x.times(rel, full, hdr)
+	return err
 }
 
 // create makes a new file, replacing a non-directory already there (a

@@ -349,7 +349,7 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo
 	echo "Volume: profile \`$PROFILE\`, size \`$SIZE\` (voltree seed 1): $VOL_BYTES bytes apparent (\`du -sb\`), $VB_FILES tar entries; volbak's manifest says uncompressed_size $VB_UNCOMP."
 	echo "volbak $VOLBAK_COMMIT$VOLBAK_DIRTY. Best (min) wall time of $REPS rep(s) per row, except \`--level default\` (1 rep)."
-	echo "Page cache warm: the source tree was read once (voltree hash) before timing; caches are not dropped. Outputs go to $WORK_FS under /var/tmp."
+	echo "Caches are dropped once before the warm-up and once before the restores; then the source tree is read once (voltree hash) and both archives once, so every timed run reads from page cache. Outputs go to $WORK_FS under /var/tmp."
 	echo
 	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB (volbak only) | ratio vs baseline (wall) |"
 	echo "|---|---:|---:|---:|---:|---:|"

@@ -271,8 +271,9 @@ OSIZE[vb_backup_def]=$(manifest_field "$WORK/store-default" size)
 log "  ${WALL}s, peak RSS ${RSS[vb_backup_def]} KiB"
 rm -rf "$WORK/store-default"
 
-drop_caches
-cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null # both archives read from cache
+# Before each restore: the last one's 1 GiB goes back to the free pages
+# the next one writes into, and both archives are read from cache.
+prep_restore() { drop_caches; cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null; }
 
 # Restores, taking turns too, each into a fresh volume, none removed until
 # the end: ext4 makes every file creation scan past inodes deleted in the
@@ -281,6 +282,7 @@ cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null # both archive
 for ((i = 1; i <= REPS; i++)); do
 	DST_BASE_VOL=volbakbench-dst-base-$i
 	docker volume create "$DST_BASE_VOL" >/dev/null
+	prep_restore
 	log "baseline restore rep $i/$REPS"
 	run_timed "base-restore-$i" bash -c 'set -o pipefail
 		zstd -dc "$4" |
@@ -290,6 +292,7 @@ for ((i = 1; i <= REPS; i++)); do
 	BEST[base_restore]=$(min "${BEST[base_restore]:-}" "$WALL")
 
 	DST_VOL=volbakbench-dst-$i
+	prep_restore
 	log "volbak restore rep $i/$REPS"
 	run_timed "volbak-restore-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
 		"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
@@ -349,7 +352,7 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo
 	echo "Volume: profile \`$PROFILE\`, size \`$SIZE\` (voltree seed 1): $VOL_BYTES bytes apparent (\`du -sb\`), $VB_FILES tar entries; volbak's manifest says uncompressed_size $VB_UNCOMP."
 	echo "volbak $VOLBAK_COMMIT$VOLBAK_DIRTY. Best (min) wall time of $REPS rep(s) per row, except \`--level default\` (1 rep)."
-	echo "Caches are dropped once before the warm-up and once before the restores; then the source tree is read once (voltree hash) and both archives once, so every timed run reads from page cache. Outputs go to $WORK_FS under /var/tmp."
+	echo "Caches are dropped before the warm-up and before each restore; then the source tree is read once (voltree hash), and both archives before each restore, so every timed run reads from page cache. Outputs go to $WORK_FS under /var/tmp."
 	echo
 	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB (volbak only) | ratio vs baseline (wall) |"
 	echo "|---|---:|---:|---:|---:|---:|"

@@ -26,31 +26,40 @@ func uploading(store string) bool {
 	return found
 }
 
+// interrupt runs volbak with args, sends sig once busy() holds, and checks
+// that it exits 130 within 10 s. It returns what volbak said on stderr.
+func interrupt(t *testing.T, sig syscall.Signal, busy func() bool, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "volbak to be mid-stream", busy)
+	cmd.Process.Signal(sig)
+	sent := time.Now()
+	err := cmd.Wait()
+	if took := time.Since(sent); took > 10*time.Second {
+		t.Errorf("volbak took %s to stop after %v", took, sig)
+	}
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
+		t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
+	}
+	return stderr.String()
+}
+
 // Ctrl-C or SIGTERM in the middle of a backup or a restore: exit 130, no
-// helper, no unfinished upload, no snapshot listed, no half-restored volume.
+// helper, no unfinished upload, no snapshot listed, no half-restored volume
+// or directory.
 func TestInterrupt(t *testing.T) {
 	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 768<<20, 9) })
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run("backup "+sig.String(), func(t *testing.T) {
 			store := t.TempDir()
-			cmd := exec.Command(bin, "backup", vol, "--to", store)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			waitFor(t, "the upload to start", func() bool { return uploading(store) })
-			cmd.Process.Signal(sig)
-			sent := time.Now()
-			err := cmd.Wait()
-			if took := time.Since(sent); took > 10*time.Second {
-				t.Errorf("volbak took %s to stop after %v", took, sig)
-			}
-			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
-				t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
-			}
-			if !strings.Contains(stderr.String(), "interrupted") {
-				t.Fatalf("stderr does not say it was interrupted: %s", stderr.String())
+			stderr := interrupt(t, sig, func() bool { return uploading(store) }, "backup", vol, "--to", store)
+			if !strings.Contains(stderr, "interrupted") {
+				t.Fatalf("stderr does not say it was interrupted: %s", stderr)
 			}
 			noHelpersLeft(t)
 			noTempFiles(t, store)
@@ -62,54 +71,30 @@ func TestInterrupt(t *testing.T) {
 
 	store := t.TempDir()
 	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	// Mid-stream: the target holds some of the restored data.
+	writing := func(dir func() string) func() bool {
+		return func() bool {
+			_, err := os.Stat(filepath.Join(dir(), "data", "d01"))
+			return err == nil
+		}
+	}
 	t.Run("restore", func(t *testing.T) {
 		target := randName("target")
 		defer removeVolume(target)
-		cmd := exec.Command(bin, "restore", vol, "--from", store, "--to-volume", target)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		// Mid-stream: the volume exists and its helper is running.
-		waitFor(t, "the restore to write data", func() bool {
+		interrupt(t, syscall.SIGINT, writing(func() string {
 			if !volumeExists(target) {
-				return false
+				return "/nonexistent"
 			}
-			_, err := os.Stat(filepath.Join(mountpoint(t, target), "data", "d01"))
-			return err == nil
-		})
-		cmd.Process.Signal(syscall.SIGINT)
-		sent := time.Now()
-		err := cmd.Wait()
-		if took := time.Since(sent); took > 10*time.Second {
-			t.Errorf("volbak took %s to stop after SIGINT", took)
-		}
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
-			t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
-		}
+			return mountpoint(t, target)
+		}), "restore", vol, "--from", store, "--to-volume", target)
 		noHelpersLeft(t)
 		if volumeExists(target) {
-			t.Fatalf("an interrupted restore left its volume; stderr: %s", stderr.String())
+			t.Fatal("an interrupted restore left its volume")
 		}
 	})
 	t.Run("restore to a directory", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "d")
-		cmd := exec.Command(bin, "restore", vol, "--from", store, "--to-dir", dir)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, "the restore to write data", func() bool {
-			_, err := os.Stat(filepath.Join(dir, "data", "d01"))
-			return err == nil
-		})
-		cmd.Process.Signal(syscall.SIGINT)
-		err := cmd.Wait()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitInterrupted {
-			t.Fatalf("want exit %d, got %v; stderr: %s", exitInterrupted, err, stderr.String())
-		}
+		interrupt(t, syscall.SIGINT, writing(func() string { return dir }), "restore", vol, "--from", store, "--to-dir", dir)
 		if _, err := os.Stat(dir); err == nil {
 			t.Fatal("an interrupted restore left its directory")
 		}

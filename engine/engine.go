@@ -34,9 +34,6 @@ type Options struct {
 	// builds from its own binary. Its /volbak must be a volbak of the same
 	// version.
 	HelperImage string
-	// HelperBinary is the static volbak binary that goes into the helper
-	// image; empty means the running executable.
-	HelperBinary string
 	// Version tags the helper image.
 	Version string
 }

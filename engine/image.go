@@ -37,13 +37,9 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 		}
 		return res.ID, nil
 	}
-	bin := e.opts.HelperBinary
-	if bin == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return "", fmt.Errorf("find own binary for the helper image: %w", err)
-		}
-		bin = exe
+	bin, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own binary for the helper image: %w", err)
 	}
 	arch, err := binaryArch(bin)
 	if err != nil {

@@ -71,7 +71,7 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	if opts.Progress != nil {
 		label := m.Volume + "@" + m.ID
 		meter := progress.Start(opts.Progress, label, src.n.Load, func() int64 { return m.Size })
-		// Stopped before the deferred clean-up of a failure can print.
+		// Stopped as Restore returns: before main prints how it ended.
 		defer meter.Stop()
 	}
 	warn := func(path, msg string) { log.Warn("entry not restored as it was", "path", path, "reason", msg) }

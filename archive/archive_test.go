@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -352,5 +353,37 @@ func TestOddTimesAndXattrNames(t *testing.T) {
 	}
 	if paxTime(old) != "-1.5" {
 		t.Fatalf("paxTime(-1.5 s) = %q", paxTime(old))
+	}
+}
+
+// The format is open: GNU tar extracts what volbak writes, sparse files,
+// xattrs, owners and nanosecond mtimes included, to the same digest.
+func TestGNUTarReadsIt(t *testing.T) {
+	voltest.RequireRoot(t)
+	gnutar, err := exec.LookPath("tar")
+	if err != nil {
+		t.Fatal("GNU tar not found: it comes with every Debian system")
+	}
+	src, dst := t.TempDir(), t.TempDir()
+	if err := voltest.Edge(src); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := archiveTree(t, src)
+	dec, _ := zstd.NewReader(bytes.NewReader(data))
+	defer dec.Close()
+	cmd := exec.Command(gnutar, "-x", "-f", "-", "-C", dst, "--xattrs", "--xattrs-include=*", "--numeric-owner", "-p")
+	cmd.Stdin = dec
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("GNU tar: %v\n%s", err, out)
+	}
+	diff, err := voltest.Diff(src, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(diff) > 0 {
+		t.Fatalf("GNU tar's extraction differs:\n%s", strings.Join(diff, "\n"))
+	}
+	if alloc, _ := voltest.Allocated(filepath.Join(dst, voltest.SparseName)); alloc > 1<<20 {
+		t.Fatalf("GNU tar filled the sparse file's holes: %d bytes allocated", alloc)
 	}
 }

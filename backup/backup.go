@@ -58,7 +58,7 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 	vol, err := eng.Volume(ctx, name)
 	if err != nil {
 		if errors.Is(err, engine.ErrNoVolume) {
-			return snapshot.Manifest{}, fmt.Errorf("volume %q does not exist (see docker volume ls): %w", name, err)
+			return snapshot.Manifest{}, fmt.Errorf("volume %q does not exist: check the name with 'docker volume ls'", name)
 		}
 		return snapshot.Manifest{}, err
 	}

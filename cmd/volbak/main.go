@@ -49,7 +49,11 @@ func main() {
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	code := exitCode(ctx, err)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "volbak: %v\n", err)
+		hint := ""
+		if code == exitCorrupt {
+			hint = "; this snapshot cannot be trusted: verify or restore an older one (volbak list)"
+		}
+		fmt.Fprintf(os.Stderr, "volbak: %v%s\n", err, hint)
 	}
 	os.Exit(code)
 }

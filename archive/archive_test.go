@@ -56,20 +56,8 @@ func TestRoundTripEveryEntryKind(t *testing.T) {
 	if xst.Entries != wst.Entries || xst.Bytes != wst.Bytes {
 		t.Fatalf("extract counted %+v, archive %+v", xst, wst)
 	}
-	diff, err := voltest.Diff(src, dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(diff) > 0 {
-		t.Fatalf("restored tree differs:\n%s", strings.Join(diff, "\n"))
-	}
-	alloc, err := voltest.Allocated(filepath.Join(dst, voltest.SparseName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if alloc > 1<<20 {
-		t.Fatalf("sparse file restored with %d bytes allocated; holes were filled", alloc)
-	}
+	voltest.SameTree(t, src, dst)
+	voltest.HolesKept(t, dst)
 	sst, err := Scan(bytes.NewReader(data))
 	if err != nil || sst != (Stats{Entries: wst.Entries, Bytes: wst.Bytes}) {
 		t.Fatalf("scan: %+v, %v; want %+v", sst, err, wst)
@@ -376,14 +364,6 @@ func TestGNUTarReadsIt(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("GNU tar: %v\n%s", err, out)
 	}
-	diff, err := voltest.Diff(src, dst)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(diff) > 0 {
-		t.Fatalf("GNU tar's extraction differs:\n%s", strings.Join(diff, "\n"))
-	}
-	if alloc, _ := voltest.Allocated(filepath.Join(dst, voltest.SparseName)); alloc > 1<<20 {
-		t.Fatalf("GNU tar filled the sparse file's holes: %d bytes allocated", alloc)
-	}
+	voltest.SameTree(t, src, dst)
+	voltest.HolesKept(t, dst)
 }

@@ -130,12 +130,7 @@ func TestReadFailures(t *testing.T) {
 		}
 		defer os.WriteFile(archive, data, 0o600)
 		mustFail(t, volbak(t, "verify", vol, "--from", store), 3, "sha256")
-		target := randName("target")
-		defer removeVolume(target)
-		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", target), 3, "corrupt")
-		if volumeExists(target) {
-			t.Fatal("a corrupt archive left a restored volume behind")
-		}
+		restoreLeavesNoVolume(t, vol, store, "corrupt")
 		// A volume that existed before is emptied again, not left half-full.
 		existing, edir := newVolume(t, nil, nil)
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", existing), 3, "emptied again")
@@ -153,12 +148,7 @@ func TestReadFailures(t *testing.T) {
 		os.WriteFile(archive, data[:len(data)-100], 0o600)
 		defer os.WriteFile(archive, data, 0o600)
 		mustFail(t, volbak(t, "verify", vol, "--from", store), 3, "truncated")
-		target := randName("target")
-		defer removeVolume(target)
-		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", target), 3, "truncated")
-		if volumeExists(target) {
-			t.Fatal("a truncated archive left a restored volume behind")
-		}
+		restoreLeavesNoVolume(t, vol, store, "truncated")
 	})
 	t.Run("manifest without archive", func(t *testing.T) {
 		os.Rename(archive, archive+".away")
@@ -179,4 +169,16 @@ func TestReadFailures(t *testing.T) {
 			t.Fatalf("%d snapshots listed without a manifest", n)
 		}
 	})
+}
+
+// restoreLeavesNoVolume restores vol's latest snapshot into a new volume,
+// expects it to fail as corrupt saying says, and the volume to be gone.
+func restoreLeavesNoVolume(t *testing.T, vol, store, says string) {
+	t.Helper()
+	target := randName("target")
+	defer removeVolume(target)
+	mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", target), exitCorrupt, says)
+	if volumeExists(target) {
+		t.Fatal("a bad archive left a restored volume behind")
+	}
 }

@@ -227,16 +227,7 @@ func list(t *testing.T, store string, volume string) []snapshot.Manifest {
 	return ms
 }
 
-func sameTree(t *testing.T, a, b string) {
-	t.Helper()
-	diff, err := voltest.Diff(a, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(diff) > 0 {
-		t.Fatalf("restored tree differs from its source:\n%s", strings.Join(diff, "\n"))
-	}
-}
+func sameTree(t *testing.T, a, b string) { t.Helper(); voltest.SameTree(t, a, b) }
 
 // noTempFiles checks that no unfinished upload is left in a store.
 func noTempFiles(t *testing.T, store string) {

@@ -104,10 +104,8 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 			st.Delete(context.WithoutCancel(ctx), m.Archive)
 		}
 		return snapshot.Manifest{}, fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err())
-	case putErr != nil && (runErr == nil || errors.Is(runErr, errStorageGaveUp)):
-		return snapshot.Manifest{}, storageError(st, putErr)
-	case runErr != nil:
-		return snapshot.Manifest{}, runErr
+	case runErr != nil && !errors.Is(runErr, errStorageGaveUp):
+		return snapshot.Manifest{}, runErr // the helper failed first; Put saw its error
 	case putErr != nil:
 		return snapshot.Manifest{}, storageError(st, putErr)
 	}

@@ -11,8 +11,8 @@ fi
 if ! command -v dockerd >/dev/null 2>&1; then
   echo "docker-up: installing docker.io" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq docker.io >&2
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq docker.io >&2
 fi
 if docker info >/dev/null 2>&1; then # the package may have started it
   exit 0

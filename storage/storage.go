@@ -35,4 +35,6 @@ type Storage interface {
 	Delete(ctx context.Context, key string) error
 	// String names the storage for people, with any secret masked.
 	String() string
+	// Close releases connections; the storage is not used after it.
+	Close() error
 }

@@ -64,6 +64,9 @@ func New(root string, create bool) (*Dir, error) {
 
 func (d *Dir) String() string { return d.root }
 
+// Close does nothing: a directory holds no connection.
+func (d *Dir) Close() error { return nil }
+
 func (d *Dir) path(key string) (string, error) {
 	clean := path.Clean("/" + key)
 	if key == "" || clean != "/"+key || strings.HasPrefix(path.Base(key), tempPrefix) {

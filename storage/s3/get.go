@@ -1,0 +1,128 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/minio/minio-go/v7"
+)
+
+const (
+	// maxResumes bounds the reconnections in a row that bring no
+	// progress; a stream that moves on between breaks starts afresh.
+	maxResumes = 4
+	progress   = 64 << 10
+)
+
+var errClosed = errors.New("read after Close")
+
+// reader streams an object and, when the connection breaks, asks again
+// for the rest, from the same version of the object (If-Match on its
+// ETag), so a restore survives a flaky network without splicing two
+// objects.
+type reader struct {
+	s          *Store
+	ctx        context.Context
+	key, name  string
+	etag       string
+	size, off  int64
+	body       io.ReadCloser
+	fails      int   // breaks in a row without progress
+	sinceStart int64 // bytes read on this connection
+	err        error // sticky
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	for {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.body == nil {
+			if err := r.resume(); err != nil {
+				r.err = err
+				return 0, err
+			}
+		}
+		n, err := r.body.Read(p)
+		r.off += int64(n)
+		r.sinceStart += int64(n)
+		if err == nil {
+			return n, nil
+		}
+		if err == io.EOF && r.off >= r.size {
+			r.err = io.EOF
+			return n, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		r.body.Close()
+		r.body = nil
+		if cerr := r.ctx.Err(); cerr != nil {
+			r.err = fmt.Errorf("read %s: %w", r.key, context.Cause(r.ctx))
+			return n, r.err
+		}
+		if r.sinceStart >= progress {
+			r.fails = 0
+		}
+		r.fails++
+		if r.fails > maxResumes {
+			r.err = r.s.explain(fmt.Sprintf("read %s at byte %d of %d", r.key, r.off, r.size), err)
+			return n, r.err
+		}
+		if n > 0 {
+			return n, nil // resume at the next Read
+		}
+	}
+}
+
+// resume asks for the object from r.off on: at once after one break,
+// after a pause that grows with the failures after more.
+func (r *reader) resume() error {
+	for {
+		if r.fails > 1 {
+			if err := backoff(r.ctx, r.fails-2); err != nil {
+				return fmt.Errorf("read %s: %w", r.key, err)
+			}
+		}
+		var opts minio.GetObjectOptions
+		if r.off > 0 {
+			opts.SetRange(r.off, 0)
+		}
+		if r.etag != "" {
+			opts.SetMatchETag(r.etag)
+		}
+		body, _, _, err := r.s.core.GetObject(r.ctx, r.s.cfg.bucket, r.name, opts)
+		if err == nil {
+			r.body = body
+			r.sinceStart = 0
+			return nil
+		}
+		if r.ctx.Err() != nil {
+			return fmt.Errorf("read %s: %w", r.key, context.Cause(r.ctx))
+		}
+		switch code := errResp(err).Code; {
+		case code == "PreconditionFailed":
+			return fmt.Errorf("read %s: %w", r.key, errChanged)
+		case isNotFound(err):
+			return fmt.Errorf("read %s: the object was deleted while being read", r.key)
+		}
+		r.fails++
+		if !retryable(err) || r.fails > maxResumes {
+			return r.s.explain(fmt.Sprintf("read %s at byte %d of %d", r.key, r.off, r.size), err)
+		}
+	}
+}
+
+func (r *reader) Close() error {
+	if r.body != nil {
+		r.body.Close()
+		r.body = nil
+	}
+	if r.err == nil || r.err == io.EOF {
+		r.err = errClosed
+	}
+	return nil
+}

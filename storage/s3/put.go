@@ -1,0 +1,238 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+
+	"github.com/minio/minio-go/v7"
+)
+
+const (
+	maxParts    = 10000 // S3's limit per upload
+	partRetries = 2     // on top of minio-go's own retries of each request
+)
+
+// Put streams r to key. Up to one part_size of data it is one PUT; past
+// that a multipart upload of fixed-size parts, a few in flight, from a
+// fixed set of buffers. Nothing is visible under key until the upload
+// completes, and a failed upload is aborted.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	name := s.object(key)
+	buf := s.getBuf()
+	n, err := fill(ctx, r, buf)
+	if err != nil {
+		s.putBuf(buf)
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if n == len(buf) {
+		return s.putMultipart(ctx, key, name, r, buf)
+	}
+	defer s.putBuf(buf)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("put %s: %w", key, context.Cause(ctx))
+	}
+	data := buf[:n]
+	_, err = s.core.PutObject(ctx, s.cfg.bucket, name, bytes.NewReader(data), int64(n), md5Base64(data), "", s.putOptions())
+	if err != nil {
+		return s.explain("put "+key, err)
+	}
+	return nil
+}
+
+func (s *Store) putMultipart(ctx context.Context, key, name string, r io.Reader, first []byte) error {
+	id, err := s.core.NewMultipartUpload(ctx, s.cfg.bucket, name, s.putOptions())
+	if err != nil {
+		s.putBuf(first)
+		return s.explain("put "+key, err)
+	}
+	// The first failure, whoever meets it, cancels the rest and is the
+	// one reported: a reader's error, a part that failed for good, or the
+	// caller's cancellation.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	inFlight := s.cfg.inFlight
+	slots := make(chan struct{}, inFlight)
+	free := make(chan []byte, inFlight+1)
+	allocated := 1
+	var (
+		mu    sync.Mutex
+		parts []minio.CompletePart
+		wg    sync.WaitGroup
+	)
+	upload := func(num int, buf []byte, n int) {
+		defer wg.Done()
+		defer func() { free <- buf }()
+		defer func() { <-slots }()
+		part, err := s.putPart(ctx, name, id, num, buf[:n])
+		if err != nil {
+			cancel(err)
+			return
+		}
+		mu.Lock()
+		parts = append(parts, minio.CompletePart{PartNumber: num, ETag: part.ETag})
+		mu.Unlock()
+	}
+
+	buf, n := first, len(first)
+	for num := 1; ; num++ {
+		if num > maxParts {
+			cancel(fmt.Errorf("the object is larger than S3's %d parts of part_size=%d bytes: raise part_size", maxParts, s.cfg.partSize))
+			free <- buf
+			break
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			free <- buf
+			buf = nil
+		}
+		if buf == nil {
+			break
+		}
+		wg.Add(1)
+		go upload(num, buf, n)
+		if n < len(buf) { // the source ended
+			break
+		}
+		// The next buffer: a new one until there are enough to keep every
+		// slot busy while one fills, then only those.
+		if allocated < inFlight+1 {
+			buf = s.getBuf()
+			allocated++
+		} else {
+			select {
+			case buf = <-free:
+			case <-ctx.Done():
+				buf = nil
+			}
+		}
+		if buf == nil {
+			break
+		}
+		var err error
+		if n, err = fill(ctx, r, buf); err != nil {
+			cancel(err)
+		}
+		if err != nil || n == 0 {
+			free <- buf
+			break
+		}
+	}
+	wg.Wait()
+	for len(free) > 0 {
+		s.putBuf(<-free)
+	}
+
+	if ctx.Err() != nil {
+		return s.abandon(ctx, name, id, s.putError(key, context.Cause(ctx)))
+	}
+	sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
+	if _, err := s.core.CompleteMultipartUpload(ctx, s.cfg.bucket, name, id, parts, s.putOptions()); err != nil {
+		return s.abandon(ctx, name, id, s.putError(key, err))
+	}
+	return nil
+}
+
+// abandon aborts a failed upload and returns its error, saying so when
+// parts are left behind (the server is gone, say).
+func (s *Store) abandon(ctx context.Context, name, id string, err error) error {
+	aerr := s.abort(ctx, name, id)
+	if aerr == nil || isNoSuchUpload(aerr) {
+		return err
+	}
+	why := ""
+	if code := errResp(aerr).Code; code != "" {
+		why = " (" + code + ")"
+	}
+	return redact(&explained{fmt.Sprintf("%v; its uploaded parts could not be removed%s: a bucket lifecycle rule with AbortIncompleteMultipartUpload cleans such leftovers", err, why), err}, s.cfg.secrets())
+}
+
+func isNoSuchUpload(err error) bool { return errResp(err).Code == "NoSuchUpload" }
+
+func (s *Store) putError(key string, err error) error {
+	var re *readError
+	if errors.As(err, &re) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return redact(fmt.Errorf("put %s: %w", key, err), s.cfg.secrets())
+	}
+	return s.explain("put "+key, err)
+}
+
+// putPart uploads one part, again after a failure that may pass: the part
+// is in memory, so it can be sent as often as needed.
+func (s *Store) putPart(ctx context.Context, name, id string, num int, data []byte) (minio.ObjectPart, error) {
+	opts := minio.PutObjectPartOptions{Md5Base64: md5Base64(data)}
+	for attempt := 0; ; attempt++ {
+		part, err := s.core.PutObjectPart(ctx, s.cfg.bucket, name, id, num, bytes.NewReader(data), int64(len(data)), opts)
+		if err == nil {
+			return part, nil
+		}
+		if ctx.Err() != nil {
+			return part, context.Cause(ctx)
+		}
+		if attempt >= partRetries || !retryable(err) {
+			return part, fmt.Errorf("part %d: %w", num, err)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return part, err
+		}
+	}
+}
+
+// retryable tells a failure that may pass (network, server busy or
+// broken) from one that will not (refused, invalid).
+func retryable(err error) bool {
+	resp := errResp(err)
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+		return resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode == http.StatusTooManyRequests
+	}
+	return true
+}
+
+// readError is a failure of the source, not of S3.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "read: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// fill reads r until buf is full or r ends; n < len(buf) means r ended.
+func fill(ctx context.Context, r io.Reader, buf []byte) (n int, err error) {
+	for n < len(buf) {
+		if ctx.Err() != nil {
+			return n, context.Cause(ctx)
+		}
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, &readError{err}
+		}
+	}
+	return n, nil
+}
+
+func md5Base64(data []byte) string {
+	sum := md5.Sum(data)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+func (s *Store) getBuf() []byte {
+	return *s.bufs.Get().(*[]byte)
+}
+
+func (s *Store) putBuf(b []byte) {
+	s.bufs.Put(&b)
+}

@@ -1,0 +1,528 @@
+// Package sftp stores snapshots on an SSH server, over SFTP.
+package sftp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"os/user"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	pkgsftp "github.com/pkg/sftp"
+	"github.com/volbak/volbak/storage"
+)
+
+// URLHelp describes sftp destinations, for --help.
+const URLHelp = `sftp://[user@]host[:port]/absolute/dir   (port 22, user: the current one)
+  sftp://user@host/~/dir is dir in the user's home.
+  Login: --ssh-key FILE if given, the ssh-agent (SSH_AUTH_SOCK), ~/.ssh/id_ed25519,
+  id_ecdsa, id_rsa, then --ssh-password-file FILE. No password in the URL.
+  Host key: --host-fingerprint SHA256:... pins it; otherwise it must be in
+  --known-hosts FILE (default ~/.ssh/known_hosts): ssh-keyscan -p PORT HOST >> it.`
+
+// tempPrefix marks a Put in progress; List never shows such files.
+const tempPrefix = ".volbak-tmp-"
+
+// Options are the ssh settings from the command line.
+type Options struct {
+	KeyFile      string              // --ssh-key: a private key file (instead of the defaults)
+	KnownHosts   string              // --known-hosts: a known_hosts file (instead of ~/.ssh/known_hosts)
+	Fingerprint  string              // --host-fingerprint: pin the host key, "SHA256:..."
+	PasswordFile string              // --ssh-password-file: password auth, read from this file
+	Getenv       func(string) string // os.Getenv in production (SSH_AUTH_SOCK, HOME)
+}
+
+// Store is a storage.Storage in a directory of an SFTP server.
+type Store struct {
+	d    *dialer
+	root string
+
+	mu     sync.Mutex
+	cur    *conn
+	closed bool
+}
+
+var _ storage.Storage = (*Store)(nil)
+
+type target struct {
+	user, host string
+	port       int
+	path       string
+}
+
+func parseURL(u *url.URL, getenv func(string) string) (target, error) {
+	var t target
+	if u.Scheme != "sftp" {
+		return t, fmt.Errorf("not an sftp URL: scheme %q", u.Scheme)
+	}
+	if _, has := u.User.Password(); has {
+		// The URL itself is not repeated: it holds the password.
+		return t, errors.New("sftp URL holds a password: put it in a file and pass --ssh-password-file FILE instead " +
+			"(a password in a URL leaks into ps, shell history and logs)")
+	}
+	t.user = u.User.Username()
+	if t.user == "" {
+		if cu, err := user.Current(); err == nil {
+			t.user = cu.Username
+		} else if getenv != nil {
+			t.user = getenv("USER")
+		}
+		if t.user == "" {
+			return t, errors.New("sftp URL: no user, and the current user is unknown: write sftp://USER@host/dir")
+		}
+	}
+	t.host = u.Hostname()
+	if t.host == "" {
+		return t, fmt.Errorf("sftp URL %s: no host", u.Redacted())
+	}
+	t.port = 22
+	if p := u.Port(); p != "" {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 1 || n > 65535 {
+			return t, fmt.Errorf("sftp URL %s: bad port %q", u.Redacted(), p)
+		}
+		t.port = n
+	}
+	t.path = u.Path
+	if t.path == "" || t.path == "/" {
+		return t, fmt.Errorf("sftp URL %s: no directory: write sftp://%s@%s/path/to/backups", u.Redacted(), t.user, u.Host)
+	}
+	return t, nil
+}
+
+// Open connects to the server of u and opens the directory of its path.
+// With create (a backup), the directory is made if missing and checked for
+// writing; without (a restore, a listing), a missing directory is an error,
+// so that a typo does not read as "no snapshots".
+func Open(ctx context.Context, u *url.URL, create bool, opts Options) (*Store, error) {
+	t, err := parseURL(u, opts.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	d, err := newDialer(t, opts)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{d: d, cur: c}
+	if err := s.openRoot(c, t.path, create); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) openRoot(c *conn, p string, create bool) error {
+	root := path.Clean(p)
+	if root == "/~" || strings.HasPrefix(root, "/~/") {
+		home, err := c.sftp.RealPath(".")
+		if err != nil {
+			return fmt.Errorf("sftp %s: home directory: %w", s.d.addr, err)
+		}
+		root = path.Join(home, strings.TrimPrefix(root, "/~"))
+	}
+	s.root = root
+	if create {
+		if err := c.sftp.MkdirAll(root); err != nil {
+			return fmt.Errorf("create %s: %w", s, err)
+		}
+		probe := path.Join(root, tempPrefix+"probe-"+randomHex())
+		f, err := c.sftp.OpenFile(probe, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err != nil {
+			return fmt.Errorf("%s is not writable by %s: %w", s, s.d.user, err)
+		}
+		f.Close()
+		c.sftp.Remove(probe)
+		return nil
+	}
+	st, err := c.sftp.Stat(root)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s does not exist", s)
+		}
+		return fmt.Errorf("%s: %w", s, err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", s)
+	}
+	return nil
+}
+
+func (s *Store) String() string {
+	root := s.root
+	if root == "" {
+		root = "/"
+	}
+	return "sftp://" + s.d.user + "@" + net.JoinHostPort(s.d.host, strconv.Itoa(s.d.port)) + root
+}
+
+// Close ends the connection.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.cur != nil {
+		s.cur.close()
+		s.cur = nil
+	}
+	return nil
+}
+
+// conn returns the live connection, or makes a new one when the last died:
+// a server restart between two operations costs a reconnect, not the run.
+func (s *Store) conn(ctx context.Context) (*conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("%s: storage closed", s)
+	}
+	if s.cur != nil {
+		select {
+		case <-s.cur.dead:
+			s.cur.close()
+			s.cur = nil
+		default:
+			return s.cur, nil
+		}
+	}
+	c, err := s.d.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.cur = c
+	return c, nil
+}
+
+// drop forgets c after an error showed it broken, before its session
+// noticed.
+func (s *Store) drop(c *conn) {
+	s.mu.Lock()
+	if s.cur == c {
+		s.cur = nil
+	}
+	s.mu.Unlock()
+	c.close()
+}
+
+func (s *Store) path(key string) (string, error) {
+	clean := path.Clean("/" + key)
+	if key == "" || clean != "/"+key || strings.HasPrefix(path.Base(key), tempPrefix) {
+		return "", fmt.Errorf("invalid storage key %q", key)
+	}
+	return path.Join(s.root, key), nil
+}
+
+// Put writes to a temp file beside the target, syncs it where the server
+// can, and renames it into place: before Put returns, only a temp file that
+// List ignores can be left.
+func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
+	full, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	c, err := s.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	dir := path.Dir(full)
+	if err := c.sftp.MkdirAll(dir); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	tmp := path.Join(dir, tempPrefix+randomHex())
+	f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	closed := false
+	defer func() {
+		if err != nil {
+			if !closed {
+				f.Close()
+			}
+			c.sftp.Remove(tmp)
+		}
+	}()
+	// Snapshots are private, as the local backend keeps them; a server
+	// that cannot chmod still stores them.
+	f.Chmod(0o600)
+	// Concurrent writes: many requests in flight, each of the client's
+	// packet size, so throughput does not stop at one round trip per packet.
+	if _, err := f.ReadFromWithConcurrency(&ctxReader{ctx: ctx, r: r}, 0); err != nil {
+		if errors.Is(err, pkgsftp.ErrSSHFxConnectionLost) {
+			return fmt.Errorf("put %s: the connection to the SFTP server was lost mid-upload (server stopped or network dropped); nothing was committed: %w", key, err)
+		}
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if c.fsync {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("put %s: sync: %w", key, err)
+		}
+	}
+	closed = true
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if err := ctx.Err(); err != nil { // a late interrupt: do not commit
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	if c.posixRename {
+		err = c.sftp.PosixRename(tmp, full)
+	} else {
+		// Plain SFTP rename refuses to replace: not atomic, but the best
+		// such a server allows.
+		if err := c.sftp.Remove(full); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("put %s: replace: %w", key, err)
+		}
+		err = c.sftp.Rename(tmp, full)
+	}
+	if err != nil {
+		return fmt.Errorf("put %s: rename: %w", key, err)
+	}
+	return nil
+}
+
+// ctxReader ends a copy when its context does, so that an interrupted Put
+// stops at the next read.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+func randomHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	full, err := s.path(key)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", key, err)
+	}
+	f, st, err := openFile(c, full)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotExist)
+		}
+		return nil, fmt.Errorf("open %s: %w", key, err)
+	}
+	return &reader{s: s, ctx: ctx, key: key, full: full, c: c, f: f, size: st.Size(), mtime: st.ModTime()}, nil
+}
+
+func openFile(c *conn, full string) (*pkgsftp.File, os.FileInfo, error) {
+	f, err := c.sftp.Open(full)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fs.ErrNotExist
+	}
+	return f, st, nil
+}
+
+// reader streams an object. The size is known from the start, so a
+// connection that ends early is told from the end of the object, and one
+// read that fails for the connection reconnects and goes on at its offset.
+type reader struct {
+	s       *Store
+	ctx     context.Context
+	key     string
+	full    string
+	c       *conn
+	f       *pkgsftp.File
+	size    int64
+	mtime   time.Time
+	off     int64
+	resumed bool
+}
+
+func (r *reader) Read(p []byte) (int, error) {
+	for {
+		n, err := r.f.Read(p)
+		r.off += int64(n)
+		if err == io.EOF && r.off < r.size {
+			err = fmt.Errorf("connection lost at byte %d of %d", r.off, r.size)
+		}
+		if err == nil || err == io.EOF || n > 0 {
+			if err != nil && err != io.EOF {
+				// Hand over what came; the error comes again next call.
+				return n, nil
+			}
+			return n, err
+		}
+		if rerr := r.resume(err); rerr != nil {
+			return 0, rerr
+		}
+	}
+}
+
+// WriteTo keeps io.Copy on the sftp client's concurrent read path, which
+// streams far faster than one request at a time.
+func (r *reader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		cw := &countWriter{w: w}
+		_, err := r.f.WriteTo(cw)
+		r.off += cw.n
+		total += cw.n
+		if cw.err != nil {
+			return total, cw.err
+		}
+		if err == nil && r.off < r.size {
+			err = fmt.Errorf("connection lost at byte %d of %d", r.off, r.size)
+		}
+		if err == nil {
+			return total, nil
+		}
+		if rerr := r.resume(err); rerr != nil {
+			return total, rerr
+		}
+		// The file handle's offset is where the new WriteTo starts.
+	}
+}
+
+// resume reopens the object on a new connection at the offset reached,
+// once; an error the server gave for the file itself is returned as is.
+func (r *reader) resume(cause error) error {
+	var se *pkgsftp.StatusError
+	if r.resumed || errors.As(cause, &se) || errors.Is(cause, fs.ErrNotExist) || errors.Is(cause, fs.ErrPermission) || r.ctx.Err() != nil {
+		return fmt.Errorf("read %s: %w", r.key, cause)
+	}
+	r.resumed = true
+	r.f.Close()
+	r.s.drop(r.c)
+	c, err := r.s.conn(r.ctx)
+	if err != nil {
+		return fmt.Errorf("read %s: %w; reconnecting: %w", r.key, cause, err)
+	}
+	f, st, err := openFile(c, r.full)
+	if err != nil {
+		return fmt.Errorf("read %s: %w; reopening: %w", r.key, cause, err)
+	}
+	if st.Size() != r.size || !st.ModTime().Equal(r.mtime) {
+		f.Close()
+		return fmt.Errorf("read %s: %w; it was replaced meanwhile, so the read cannot go on", r.key, cause)
+	}
+	if _, err := f.Seek(r.off, io.SeekStart); err != nil {
+		f.Close()
+		return fmt.Errorf("read %s: %w; reopening: %w", r.key, cause, err)
+	}
+	r.c, r.f = c, f
+	return nil
+}
+
+func (r *reader) Close() error { return r.f.Close() }
+
+type countWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+func (s *Store) List(ctx context.Context, prefix string) ([]storage.Object, error) {
+	c, err := s.conn(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	// Walk only the directory the prefix points into.
+	start := s.root
+	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		start = path.Join(s.root, prefix[:i])
+	}
+	var out []storage.Object
+	w := c.sftp.Walk(start)
+	for w.Step() {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		if err := w.Err(); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		p, st := w.Path(), w.Stat()
+		key := strings.TrimPrefix(strings.TrimPrefix(p, s.root), "/")
+		if st.IsDir() {
+			// Skip subtrees that cannot hold the prefix.
+			if key != "" && !strings.HasPrefix(key+"/", prefix) && !strings.HasPrefix(prefix, key+"/") {
+				w.SkipDir()
+			}
+			continue
+		}
+		if strings.HasPrefix(path.Base(p), tempPrefix) || !strings.HasPrefix(key, prefix) {
+			continue
+		}
+		out = append(out, storage.Object{Key: key, Size: st.Size(), ModTime: st.ModTime()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+func (s *Store) Delete(ctx context.Context, key string) error {
+	full, err := s.path(key)
+	if err != nil {
+		return err
+	}
+	c, err := s.conn(ctx)
+	if err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	// A directory is not an object, whatever its name; Remove would take
+	// an empty one.
+	st, err := c.sftp.Lstat(full)
+	if err == nil && st.IsDir() {
+		err = fs.ErrNotExist
+	}
+	if err == nil {
+		err = c.sftp.Remove(full)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("delete %s: %w", key, storage.ErrNotExist)
+		}
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}

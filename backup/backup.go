@@ -4,13 +4,12 @@ package backup
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -40,12 +39,45 @@ type Options struct {
 	Progress io.Writer
 }
 
-// errStorageGaveUp is what the helper's stdout writes see once storage has
-// failed, so that the storage error, not a broken pipe, is reported.
+// errStorageGaveUp is what the helper's stdout writes see once every
+// destination has failed, so that the storage error, not a broken pipe, is
+// reported.
 var errStorageGaveUp = errors.New("storage stopped reading")
 
-// Volume backs up one volume and returns its committed manifest.
-func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, opts Options) (snapshot.Manifest, error) {
+// Result is a backup to one or more destinations: the snapshot, and for each
+// destination, in the order given, nil if it holds the snapshot or why not.
+type Result struct {
+	Manifest snapshot.Manifest
+	Errs     []error
+}
+
+// OK is how many destinations hold the snapshot.
+func (r Result) OK() int {
+	n := 0
+	for _, err := range r.Errs {
+		if err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Volume backs up one volume to every destination in dests with one read of
+// the volume (one helper run, its stream teed). A destination that fails is
+// dropped and the others go on; the error is non-nil if any failed, and
+// Result says which. Each destination that succeeded holds the archive and
+// then its manifest; one that failed holds neither.
+func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name string, opts Options) (Result, error) {
+	res := Result{Errs: make([]error, len(dests))}
+	fail := func(err error) (Result, error) {
+		for i := range res.Errs {
+			res.Errs[i] = err
+		}
+		return res, err
+	}
+	if len(dests) == 0 {
+		return fail(errors.New("no destination"))
+	}
 	now := opts.Now
 	if now == nil {
 		now = time.Now
@@ -58,9 +90,9 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 	vol, err := eng.Volume(ctx, name)
 	if err != nil {
 		if errors.Is(err, engine.ErrNoVolume) {
-			return snapshot.Manifest{}, fmt.Errorf("volume %q does not exist: check the name with 'docker volume ls'", name)
+			return fail(fmt.Errorf("volume %q does not exist: check the name with 'docker volume ls'", name))
 		}
-		return snapshot.Manifest{}, err
+		return fail(err)
 	}
 	start := now()
 	m := snapshot.New(name, start)
@@ -79,52 +111,73 @@ func Volume(ctx context.Context, eng Engine, st storage.Storage, name string, op
 		defer stopMeter()
 	}
 
-	pr, pw := io.Pipe()
-	sum := &hashCount{h: sha256.New()}
-	putDone := make(chan error, 1)
-	go func() {
-		err := st.Put(ctx, m.Archive, io.TeeReader(pr, sum))
-		pr.CloseWithError(errStorageGaveUp)
-		putDone <- err
-	}()
+	tee := newFanout(ctx, dests, m.Archive)
 	runErr := eng.Run(ctx, engine.Helper{
 		Op: "backup", Volume: name, ReadOnly: true, Args: args, Caps: engine.CapsRead,
-		Stdout: pw, Stderr: events,
+		Stdout: tee, Stderr: events,
 	})
 	if runErr != nil && !errors.Is(runErr, errStorageGaveUp) {
 		runErr = helperError(runErr, events)
 	}
-	pw.CloseWithError(runErr) // nil: the archive is complete, Put may commit it
-	putErr := <-putDone
-	stopMeter() // before anything else is printed
+	putErrs := tee.finish(runErr) // nil: the archive is complete, the Puts may commit it
+	stopMeter()                   // before anything else is printed
 
+	undo := func(keys ...string) {
+		for i, st := range dests {
+			if putErrs[i] == nil {
+				for _, k := range keys {
+					st.Delete(context.WithoutCancel(ctx), k)
+				}
+			}
+		}
+	}
 	switch {
 	case ctx.Err() != nil:
-		if putErr == nil { // committed just before the interrupt landed
-			st.Delete(context.WithoutCancel(ctx), m.Archive)
-		}
-		return snapshot.Manifest{}, fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err())
+		undo(m.Archive) // committed just before the interrupt landed
+		return fail(fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err()))
 	case runErr != nil && !errors.Is(runErr, errStorageGaveUp):
-		return snapshot.Manifest{}, runErr // the helper failed first; Put saw its error
-	case putErr != nil:
-		return snapshot.Manifest{}, storageError(st, putErr)
+		undo(m.Archive)
+		return fail(runErr) // the helper failed first; the Puts saw its error
 	}
 	done := events.Done()
-	if done == nil {
-		st.Delete(context.WithoutCancel(ctx), m.Archive)
-		return snapshot.Manifest{}, errors.New("helper ended without its final report; nothing was kept")
+	if done == nil && runErr == nil {
+		undo(m.Archive)
+		return fail(errors.New("helper ended without its final report; nothing was kept"))
 	}
-	m.Size, m.SHA256 = sum.n, hex.EncodeToString(sum.h.Sum(nil))
-	m.Uncompressed, m.Files, m.Warnings = done.Bytes, done.Entries, done.Warnings
-	m.Duration = now().Sub(start).Seconds()
-	if err := snapshot.Put(ctx, st, m); err != nil {
-		st.Delete(context.WithoutCancel(ctx), m.Key())
-		st.Delete(context.WithoutCancel(ctx), m.Archive)
-		return snapshot.Manifest{}, fmt.Errorf("write manifest: %w", storageError(st, err))
+	if done != nil {
+		m.Size, m.SHA256 = tee.n, hex.EncodeToString(tee.sum.Sum(nil))
+		m.Uncompressed, m.Files, m.Warnings = done.Bytes, done.Entries, done.Warnings
+		m.Duration = now().Sub(start).Seconds()
 	}
-	log.Info("snapshot written", "id", m.ID, "archive", m.Archive, "size", m.Size,
-		"uncompressed", m.Uncompressed, "files", m.Files, "seconds", m.Duration, "warnings", m.Warnings)
-	return m, nil
+	res.Manifest = m
+	var failed []string
+	for i, st := range dests {
+		err := putErrs[i]
+		if err == nil {
+			if err = snapshot.Put(ctx, st, m); err != nil {
+				st.Delete(context.WithoutCancel(ctx), m.Key())
+				st.Delete(context.WithoutCancel(ctx), m.Archive)
+				err = fmt.Errorf("write manifest: %w", storageError(st, err))
+			}
+		} else {
+			err = storageError(st, err)
+		}
+		res.Errs[i] = err
+		if err != nil {
+			failed = append(failed, st.String())
+			log.Error("destination failed", "storage", st.String(), "err", err)
+			continue
+		}
+		log.Info("snapshot written", "storage", st.String(), "id", m.ID, "archive", m.Archive, "size", m.Size,
+			"uncompressed", m.Uncompressed, "files", m.Files, "seconds", m.Duration, "warnings", m.Warnings)
+	}
+	switch {
+	case len(failed) == 0:
+		return res, nil
+	case len(dests) == 1:
+		return res, res.Errs[0]
+	}
+	return res, fmt.Errorf("%d of %d destinations failed: %s", len(failed), len(dests), strings.Join(failed, ", "))
 }
 
 // helperError adds what the helper said to how it ended.
@@ -146,15 +199,4 @@ func storageError(st storage.Storage, err error) error {
 		return fmt.Errorf("cannot write to %s; choose a writable destination: %w", st, err)
 	}
 	return fmt.Errorf("storage %s: %w", st, err)
-}
-
-type hashCount struct {
-	h hash.Hash
-	n int64
-}
-
-func (c *hashCount) Write(p []byte) (int, error) {
-	c.h.Write(p)
-	c.n += int64(len(p))
-	return len(p), nil
 }

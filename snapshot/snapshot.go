@@ -79,6 +79,18 @@ func Put(ctx context.Context, st storage.Storage, m Manifest) error {
 	return st.Put(ctx, m.Key(), strings.NewReader(string(data)+"\n"))
 }
 
+// Delete removes a snapshot: its manifest first, so that it stops being
+// listed before its archive goes.
+func Delete(ctx context.Context, st storage.Storage, m Manifest) error {
+	if err := st.Delete(ctx, m.Key()); err != nil {
+		return fmt.Errorf("delete manifest of %s@%s from %s: %w", m.Volume, m.ID, st, err)
+	}
+	if err := st.Delete(ctx, m.Archive); err != nil && !errors.Is(err, storage.ErrNotExist) {
+		return fmt.Errorf("snapshot %s@%s is no longer listed, but its archive %s could not be deleted from %s: %w", m.Volume, m.ID, m.Archive, st, err)
+	}
+	return nil
+}
+
 // List returns the snapshots of volume (of every volume if empty), oldest
 // first. A manifest that cannot be read is an error, not a silent gap.
 func List(ctx context.Context, st storage.Storage, volume string) ([]Manifest, error) {

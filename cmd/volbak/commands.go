@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,13 +18,33 @@ import (
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/dest"
+	"github.com/volbak/volbak/storage/s3"
+	"github.com/volbak/volbak/storage/sftp"
 )
 
-const storageHelp = `Storage is a directory on this host, as a path or a file:// URL
-(file:///srv/backups). Snapshots are laid out as
+const storageHelp = `Storage is one of
+  /srv/backups, file:///srv/backups   a directory on this host
+  s3://BUCKET/PREFIX                  an S3 bucket (AWS or any S3-compatible store)
+  sftp://USER@HOST:PORT/PATH          a directory over SFTP
+Snapshots are laid out the same in each:
   <volume>/<UTC time>-<id>.tar.zst   the archive (tar + zstd, open with tar --zstd -xf)
   <volume>/<UTC time>-<id>.json      its manifest, written last
-An archive without a manifest is an unfinished backup and is never listed.`
+An archive without a manifest is an unfinished backup and is never listed.
+Secrets never go in the URL: see 'volbak help storage'.`
+
+func storageTopic() *cobra.Command {
+	return &cobra.Command{
+		Use:   "storage",
+		Short: "Where snapshots go: directories, S3, SFTP, and their credentials",
+		Long: storageHelp[:strings.Index(storageHelp, "\nSecrets")] + `
+
+S3
+` + s3.URLHelp + `
+
+SFTP
+` + sftp.URLHelp,
+	}
+}
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	g := &globals{stdout: stdout, stderr: stderr}
@@ -56,7 +77,11 @@ Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "no progress meter")
 	pf.StringVar(&g.helperImage, "helper-image", "", "run helpers from this image (its /volbak must be this volbak) instead of one built from this binary")
-	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g))
+	pf.StringVar(&g.ssh.KeyFile, "ssh-key", "", "sftp: private key file (default: ssh-agent, then ~/.ssh/id_ed25519, id_ecdsa, id_rsa)")
+	pf.StringVar(&g.ssh.KnownHosts, "known-hosts", "", "sftp: known_hosts file to check the server's host key against (default ~/.ssh/known_hosts)")
+	pf.StringVar(&g.ssh.Fingerprint, "host-fingerprint", "", "sftp: accept only the host key with this fingerprint (SHA256:..., as ssh-keygen -l prints)")
+	pf.StringVar(&g.ssh.PasswordFile, "ssh-password-file", "", "sftp: log in with the password in this file")
+	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), storageTopic())
 	return root
 }
 
@@ -70,25 +95,34 @@ func args(min int, max int) cobra.PositionalArgs {
 }
 
 func backupCmd(g *globals) *cobra.Command {
-	var to, level string
+	var to []string
+	var level string
 	c := &cobra.Command{
-		Use:   "backup VOLUME... --to STORAGE",
+		Use:   "backup VOLUME... --to STORAGE [--to STORAGE...]",
 		Short: "Back up volumes as new snapshots",
 		Long: `Back up each VOLUME as a new snapshot in STORAGE. A missing storage directory
-is created. Each volume is read by its own helper container, with the volume
+is created. With several --to, each volume is read once and the one stream
+goes to every destination; a destination that fails does not stop the others,
+each is reported, and volbak exits 1 if any failed. A slow destination slows
+the backup rather than filling memory. Each volume is read by its own helper container, with the volume
 mounted read-only, no network and only the capability to read every file.
 The volume is not stopped: stop what writes to it first for a consistent
 snapshot. A file that changes while read is archived consistently (cut at the
 size it had, or padded) and reported as a warning.
 
 If one volume fails, the others are still backed up, and volbak exits 1.
+A failed or interrupted backup leaves no snapshot listed anywhere (an S3
+multipart upload is aborted, a temp file removed).
 
 Levels (zstd): fastest (the default; about 1.5% larger than default, a quarter
 less CPU), default, better, best (much slower).
 
 ` + storageHelp,
 		Example: `  volbak backup pgdata --to /srv/backups
-  volbak backup pgdata redis-data --to file:///srv/backups --level default`,
+  volbak backup pgdata redis-data --to file:///srv/backups --level default
+  volbak backup pgdata --to s3://bucket/prefix
+  volbak backup pgdata --to sftp://backup@nas:22/srv/volbak
+  volbak backup pgdata --to /srv/backups --to s3://bucket/offsite`,
 		Args: args(1, -1),
 		RunE: func(c *cobra.Command, vols []string) error {
 			for _, v := range vols {
@@ -100,13 +134,31 @@ less CPU), default, better, best (much slower).
 			if err != nil {
 				return usageError{err}
 			}
-			if to == "" {
-				return usageError{errors.New("backup needs --to STORAGE (a directory)")}
+			if len(to) == 0 {
+				return usageError{errors.New("backup needs --to STORAGE (a directory, s3:// or sftp:// URL)")}
 			}
 			ctx := c.Context()
-			st, err := dest.Open(to, true)
-			if err != nil {
-				return err
+			// A destination that cannot be reached is reported and skipped:
+			// an offsite outage must not cost the local backup.
+			var sts []storage.Storage
+			var openErrs []error
+			for _, d := range to {
+				st, err := g.open(ctx, d, true)
+				if err != nil {
+					if ctx.Err() != nil {
+						return err
+					}
+					openErrs = append(openErrs, fmt.Errorf("%s: %w", dest.Redact(d), err))
+					continue
+				}
+				defer st.Close()
+				sts = append(sts, st)
+			}
+			if len(sts) == 0 {
+				return errors.Join(openErrs...)
+			}
+			for _, err := range openErrs {
+				fmt.Fprintf(g.stderr, "volbak: %v\n", err)
 			}
 			eng, err := g.engine(ctx)
 			if err != nil {
@@ -117,11 +169,20 @@ less CPU), default, better, best (much slower).
 			var failed []string
 			var firstErr error
 			for _, v := range vols {
-				m, err := backup.Volume(ctx, eng, st, v, opts)
-				if err != nil {
-					if ctx.Err() != nil {
-						return err
+				res, err := backup.Volume(ctx, eng, sts, v, opts)
+				if err != nil && ctx.Err() != nil {
+					return err
+				}
+				m := res.Manifest
+				for i, st := range sts {
+					if res.Errs[i] == nil {
+						fmt.Fprintf(g.stdout, "%s@%s  %s (%s uncompressed, %d files) in %.1fs  %s\n",
+							m.Volume, m.ID, progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files, m.Duration, st)
+					} else if len(sts) > 1 && res.Errs[i] != err { // not the one error of the whole backup; it names st
+						fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, res.Errs[i])
 					}
+				}
+				if err != nil {
 					if len(vols) > 1 { // a single failure is reported once, by main
 						fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, err)
 					}
@@ -129,21 +190,20 @@ less CPU), default, better, best (much slower).
 					if firstErr == nil {
 						firstErr = err
 					}
-					continue
 				}
-				fmt.Fprintf(g.stdout, "%s@%s  %s (%s uncompressed, %d files) in %.1fs  %s\n",
-					m.Volume, m.ID, progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files, m.Duration, st)
 			}
 			switch {
 			case len(failed) == 1 && len(vols) == 1:
 				return firstErr
 			case len(failed) > 0:
 				return fmt.Errorf("%d of %d volumes failed: %s", len(failed), len(vols), strings.Join(failed, ", "))
+			case len(openErrs) > 0:
+				return fmt.Errorf("%d of %d destinations could not be opened; the others hold the backup", len(openErrs), len(to))
 			}
 			return nil
 		},
 	}
-	c.Flags().StringVar(&to, "to", "", "storage to write to (directory or file:// URL)")
+	c.Flags().StringArrayVar(&to, "to", nil, "storage to write to: directory, s3:// or sftp:// URL (repeatable)")
 	c.Flags().StringVar(&level, "level", string(archive.DefaultLevel), "zstd level: fastest, default, better, best")
 	return c
 }
@@ -168,10 +228,11 @@ stored size, uncompressed size and number of entries. Unfinished backups
 					return err
 				}
 			}
-			st, err := openFrom(from)
+			st, err := g.openFrom(c.Context(), from)
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			ms, err := snapshot.List(c.Context(), st, volume)
 			if err != nil {
 				return err
@@ -193,7 +254,7 @@ stored size, uncompressed size and number of entries. Unfinished backups
 			return tw.Flush()
 		},
 	}
-	c.Flags().StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	c.Flags().StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
 	c.Flags().StringVar(&volume, "volume", "", "only this volume's snapshots")
 	c.Flags().BoolVar(&asJSON, "json", false, "print manifests as JSON")
 	return c
@@ -246,10 +307,11 @@ restore created is removed, so nothing half-restored is left looking fine.
 				return usageError{errors.New("--driver-opt goes with --driver")}
 			}
 			ctx := c.Context()
-			st, err := openFrom(from)
+			st, err := g.openFrom(ctx, from)
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			m, err := snapshot.Find(ctx, st, vol, id)
 			if err != nil {
 				return err
@@ -277,7 +339,7 @@ restore created is removed, so nothing half-restored is left looking fine.
 		},
 	}
 	f := c.Flags()
-	f.StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	f.StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
 	f.StringVar(&toVolume, "to-volume", "", "volume to restore into (created if missing)")
 	f.StringVar(&toDir, "to-dir", "", "host directory to restore into instead")
 	f.BoolVar(&force, "force", false, "empty a non-empty target first")
@@ -287,11 +349,11 @@ restore created is removed, so nothing half-restored is left looking fine.
 	return c
 }
 
-func openFrom(from string) (storage.Storage, error) {
+func (g *globals) openFrom(ctx context.Context, from string) (storage.Storage, error) {
 	if from == "" {
-		return nil, usageError{errors.New("--from STORAGE is required (the directory backups were written to)")}
+		return nil, usageError{errors.New("--from STORAGE is required (where backups were written to)")}
 	}
-	return dest.Open(from, false)
+	return g.open(ctx, from, false)
 }
 
 func keyValues(flag string, kvs []string) (map[string]string, error) {
@@ -329,10 +391,11 @@ Exit 0 only if all hold; 3 if the snapshot is corrupt.
 				return err
 			}
 			ctx := c.Context()
-			st, err := openFrom(from)
+			st, err := g.openFrom(ctx, from)
 			if err != nil {
 				return err
 			}
+			defer st.Close()
 			m, err := snapshot.Find(ctx, st, vol, id)
 			if err != nil {
 				return err
@@ -345,6 +408,49 @@ Exit 0 only if all hold; 3 if the snapshot is corrupt.
 			return nil
 		},
 	}
-	c.Flags().StringVar(&from, "from", "", "storage to read (directory or file:// URL)")
+	c.Flags().StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
+	return c
+}
+
+func deleteCmd(g *globals) *cobra.Command {
+	var from string
+	c := &cobra.Command{
+		Use:   "delete VOLUME@SNAPSHOT --from STORAGE",
+		Short: "Delete one snapshot",
+		Long: `Delete the snapshot of VOLUME whose id starts with SNAPSHOT from STORAGE.
+The manifest goes first, then the archive: an interrupted delete leaves at
+worst an unlisted archive, never a listed snapshot without its archive.
+The id is required ('latest' names the newest): see volbak list.
+
+` + storageHelp,
+		Example: `  volbak delete pgdata@3f9a1c2b --from /srv/backups
+  volbak delete pgdata@latest --from s3://bucket/prefix`,
+		Args: args(1, 1),
+		RunE: func(c *cobra.Command, a []string) error {
+			vol, id, err := ref(a[0])
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				return usageError{fmt.Errorf("delete needs VOLUME@SNAPSHOT (see volbak list --from STORAGE --volume %s)", vol)}
+			}
+			ctx := c.Context()
+			st, err := g.openFrom(ctx, from)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			m, err := snapshot.Find(ctx, st, vol, id)
+			if err != nil {
+				return err
+			}
+			if err := snapshot.Delete(ctx, st, m); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "deleted %s@%s (%s) from %s\n", m.Volume, m.ID, m.Created.Format(time.RFC3339), st)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&from, "from", "", "storage to delete from: directory, s3:// or sftp:// URL")
 	return c
 }

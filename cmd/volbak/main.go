@@ -16,6 +16,9 @@ import (
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/restore"
 	"github.com/volbak/volbak/snapshot"
+	"github.com/volbak/volbak/storage"
+	"github.com/volbak/volbak/storage/dest"
+	"github.com/volbak/volbak/storage/sftp"
 	"golang.org/x/term"
 )
 
@@ -83,6 +86,7 @@ type globals struct {
 	logLevel    string
 	quiet       bool
 	helperImage string
+	ssh         sftp.Options
 	stdout      io.Writer
 	stderr      io.Writer
 }
@@ -117,6 +121,11 @@ func (g *globals) progress() io.Writer {
 		return nil
 	}
 	return g.stderr
+}
+
+// open opens a storage for reading (--from) or, with create, writing (--to).
+func (g *globals) open(ctx context.Context, raw string, create bool) (storage.Storage, error) {
+	return dest.Open(ctx, raw, dest.Options{Create: create, SSH: g.ssh})
 }
 
 func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {

@@ -71,6 +71,7 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	stopServers()
 	cleanupDaemon(ctx)
 	return code
 }
@@ -219,7 +220,11 @@ func list(t *testing.T, store string, volume string) []snapshot.Manifest {
 	if volume != "" {
 		args = append(args, "--volume", volume)
 	}
-	r := mustOK(t, volbak(t, args...))
+	return decodeList(t, mustOK(t, volbak(t, args...)))
+}
+
+func decodeList(t *testing.T, r result) []snapshot.Manifest {
+	t.Helper()
 	var ms []snapshot.Manifest
 	if err := json.Unmarshal([]byte(r.stdout), &ms); err != nil {
 		t.Fatalf("list --json: %v: %s", err, r.stdout)

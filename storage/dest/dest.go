@@ -3,35 +3,82 @@
 package dest
 
 import (
+	"context"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/local"
+	"github.com/volbak/volbak/storage/s3"
+	"github.com/volbak/volbak/storage/sftp"
 )
 
+// Options for opening a destination.
+type Options struct {
+	// Create: the storage is to be written (a backup): a missing local or
+	// SFTP directory is made, and writability is checked before any helper
+	// starts. Without it a missing directory is an error, so that a mistyped
+	// --from does not read as "no snapshots".
+	Create bool
+	// SSH is how to reach an sftp:// destination.
+	SSH sftp.Options
+	// Getenv reads the environment (AWS_*, SSH_AUTH_SOCK, HOME); os.Getenv if
+	// nil.
+	Getenv func(string) string
+}
+
 // Open returns the storage a destination names: a plain path or file://
-// URL for a local directory. With create, a missing local directory is made
-// (as mkdir -p would); without, it is an error, so that a mistyped --from
-// does not read as "no snapshots".
-func Open(dest string, create bool) (storage.Storage, error) {
+// URL for a local directory, s3://bucket/prefix, sftp://user@host:port/path.
+func Open(ctx context.Context, dest string, opts Options) (storage.Storage, error) {
 	if dest == "" {
-		return nil, fmt.Errorf("no storage given: pass a directory or a file:// URL")
+		return nil, fmt.Errorf("no storage given: pass a directory, or an s3:// or sftp:// URL")
 	}
 	if !strings.Contains(dest, "://") {
-		return local.New(dest, create)
+		return local.New(dest, opts.Create)
+	}
+	getenv := opts.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
 	}
 	u, err := url.Parse(dest)
 	if err != nil {
-		return nil, fmt.Errorf("storage URL %q: %w", dest, err)
+		return nil, fmt.Errorf("storage URL %s is not a valid URL", Redact(dest))
 	}
 	switch u.Scheme {
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("storage URL %q: a file:// URL names no host (file:///srv/backups)", dest)
+			return nil, fmt.Errorf("storage URL %s: a file:// URL names no host (file:///srv/backups)", Redact(dest))
 		}
-		return local.New(u.Path, create)
+		return local.New(u.Path, opts.Create)
+	case "s3":
+		return s3.Open(ctx, u, opts.Create, getenv)
+	case "sftp":
+		ssh := opts.SSH
+		if ssh.Getenv == nil {
+			ssh.Getenv = getenv
+		}
+		return sftp.Open(ctx, u, opts.Create, ssh)
 	}
-	return nil, fmt.Errorf("storage URL %q: unknown scheme %q (volbak stores to a directory or file:// URL)", dest, u.Scheme)
+	return nil, fmt.Errorf("storage URL %s: unknown scheme %q (volbak stores to a directory, file://, s3:// or sftp://)", Redact(dest), u.Scheme)
+}
+
+// Redact returns a destination fit to print: a password in the URL is
+// masked, whatever else is wrong with it.
+func Redact(dest string) string {
+	if !strings.Contains(dest, "://") {
+		return dest
+	}
+	u, err := url.Parse(dest)
+	if err != nil {
+		// Cannot tell where a secret would be: keep the scheme and host part
+		// before any '@', drop the rest.
+		scheme, rest, _ := strings.Cut(dest, "://")
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			return scheme + "://xxxxx@" + rest[at+1:]
+		}
+		return dest
+	}
+	return u.Redacted()
 }

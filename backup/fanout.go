@@ -1,0 +1,85 @@
+package backup
+
+import (
+	"context"
+	"crypto/sha256"
+	"hash"
+	"io"
+	"sync"
+
+	"github.com/volbak/volbak/storage"
+)
+
+// fanout is the helper's stdout: it hands each chunk to every destination's
+// Put at once and hashes it meanwhile. A Write returns when every live
+// destination has taken the chunk, so a slow destination slows the stream
+// (and the helper behind it) instead of making memory grow; each backend
+// keeps its own bounded buffers (S3 parts in flight, SFTP requests in flight).
+// A destination whose Put fails is dropped and the others go on; when none is
+// left the stream stops.
+type fanout struct {
+	pipes []*io.PipeWriter
+	live  []bool
+	done  []chan error
+	errs  []error
+	sum   hash.Hash
+	n     int64
+}
+
+func newFanout(ctx context.Context, dests []storage.Storage, key string) *fanout {
+	f := &fanout{sum: sha256.New(), errs: make([]error, len(dests))}
+	for _, st := range dests {
+		pr, pw := io.Pipe()
+		done := make(chan error, 1)
+		go func() {
+			err := st.Put(ctx, key, pr)
+			pr.CloseWithError(errStorageGaveUp)
+			done <- err
+		}()
+		f.pipes = append(f.pipes, pw)
+		f.live = append(f.live, true)
+		f.done = append(f.done, done)
+	}
+	return f
+}
+
+func (f *fanout) Write(p []byte) (int, error) {
+	var wg sync.WaitGroup
+	for i, pw := range f.pipes {
+		if !f.live[i] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, f.errs[i] = pw.Write(p)
+		}()
+	}
+	f.sum.Write(p)
+	f.n += int64(len(p))
+	wg.Wait()
+	alive := 0
+	for i := range f.pipes {
+		if f.live[i] && f.errs[i] != nil {
+			f.live[i] = false
+		}
+		if f.live[i] {
+			alive++
+		}
+	}
+	if alive == 0 {
+		return 0, errStorageGaveUp
+	}
+	return len(p), nil
+}
+
+// finish ends every stream with end (nil: complete, commit it) and returns
+// each destination's Put result, in order.
+func (f *fanout) finish(end error) []error {
+	out := make([]error, len(f.pipes))
+	for i, pw := range f.pipes {
+		pw.CloseWithError(end)
+		out[i] = <-f.done[i]
+	}
+	return out
+}

@@ -44,6 +44,14 @@ type Options struct {
 // reported.
 var errStorageGaveUp = errors.New("storage stopped reading")
 
+// errNoReport ends the stream of a helper that exited without its final
+// report, so that no destination commits it.
+var errNoReport = errors.New("helper ended without its final report")
+
+// cleanupTimeout bounds each removal of what a failed backup wrote, so a
+// dead server cannot hold volbak after Ctrl-C.
+const cleanupTimeout = 30 * time.Second
+
 // Result is a backup to one or more destinations: the snapshot, and for each
 // destination, in the order given, nil if it holds the snapshot or why not.
 type Result struct {
@@ -119,29 +127,38 @@ func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	if runErr != nil && !errors.Is(runErr, errStorageGaveUp) {
 		runErr = helperError(runErr, events)
 	}
-	putErrs := tee.finish(runErr) // nil: the archive is complete, the Puts may commit it
-	stopMeter()                   // before anything else is printed
+	// Engine.Run returns once the helper's stderr is drained: whether it
+	// sent its final report is known before any Put may commit.
+	done := events.Done()
+	end := runErr
+	if end == nil && done == nil {
+		end = errNoReport
+	}
+	putErrs := tee.finish(end) // nil: the archive is complete, the Puts may commit it
+	stopMeter()                // before anything else is printed
 
-	undo := func(keys ...string) {
-		for i, st := range dests {
-			if putErrs[i] == nil {
-				for _, k := range keys {
-					st.Delete(context.WithoutCancel(ctx), k)
-				}
-			}
+	// undo removes the archive from every destination, whatever its Put
+	// said: an upload can be committed by the server and still reported
+	// failed (a reply lost on the way back); keys are unique per snapshot.
+	undo := func(i int) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		dests[i].Delete(cctx, m.Archive)
+	}
+	undoAll := func() {
+		for i := range dests {
+			undo(i)
 		}
 	}
 	switch {
 	case ctx.Err() != nil:
-		undo(m.Archive) // committed just before the interrupt landed
+		undoAll()
 		return fail(fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err()))
 	case runErr != nil && !errors.Is(runErr, errStorageGaveUp):
-		undo(m.Archive)
+		undoAll()
 		return fail(runErr) // the helper failed first; the Puts saw its error
-	}
-	done := events.Done()
-	if done == nil && runErr == nil {
-		undo(m.Archive)
+	case end == errNoReport:
+		undoAll()
 		return fail(errors.New("helper ended without its final report; nothing was kept"))
 	}
 	if done != nil {
@@ -155,11 +172,14 @@ func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		err := putErrs[i]
 		if err == nil {
 			if err = snapshot.Put(ctx, st, m); err != nil {
-				st.Delete(context.WithoutCancel(ctx), m.Key())
-				st.Delete(context.WithoutCancel(ctx), m.Archive)
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+				st.Delete(cctx, m.Key())
+				cancel()
+				undo(i)
 				err = fmt.Errorf("write manifest: %w", storageError(st, err))
 			}
 		} else {
+			undo(i)
 			err = storageError(st, err)
 		}
 		res.Errs[i] = err

@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"hash"
 	"io"
 	"sync"
@@ -80,6 +81,11 @@ func (f *fanout) finish(end error) []error {
 	for i, pw := range f.pipes {
 		pw.CloseWithError(end)
 		out[i] = <-f.done[i]
+		if out[i] == nil && !f.live[i] {
+			// A Put that stopped reading yet reports success holds less than
+			// the stream: never give it a manifest.
+			out[i] = errors.New("destination stopped reading before the end of the stream")
+		}
 	}
 	return out
 }

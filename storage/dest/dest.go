@@ -65,20 +65,40 @@ func Open(ctx context.Context, dest string, opts Options) (storage.Storage, erro
 }
 
 // Redact returns a destination fit to print: a password in the URL is
-// masked, whatever else is wrong with it.
+// masked, whatever else is wrong with it, and so is the value of any query
+// parameter volbak does not know to be harmless (someone may have written
+// ?secret_key=...).
 func Redact(dest string) string {
-	if !strings.Contains(dest, "://") {
+	scheme, rest, ok := strings.Cut(dest, "://")
+	if !ok {
 		return dest
 	}
 	u, err := url.Parse(dest)
-	if err != nil {
-		// Cannot tell where a secret would be: keep the scheme and host part
-		// before any '@', drop the rest.
-		scheme, rest, _ := strings.Cut(dest, "://")
-		if at := strings.LastIndex(rest, "@"); at >= 0 {
-			return scheme + "://xxxxx@" + rest[at+1:]
+	if err != nil || strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") {
+		// Cannot tell where a secret would be (a password holding '/', '#'
+		// or '%' breaks the parse): keep the user and what follows the
+		// last '@', mask between.
+		at := strings.LastIndex(rest, "@")
+		if at < 0 {
+			return scheme + "://xxxxx"
 		}
-		return dest
+		user, _, _ := strings.Cut(rest[:at], ":")
+		return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
+	}
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			if !harmless[k] {
+				q[k] = []string{"xxxxx"}
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
+}
+
+// harmless are the query parameters whose values can be printed.
+var harmless = map[string]bool{
+	"endpoint": true, "region": true, "path_style": true, "ca_bundle": true,
+	"storage_class": true, "part_size": true, "parts_in_flight": true,
 }

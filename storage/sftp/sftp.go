@@ -72,6 +72,11 @@ func parseURL(u *url.URL, getenv func(string) string) (target, error) {
 		return t, errors.New("sftp URL holds a password: put it in a file and pass --ssh-password-file FILE instead " +
 			"(a password in a URL leaks into ps, shell history and logs)")
 	}
+	if strings.Contains(u.Path, "@") || u.RawQuery != "" || u.Fragment != "" {
+		// Likely a password holding '/', '?' or '#' that split the URL; do
+		// not echo any of it.
+		return t, errors.New("sftp URL: '@', '?' or '#' after the host: write sftp://USER@HOST:PORT/PATH, with no password and no parameters (see --ssh-key, --ssh-password-file)")
+	}
 	t.user = u.User.Username()
 	if t.user == "" {
 		if cu, err := user.Current(); err == nil {

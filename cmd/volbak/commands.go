@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -160,6 +161,7 @@ less CPU), default, better, best (much slower).
 			for _, err := range openErrs {
 				fmt.Fprintf(g.stderr, "volbak: %v\n", err)
 			}
+			limitMemory(sts)
 			eng, err := g.engine(ctx)
 			if err != nil {
 				return err
@@ -453,4 +455,21 @@ The id is required ('latest' names the newest): see volbak list.
 	}
 	c.Flags().StringVar(&from, "from", "", "storage to delete from: directory, s3:// or sftp:// URL")
 	return c
+}
+
+// limitMemory tells the garbage collector about long-lived upload buffers
+// (S3 parts in flight). Left alone, it lets the heap grow to twice what is
+// live before collecting, so 80 MiB of part buffers made a 150 MiB process;
+// with a soft limit just above them it collects a little more often
+// instead.
+func limitMemory(sts []storage.Storage) {
+	var bufs int64
+	for _, st := range sts {
+		if b, ok := st.(interface{ BufferBytes() int64 }); ok {
+			bufs += b.BufferBytes()
+		}
+	}
+	if bufs > 0 {
+		debug.SetMemoryLimit(bufs + 40<<20)
+	}
 }

@@ -51,7 +51,11 @@ func (r *reader) Read(p []byte) (int, error) {
 		if err == nil {
 			return n, nil
 		}
-		if err == io.EOF && r.off >= r.size {
+		if r.off >= r.size { // all there: a late error does not matter
+			if r.body != nil {
+				r.body.Close()
+				r.body = nil
+			}
 			r.err = io.EOF
 			return n, io.EOF
 		}
@@ -94,7 +98,13 @@ func (r *reader) resume() error {
 		if r.etag != "" {
 			opts.SetMatchETag(r.etag)
 		}
-		body, _, _, err := r.s.core.GetObject(r.ctx, r.s.cfg.bucket, r.name, opts)
+		body, info, _, err := r.s.core.GetObject(r.ctx, r.s.cfg.bucket, r.name, opts)
+		if err == nil && info.Size != r.size-r.off {
+			// A server or proxy that ignored the Range would splice the
+			// object's start in at r.off.
+			body.Close()
+			return fmt.Errorf("read %s: asked for bytes %d- of %d, got %d bytes: the server does not honour Range requests", r.key, r.off, r.size, info.Size)
+		}
 		if err == nil {
 			r.body = body
 			r.sinceStart = 0

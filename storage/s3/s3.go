@@ -36,18 +36,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
 	"sort"
 	"strings"
-	"sync"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/volbak/volbak/storage"
+	"golang.org/x/sys/unix"
 )
 
 // maxRetries bounds minio-go's own retries of one request, so that a dead
@@ -60,7 +62,10 @@ type Store struct {
 	core  minio.Core
 	creds *credentials.Credentials
 	tr    *http.Transport
-	bufs  sync.Pool // *[]byte of cfg.partSize, reused across Puts
+	// bufs keeps up to parts_in_flight+1 part buffers between Puts. Not a
+	// sync.Pool: a pool is emptied by every GC, and 16 MiB buffers
+	// reallocated behind the collector's back doubled the peak RSS.
+	bufs chan []byte
 }
 
 var _ storage.Storage = (*Store)(nil)
@@ -86,11 +91,31 @@ func Open(ctx context.Context, u *url.URL, create bool, getenv func(string) stri
 	return s, nil
 }
 
+// userTimeout bounds how long sent data may stay unacknowledged.
+const userTimeout = time.Minute
+
 func newStore(cfg *config) (*Store, error) {
 	tr, err := minio.DefaultTransport(cfg.secure)
 	if err != nil {
 		return nil, err
 	}
+	// A peer that vanishes without a reset (a dropped route, a frozen VM)
+	// would otherwise hold a part's upload, and with it every destination of
+	// the backup, until the kernel gives up retransmitting (~15 min): data
+	// unacknowledged for a minute ends the connection, and the part is
+	// retried or the upload fails.
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 15 * time.Second,
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout/time.Millisecond))
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		}}
+	tr.DialContext = dialer.DialContext
 	if cfg.caBundle != "" {
 		pem, err := os.ReadFile(cfg.caBundle)
 		if err != nil {
@@ -126,7 +151,7 @@ func newStore(cfg *config) (*Store, error) {
 		return nil, fmt.Errorf("s3 endpoint %s: %v", cfg.endpointURL(), err)
 	}
 	s := &Store{cfg: cfg, core: *c, creds: creds, tr: tr}
-	s.bufs.New = func() any { b := make([]byte, cfg.partSize); return &b }
+	s.bufs = make(chan []byte, cfg.inFlight+1)
 	return s, nil
 }
 
@@ -168,6 +193,10 @@ func (s *Store) String() string {
 	}
 	return str
 }
+
+// BufferBytes is the most memory the part buffers of one Put hold, for
+// a caller that tells the garbage collector what to expect.
+func (s *Store) BufferBytes() int64 { return int64(s.cfg.inFlight+1) * s.cfg.partSize }
 
 // Close drops idle connections.
 func (s *Store) Close() error {

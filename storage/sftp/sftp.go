@@ -2,6 +2,7 @@
 package sftp
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -337,8 +338,44 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", key, err)
 	}
-	return &reader{s: s, ctx: ctx, key: key, full: full, c: c, f: f, size: st.Size(), mtime: st.ModTime()}, nil
+	return readAhead(&reader{s: s, ctx: ctx, key: key, full: full, c: c, f: f, size: st.Size(), mtime: st.ModTime()}), nil
 }
+
+// readAhead keeps the sftp client's concurrent read path (WriteTo: many
+// requests in flight, ~2 MiB) busy in the background. A consumer that Reads
+// (a restore copies into the helper's stdin 1 MiB at a time) would
+// otherwise wait a round trip per Read with nothing in flight: restores
+// from SFTP ran at half the speed of local ones.
+func readAhead(r *reader) io.ReadCloser {
+	pr, pw := io.Pipe()
+	ra := &aheadReader{PipeReader: pr, r: r, done: make(chan struct{})}
+	go func() {
+		defer close(ra.done)
+		// WriteTo hands over one 32 KiB packet at a time; through a pipe
+		// that is a goroutine switch each, a fifth of the CPU. Batched.
+		bw := bufio.NewWriterSize(pw, 1<<20)
+		_, err := r.WriteTo(bw)
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err) // nil: EOF
+	}()
+	return ra
+}
+
+type aheadReader struct {
+	*io.PipeReader
+	r    *reader
+	done chan struct{}
+}
+
+func (a *aheadReader) Close() error {
+	a.PipeReader.CloseWithError(errReaderClosed) // the pump's next write fails
+	<-a.done
+	return a.r.Close()
+}
+
+var errReaderClosed = errors.New("read after Close")
 
 func openFile(c *conn, full string) (*pkgsftp.File, os.FileInfo, error) {
 	f, err := c.sftp.Open(full)

@@ -193,16 +193,18 @@ func (s *SFTP) Kill() {
 		return
 	}
 	pid := s.proc.PID()
-	// Stopped first, the listener forks no new child while we look.
+	// Stopped first, the listener forks no new child while we look; killed
+	// before its children, it forks none after either (a client that
+	// reconnects at once would otherwise be served by a child nobody
+	// kills, holding the server's output pipe open).
 	syscall.Kill(pid, syscall.SIGSTOP)
 	children := descendants(pid)
+	syscall.Kill(pid, syscall.SIGKILL)
 	for _, child := range children {
 		syscall.Kill(child, syscall.SIGKILL)
 	}
-	// Wait until they are dead, so their connections are closed. The
-	// listener reaps its own children once continued; deeper ones are
-	// reaped by init.
-	syscall.Kill(pid, syscall.SIGCONT)
+	// Wait until they are dead, so their connections are closed; orphans
+	// are reaped by init.
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if !anyAlive(children) {
 			break

@@ -73,6 +73,9 @@ func startProc(path string, args []string, env []string) (*Proc, error) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// A descendant that outlives the server (sshd's per-connection
+	// processes call setsid) must not hold Wait on the output pipe.
+	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}

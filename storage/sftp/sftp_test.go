@@ -69,8 +69,12 @@ func sftpURL(t *testing.T, userinfo, dir string) *url.URL {
 }
 
 // remoteDir is a directory of the server for one test, not yet made.
+// remoteDir is a directory on the server no earlier test (nor an earlier
+// -count round) has used.
 func remoteDir(t *testing.T) string {
-	return filepath.Join(srv.Root, strings.ReplaceAll(t.Name(), "/", "_"))
+	dir := filepath.Join(srv.Root, strings.ReplaceAll(t.Name(), "/", "_")+"-"+randomHex())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func keyOpts(t *testing.T) Options {

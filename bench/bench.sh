@@ -10,6 +10,9 @@
 #   PROFILE      voltree -profile         (default mixed: mixed|small|big|edge)
 #   REPS         repetitions per timed run, best (min) wall time is kept (default 2)
 #   KEEP_IMAGES  if set, keep the volbakbench-busybox:1 image afterwards
+#   REMOTE       1 (default): also back up to and restore from S3 (versitygw)
+#                and SFTP (OpenSSH sshd) on 127.0.0.1, started here via
+#                internal/testsrv/serve and stopped by PID; 0 to skip
 #
 # Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
 # (only if zstd, GNU time or busybox-static are missing).
@@ -24,6 +27,7 @@ set -euo pipefail
 SIZE=${SIZE:-1GiB}
 PROFILE=${PROFILE:-mixed}
 REPS=${REPS:-2}
+REMOTE=${REMOTE:-1}
 BB_IMAGE=volbakbench-busybox:1
 SRC_VOL=volbakbench-src
 WARM_VOL=volbakbench-warm
@@ -53,10 +57,16 @@ flock -n 9 || die "another bench.sh run is going on (flock on $SCRIPT_DIR/bench.
 
 WORK=""
 CHILD=""   # pid (= process group, via setsid) of the command being timed
+SERVE_PID="" # the S3 + SFTP test servers' launcher
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
 	set +e
+	if [[ -n $SERVE_PID ]]; then
+		kill -TERM "$SERVE_PID" 2>/dev/null
+		wait "$SERVE_PID" 2>/dev/null
+		log "cleanup: stopped the test servers (pid $SERVE_PID)"
+	fi
 	if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
 		log "cleanup: stopping running command (pgid $CHILD)"
 		kill -TERM -- "-$CHILD" 2>/dev/null
@@ -300,6 +310,53 @@ for ((i = 1; i <= REPS; i++)); do
 	BEST[vb_restore]=$(min "${BEST[vb_restore]:-}" "$WALL")
 	RSS[vb_restore]=$(max "${RSS[vb_restore]:-}" "$(rss_kib "$WORK/time.out")")
 done
+# Remote storage: the same volume to S3 (versitygw) and SFTP (sshd) on
+# loopback, compared with volbak's own local-storage runs above.
+REMOTE_FID=""
+if ((REMOTE)); then
+	log "remote: installing/finding the test servers (scripts/test-deps.sh)"
+	"$REPO/scripts/test-deps.sh" >&2 || die "test-deps.sh failed"
+	(cd "$REPO" && go build -o "$WORK/serve" ./internal/testsrv/serve) || die "build of the server launcher failed"
+	"$WORK/serve" -dir "$WORK/servers" -env "$WORK/servers.env" >"$WORK/logs/serve.log" 2>&1 &
+	SERVE_PID=$!
+	for _ in $(seq 300); do [[ -s $WORK/servers.env ]] && break; kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
+	[[ -s $WORK/servers.env ]] || { cat "$WORK/logs/serve.log" >&2; die "test servers did not start"; }
+	set -a; source "$WORK/servers.env"; set +a
+	SSH_FLAGS=(--ssh-key "$SFTP_KEY" --known-hosts "$SFTP_KNOWN_HOSTS")
+	for ((i = 1; i <= REPS; i++)); do
+		for kind in s3 sftp; do
+			url=$S3_URL; extra=()
+			[[ $kind == sftp ]] && { url=$SFTP_URL; extra=("${SSH_FLAGS[@]}"); }
+			log "volbak backup to $kind rep $i/$REPS"
+			run_timed "volbak-backup-$kind-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+				"$VOLBAK" backup "$SRC_VOL" --to "$url" "${extra[@]}" -q --log-format json
+			log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
+			BEST[vb_backup_$kind]=$(min "${BEST[vb_backup_$kind]:-}" "$WALL")
+			RSS[vb_backup_$kind]=$(max "${RSS[vb_backup_$kind]:-}" "$(rss_kib "$WORK/time.out")")
+		done
+	done
+	for ((i = 1; i <= REPS; i++)); do
+		for kind in s3 sftp; do
+			url=$S3_URL; extra=()
+			[[ $kind == sftp ]] && { url=$SFTP_URL; extra=("${SSH_FLAGS[@]}"); }
+			prep_restore
+			# The server reads its copy from page cache too.
+			find "$WORK/servers" -name '*.tar.zst' -exec cat {} + >/dev/null 2>&1 || true
+			DST_R=volbakbench-dst-$kind-$i
+			log "volbak restore from $kind rep $i/$REPS"
+			run_timed "volbak-restore-$kind-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+				"$VOLBAK" restore "$SRC_VOL" --from "$url" "${extra[@]}" --to-volume "$DST_R" -q
+			log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
+			BEST[vb_restore_$kind]=$(min "${BEST[vb_restore_$kind]:-}" "$WALL")
+			RSS[vb_restore_$kind]=$(max "${RSS[vb_restore_$kind]:-}" "$(rss_kib "$WORK/time.out")")
+			if ((i == REPS)); then
+				line=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_R")" 2>&1 | tail -n1) || die "fidelity of the $kind restore: $line"
+				REMOTE_FID+="$kind: $line; "
+			fi
+		done
+	done
+fi
+
 # Informational: how faithful is the baseline (busybox tar) restore?
 BASE_DIFF_LINE=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_BASE_VOL")" 2>&1 | tail -n1) || true
 
@@ -337,6 +394,14 @@ fmt_row() { # LABEL KEY BASEKEY
 	printf '| %s | %.2f | %s | %s | %s | %s |\n' "$label" "$wall" "$mbs" "$size" "$rss" "$ratio"
 }
 
+remote_row() { # LABEL KEY LOCALKEY
+	local wall=${BEST[$2]}
+	printf '| %s | %.2f | %s | %s | %s |\n' "$1" "$wall" \
+		"$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')" \
+		"$(awk -v n="${RSS[$2]}" 'BEGIN{ printf "%.1f", n / 1024 }')" \
+		"$(awk -v a="$wall" -v b="${BEST[$3]}" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
+}
+
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%+.1f%%", (a / b - 1) * 100 }'; }
 
 CPU_MODEL=$(LC_ALL=C lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n1)
@@ -371,6 +436,19 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
 	echo "- Baseline restore fidelity (info only; busybox tar is known to drop xattrs, symlink owners and directory mtimes): $BASE_DIFF_LINE"
 	echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, kernel $(uname -r), Docker $DOCKER_VER, $DOCKER_ROOT on $DOCKER_FS, $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)."
+	if ((REMOTE)); then
+		echo
+		echo "Remote storage, same volume, servers on 127.0.0.1 on this machine (versitygw v1.8.0 posix backend; OpenSSH sshd internal-sftp), default part size (16 MiB, 4 in flight):"
+		echo
+		echo "| run | wall s | MB/s | peak RSS MiB | throughput vs volbak local |"
+		echo "|---|---:|---:|---:|---:|"
+		remote_row "volbak backup to S3" vb_backup_s3 vb_backup
+		remote_row "volbak backup to SFTP" vb_backup_sftp vb_backup
+		remote_row "volbak restore from S3" vb_restore_s3 vb_restore
+		remote_row "volbak restore from SFTP" vb_restore_sftp vb_restore
+		echo
+		echo "- Fidelity of the remote restores (voltree diff): ${REMOTE_FID}"
+	fi
 } | tee "$RESULT"
 
 log "saved $RESULT"

@@ -13,6 +13,8 @@
 #   REMOTE       1 (default): also back up to and restore from S3 (versitygw)
 #                and SFTP (OpenSSH sshd) on 127.0.0.1, started here via
 #                internal/testsrv/serve and stopped by PID; 0 to skip
+#   SERVERS_TMPFS  if 1, the servers keep their data on a tmpfs mounted for
+#                the run, to tell the server's disk from volbak's own speed
 #
 # Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
 # (only if zstd, GNU time or busybox-static are missing).
@@ -28,6 +30,7 @@ SIZE=${SIZE:-1GiB}
 PROFILE=${PROFILE:-mixed}
 REPS=${REPS:-2}
 REMOTE=${REMOTE:-1}
+SERVERS_TMPFS=${SERVERS_TMPFS:-0}
 BB_IMAGE=volbakbench-busybox:1
 SRC_VOL=volbakbench-src
 WARM_VOL=volbakbench-warm
@@ -66,6 +69,9 @@ cleanup() {
 		kill -TERM "$SERVE_PID" 2>/dev/null
 		wait "$SERVE_PID" 2>/dev/null
 		log "cleanup: stopped the test servers (pid $SERVE_PID)"
+	fi
+	if [[ -n $WORK ]] && mountpoint -q "$WORK/servers" 2>/dev/null; then
+		umount "$WORK/servers" && log "cleanup: unmounted the servers' tmpfs"
 	fi
 	if [[ -n $CHILD ]] && kill -0 "$CHILD" 2>/dev/null; then
 		log "cleanup: stopping running command (pgid $CHILD)"
@@ -317,6 +323,12 @@ if ((REMOTE)); then
 	log "remote: installing/finding the test servers (scripts/test-deps.sh)"
 	"$REPO/scripts/test-deps.sh" >&2 || die "test-deps.sh failed"
 	(cd "$REPO" && go build -o "$WORK/serve" ./internal/testsrv/serve) || die "build of the server launcher failed"
+	SERVERS_FS="$(df -PT "$WORK" | awk 'NR==2{print $2}') under /var/tmp"
+	if ((SERVERS_TMPFS)); then
+		mkdir -p "$WORK/servers"
+		mount -t tmpfs -o size=8g tmpfs "$WORK/servers" || die "cannot mount a tmpfs for the servers"
+		SERVERS_FS=tmpfs
+	fi
 	"$WORK/serve" -dir "$WORK/servers" -env "$WORK/servers.env" >"$WORK/logs/serve.log" 2>&1 &
 	SERVE_PID=$!
 	for _ in $(seq 300); do [[ -s $WORK/servers.env ]] && break; kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
@@ -324,9 +336,13 @@ if ((REMOTE)); then
 	set -a; source "$WORK/servers.env"; set +a
 	SSH_FLAGS=(--ssh-key "$SFTP_KEY" --known-hosts "$SFTP_KNOWN_HOSTS")
 	for ((i = 1; i <= REPS; i++)); do
-		for kind in s3 sftp; do
+		# Local, S3 and SFTP back to back in each rep: this VM's speed
+		# drifts over minutes, so each remote run is compared with local
+		# runs made beside it, not with the ones above.
+		for kind in local s3 sftp; do
 			url=$S3_URL; extra=()
 			[[ $kind == sftp ]] && { url=$SFTP_URL; extra=("${SSH_FLAGS[@]}"); }
+			[[ $kind == local ]] && { url=$WORK/store-near; rm -rf "$url"; }
 			log "volbak backup to $kind rep $i/$REPS"
 			run_timed "volbak-backup-$kind-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
 				"$VOLBAK" backup "$SRC_VOL" --to "$url" "${extra[@]}" -q --log-format json
@@ -336,12 +352,13 @@ if ((REMOTE)); then
 		done
 	done
 	for ((i = 1; i <= REPS; i++)); do
-		for kind in s3 sftp; do
+		for kind in local s3 sftp; do
 			url=$S3_URL; extra=()
 			[[ $kind == sftp ]] && { url=$SFTP_URL; extra=("${SSH_FLAGS[@]}"); }
+			[[ $kind == local ]] && url=$WORK/store-near
 			prep_restore
 			# The server reads its copy from page cache too.
-			find "$WORK/servers" -name '*.tar.zst' -exec cat {} + >/dev/null 2>&1 || true
+			find "$WORK/servers" "$WORK/store-near" -name '*.tar.zst' -exec cat {} + >/dev/null 2>&1 || true
 			DST_R=volbakbench-dst-$kind-$i
 			log "volbak restore from $kind rep $i/$REPS"
 			run_timed "volbak-restore-$kind-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
@@ -438,14 +455,18 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "- Machine: $(nproc) CPUs, ${CPU_MODEL:-unknown CPU}, kernel $(uname -r), Docker $DOCKER_VER, $DOCKER_ROOT on $DOCKER_FS, $(awk '/MemTotal/{printf "%.1f GiB RAM", $2/1048576}' /proc/meminfo)."
 	if ((REMOTE)); then
 		echo
-		echo "Remote storage, same volume, servers on 127.0.0.1 on this machine (versitygw v1.8.0 posix backend; OpenSSH sshd internal-sftp), default part size (16 MiB, 4 in flight):"
+		echo "Remote storage, same volume, servers on 127.0.0.1 on this machine, their data on $SERVERS_FS (versitygw v1.8.0 posix backend; OpenSSH sshd internal-sftp), default part size (16 MiB, 4 in flight):"
+		echo
+		echo "Each rep runs local, S3, SFTP back to back; best of $REPS each; throughput relative to the local runs of the same reps."
 		echo
 		echo "| run | wall s | MB/s | peak RSS MiB | throughput vs volbak local |"
 		echo "|---|---:|---:|---:|---:|"
-		remote_row "volbak backup to S3" vb_backup_s3 vb_backup
-		remote_row "volbak backup to SFTP" vb_backup_sftp vb_backup
-		remote_row "volbak restore from S3" vb_restore_s3 vb_restore
-		remote_row "volbak restore from SFTP" vb_restore_sftp vb_restore
+		remote_row "volbak backup to a local directory (same reps)" vb_backup_local vb_backup_local
+		remote_row "volbak backup to S3" vb_backup_s3 vb_backup_local
+		remote_row "volbak backup to SFTP" vb_backup_sftp vb_backup_local
+		remote_row "volbak restore from a local directory (same reps)" vb_restore_local vb_restore_local
+		remote_row "volbak restore from S3" vb_restore_s3 vb_restore_local
+		remote_row "volbak restore from SFTP" vb_restore_sftp vb_restore_local
 		echo
 		echo "- Fidelity of the remote restores (voltree diff): ${REMOTE_FID}"
 	fi

@@ -338,8 +338,16 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 		}
 		return nil, fmt.Errorf("open %s: %w", key, err)
 	}
-	return readAhead(&reader{s: s, ctx: ctx, key: key, full: full, c: c, f: f, size: st.Size(), mtime: st.ModTime()}), nil
+	r := &reader{s: s, ctx: ctx, key: key, full: full, c: c, f: f, size: st.Size(), mtime: st.ModTime()}
+	if r.size <= aheadSize {
+		return r, nil // a manifest: one or two requests, no pump worth starting
+	}
+	return readAhead(r), nil
 }
+
+// aheadSize is the read-ahead's buffer, and the size below which an object
+// is read without one.
+const aheadSize = 1 << 20
 
 // readAhead keeps the sftp client's concurrent read path (WriteTo: many
 // requests in flight, ~2 MiB) busy in the background. A consumer that Reads
@@ -353,7 +361,7 @@ func readAhead(r *reader) io.ReadCloser {
 		defer close(ra.done)
 		// WriteTo hands over one 32 KiB packet at a time; through a pipe
 		// that is a goroutine switch each, a fifth of the CPU. Batched.
-		bw := bufio.NewWriterSize(pw, 1<<20)
+		bw := bufio.NewWriterSize(pw, aheadSize)
 		_, err := r.WriteTo(bw)
 		if err == nil {
 			err = bw.Flush()

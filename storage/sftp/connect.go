@@ -226,17 +226,20 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		// The size of the open handle, not of whatever now has its name.
 		pkgsftp.UseFstat(true),
 	}
-	if strings.HasPrefix(string(client.ServerVersion()), "SSH-2.0-OpenSSH_") {
-		// OpenSSH's sftp-server takes messages up to 256 KiB; packets of
-		// 128 KiB (16 in flight: the same 2 MiB) cut the per-request work
-		// on both ends: a 1 GiB restore went from 9.4-10.0 s to 8.5-8.8 s.
-		// Other servers get the 32 KiB every SFTP server must accept.
-		opts = append(opts, pkgsftp.MaxConcurrentRequestsPerFile(16), pkgsftp.MaxPacketUnchecked(128<<10))
-	}
 	sc, err := pkgsftp.NewClient(client, opts...)
 	if err != nil {
 		client.Close()
 		return nil, &transientError{fmt.Errorf("ssh %s: start the sftp subsystem: %w (does the server allow sftp?)", d.addr, err)}
+	}
+	if _, ok := sc.HasExtension("limits@openssh.com"); ok {
+		// OpenSSH since 8.7 says so and serves reads and writes up to
+		// 256 KiB; packets of 128 KiB (16 in flight: the same 2 MiB) cut
+		// the per-request work on both ends: a 1 GiB restore went from
+		// 9.4-10.0 s to 8.5-8.8 s. Older servers cut reads at 64 KiB, and
+		// pkg/sftp's concurrent reads would skip the rest of each packet:
+		// they get the 32 KiB every SFTP server must serve.
+		pkgsftp.MaxPacketUnchecked(128 << 10)(sc)
+		pkgsftp.MaxConcurrentRequestsPerFile(16)(sc)
 	}
 	c := &conn{ssh: client, sftp: sc, dead: make(chan struct{})}
 	_, c.posixRename = sc.HasExtension("posix-rename@openssh.com")

@@ -451,7 +451,10 @@ func (r *reader) WriteTo(w io.Writer) (int64, error) {
 			return total, cw.err
 		}
 		if err == nil && r.off < r.size {
-			err = fmt.Errorf("connection lost at byte %d of %d", r.off, r.size)
+			// No error yet bytes missing: the server answered reads short,
+			// and the concurrent path does not re-ask for the rest, so what
+			// was handed on has gaps. Nothing can mend that downstream.
+			return total, fmt.Errorf("read %s: the server returned %d of %d bytes with no error (short reads); the data read is not trustworthy", r.key, r.off, r.size)
 		}
 		if err == nil {
 			return total, nil

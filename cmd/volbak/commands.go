@@ -469,7 +469,8 @@ func limitMemory(sts []storage.Storage) {
 			bufs += b.BufferBytes()
 		}
 	}
-	if bufs > 0 {
-		debug.SetMemoryLimit(bufs + 40<<20)
+	// Only ever lower a limit the user set with GOMEMLIMIT.
+	if want := bufs + 40<<20; bufs > 0 && want < debug.SetMemoryLimit(-1) {
+		debug.SetMemoryLimit(want)
 	}
 }

@@ -74,7 +74,7 @@ func Redact(dest string) string {
 		return dest
 	}
 	u, err := url.Parse(dest)
-	if err != nil || strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") {
+	if err != nil || strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.RawQuery, "@") && u.Query().Get("endpoint") == "" {
 		// Cannot tell where a secret would be (a password holding '/', '#'
 		// or '%' breaks the parse): keep the user and what follows the
 		// last '@', mask between.
@@ -87,8 +87,18 @@ func Redact(dest string) string {
 	}
 	if u.RawQuery != "" {
 		q := u.Query()
-		for k := range q {
-			if !harmless[k] {
+		for k, vs := range q {
+			switch {
+			case k == "endpoint":
+				for i, v := range vs {
+					if e, err := url.Parse(v); err != nil {
+						vs[i] = "xxxxx"
+					} else if e.User != nil {
+						e.User = url.User("xxxxx")
+						vs[i] = e.String()
+					}
+				}
+			case !harmless[k]:
 				q[k] = []string{"xxxxx"}
 			}
 		}

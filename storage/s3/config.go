@@ -255,7 +255,8 @@ func parseEndpoint(s string) (host string, secure bool, err error) {
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return "", false, fmt.Errorf("bad endpoint: %v", err)
+		// url.Parse's error quotes the input, which may hold a password.
+		return "", false, errors.New("the endpoint is not a valid URL: want http(s)://host[:port]")
 	}
 	switch u.Scheme {
 	case "https":

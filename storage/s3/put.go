@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/minio/minio-go/v7"
@@ -186,12 +187,21 @@ func (s *Store) putPart(ctx context.Context, name, id string, num int, data []by
 		opts.Sha256Hex = hex.EncodeToString(sum[:])
 	}
 	for attempt := 0; ; attempt++ {
+		if s.partMD5.Load() {
+			opts.Md5Base64 = md5Base64(data)
+		}
 		part, err := s.core.PutObjectPart(ctx, s.cfg.bucket, name, id, num, bytes.NewReader(data), int64(len(data)), opts)
 		if err == nil {
 			return part, nil
 		}
 		if ctx.Err() != nil {
 			return part, context.Cause(ctx)
+		}
+		if resp := errResp(err); opts.Md5Base64 == "" && resp.Code == "InvalidRequest" && strings.Contains(resp.Message, "Content-MD5") {
+			// A bucket with Object Lock wants Content-MD5 on every part:
+			// from now on this Store sends it.
+			s.partMD5.Store(true)
+			continue
 		}
 		if attempt >= partRetries || !retryable(err) {
 			return part, fmt.Errorf("part %d: %w", num, err)

@@ -67,7 +67,7 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 		return err
 	}
 	defer rc.Close()
-	src := newVerifier(ctxReader{ctx, rc}, m)
+	src := newVerifier(storage.ContextReader(ctx, rc), m)
 	if opts.Progress != nil {
 		label := m.Volume + "@" + m.ID
 		meter := progress.Start(opts.Progress, label, src.n.Load, func() int64 { return m.Size })
@@ -227,7 +227,7 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 		return archive.Stats{}, err
 	}
 	defer rc.Close()
-	v := newVerifier(ctxReader{ctx, rc}, m)
+	v := newVerifier(storage.ContextReader(ctx, rc), m)
 	stats, err := archive.Scan(v)
 	if err != nil {
 		if errors.Is(err, ErrCorrupt) {
@@ -244,20 +244,6 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 		return stats, fmt.Errorf("%w: archive holds %d entries in %d bytes, the manifest says %d in %d", ErrCorrupt, stats.Entries, stats.Bytes, m.Files, m.Uncompressed)
 	}
 	return stats, nil
-}
-
-// ctxReader ends a stream when its context does, so that an interrupt stops
-// a restore or verify at its next read.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // verifier passes the stored archive through, and fails at its end, before

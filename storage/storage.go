@@ -38,3 +38,20 @@ type Storage interface {
 	// Close releases connections; the storage is not used after it.
 	Close() error
 }
+
+// ContextReader ends a copy when ctx does: the first Read after ctx ends
+// returns ctx's error, so an interrupted Put or restore stops at its next
+// read rather than at the end of the stream.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -309,15 +309,11 @@ restore created is removed, so nothing half-restored is left looking fine.
 				return usageError{errors.New("--driver-opt goes with --driver")}
 			}
 			ctx := c.Context()
-			st, err := g.openFrom(ctx, from)
+			st, m, err := g.findIn(ctx, from, vol, id)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			m, err := snapshot.Find(ctx, st, vol, id)
-			if err != nil {
-				return err
-			}
 			opts := restore.Options{TargetVolume: toVolume, ToDir: toDir, Force: force, Labels: lm,
 				Driver: driver, DriverOpts: dm, Log: g.logger(), Progress: g.progress()}
 			var eng restore.Engine
@@ -358,6 +354,21 @@ func (g *globals) openFrom(ctx context.Context, from string) (storage.Storage, e
 	return g.open(ctx, from, false)
 }
 
+// findIn opens the storage --from names and finds VOLUME[@ID] in it; the
+// caller closes the storage.
+func (g *globals) findIn(ctx context.Context, from, vol, id string) (storage.Storage, snapshot.Manifest, error) {
+	st, err := g.openFrom(ctx, from)
+	if err != nil {
+		return nil, snapshot.Manifest{}, err
+	}
+	m, err := snapshot.Find(ctx, st, vol, id)
+	if err != nil {
+		st.Close()
+		return nil, snapshot.Manifest{}, err
+	}
+	return st, m, nil
+}
+
 func keyValues(flag string, kvs []string) (map[string]string, error) {
 	if len(kvs) == 0 {
 		return nil, nil
@@ -393,15 +404,11 @@ Exit 0 only if all hold; 3 if the snapshot is corrupt.
 				return err
 			}
 			ctx := c.Context()
-			st, err := g.openFrom(ctx, from)
+			st, m, err := g.findIn(ctx, from, vol, id)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			m, err := snapshot.Find(ctx, st, vol, id)
-			if err != nil {
-				return err
-			}
 			stats, err := restore.Verify(ctx, st, m)
 			if err != nil {
 				return fmt.Errorf("%s@%s: %w", m.Volume, m.ID, err)
@@ -437,15 +444,11 @@ The id is required ('latest' names the newest): see volbak list.
 				return usageError{fmt.Errorf("delete needs VOLUME@SNAPSHOT (see volbak list --from STORAGE --volume %s)", vol)}
 			}
 			ctx := c.Context()
-			st, err := g.openFrom(ctx, from)
+			st, m, err := g.findIn(ctx, from, vol, id)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			m, err := snapshot.Find(ctx, st, vol, id)
-			if err != nil {
-				return err
-			}
 			if err := snapshot.Delete(ctx, st, m); err != nil {
 				return err
 			}

@@ -98,7 +98,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		}
 	}()
 	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(&writeback{f: f}, &ctxReader{ctx: ctx, r: r}, buf); err != nil {
+	if _, err := io.CopyBuffer(&writeback{f: f}, storage.ContextReader(ctx, r), buf); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	if err := f.Sync(); err != nil {
@@ -221,18 +221,4 @@ func (w *writeback) Write(p []byte) (int, error) {
 		w.flushed = w.off
 	}
 	return n, err
-}
-
-// ctxReader ends a copy when its context does, so that an interrupted Put
-// stops at the next read.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

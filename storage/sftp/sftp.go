@@ -268,7 +268,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	f.Chmod(0o600)
 	// Concurrent writes: many requests in flight, each of the client's
 	// packet size, so throughput does not stop at one round trip per packet.
-	if _, err := f.ReadFromWithConcurrency(&ctxReader{ctx: ctx, r: r}, 0); err != nil {
+	if _, err := f.ReadFromWithConcurrency(storage.ContextReader(ctx, r), 0); err != nil {
 		if errors.Is(err, pkgsftp.ErrSSHFxConnectionLost) {
 			return fmt.Errorf("put %s: the connection to the SFTP server was lost mid-upload (server stopped or network dropped); nothing was committed: %w", key, err)
 		}
@@ -300,20 +300,6 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		return fmt.Errorf("put %s: rename: %w", key, err)
 	}
 	return nil
-}
-
-// ctxReader ends a copy when its context does, so that an interrupted Put
-// stops at the next read.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func randomHex() string {

@@ -1,0 +1,188 @@
+package backup
+
+// Unit tests of the fanout and commit logic, with a fake engine standing in
+// for the helper (the real one is exercised end to end in cmd/volbak) and
+// real local storage, wrapped where a destination must misbehave.
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/volbak/volbak/agent"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/snapshot"
+	"github.com/volbak/volbak/storage"
+	"github.com/volbak/volbak/storage/local"
+)
+
+// fakeEngine "archives" data: it writes it to the helper's stdout in 1 MiB
+// chunks, then its final report (unless noReport) to stderr.
+type fakeEngine struct {
+	data     []byte
+	noReport bool
+}
+
+func (f *fakeEngine) Volume(_ context.Context, name string) (engine.Volume, error) {
+	return engine.Volume{Name: name, Driver: "local"}, nil
+}
+
+func (f *fakeEngine) Hostname(context.Context) string { return "test" }
+
+func (f *fakeEngine) Run(_ context.Context, h engine.Helper) error {
+	for off := 0; off < len(f.data); off += 1 << 20 {
+		end := min(off+1<<20, len(f.data))
+		if _, err := h.Stdout.Write(f.data[off:end]); err != nil {
+			return err
+		}
+	}
+	if !f.noReport {
+		line, _ := json.Marshal(agent.Event{Event: "done", Bytes: int64(len(f.data)), Entries: 3})
+		h.Stderr.Write(append(line, '\n'))
+	}
+	return nil
+}
+
+func newData(size int) []byte {
+	b := make([]byte, size)
+	rand.NewChaCha8([32]byte{7}).Read(b)
+	return b
+}
+
+func dir(t *testing.T) *local.Dir {
+	d, err := local.New(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// failAfter reads n bytes of the stream, then fails its Put.
+type failAfter struct {
+	*local.Dir
+	n int64
+}
+
+func (f failAfter) Put(ctx context.Context, key string, r io.Reader) error {
+	io.CopyN(io.Discard, r, f.n)
+	return errors.New("disk on fire")
+}
+
+// lostReply stores the object, then reports failure, as a server whose reply
+// was lost would.
+type lostReply struct{ *local.Dir }
+
+func (l lostReply) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := l.Dir.Put(ctx, key, r); err != nil {
+		return err
+	}
+	if strings.HasSuffix(key, ".tar.zst") {
+		return errors.New("connection reset")
+	}
+	return nil
+}
+
+// quitter stops reading after n bytes yet says all went well.
+type quitter struct {
+	*local.Dir
+	n int64
+}
+
+func (q quitter) Put(ctx context.Context, key string, r io.Reader) error {
+	if !strings.HasSuffix(key, ".tar.zst") {
+		return q.Dir.Put(ctx, key, r)
+	}
+	return q.Dir.Put(ctx, key, io.LimitReader(r, q.n))
+}
+
+func keys(t *testing.T, st storage.Storage) []string {
+	t.Helper()
+	objs, err := st.List(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, o := range objs {
+		out = append(out, o.Key)
+	}
+	return out
+}
+
+// Every destination gets the same snapshot, whose sha256 and size are the
+// stream's.
+func TestSeveralDestinations(t *testing.T) {
+	data := newData(5<<20 + 123)
+	a, b := dir(t), dir(t)
+	res, err := Volume(context.Background(), &fakeEngine{data: data}, []storage.Storage{a, b}, "vol", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	m := res.Manifest
+	if m.SHA256 != hex.EncodeToString(sum[:]) || m.Size != int64(len(data)) || m.Files != 3 || res.OK() != 2 {
+		t.Fatalf("manifest %+v, ok %d", m, res.OK())
+	}
+	for _, st := range []storage.Storage{a, b} {
+		got, err := snapshot.Find(context.Background(), st, "vol", m.ID)
+		if err != nil || got.SHA256 != m.SHA256 {
+			t.Fatalf("%s: %v %+v", st, err, got)
+		}
+		rc, _ := st.Open(context.Background(), m.Archive)
+		stored, _ := io.ReadAll(rc)
+		rc.Close()
+		if !bytes.Equal(stored, data) {
+			t.Fatalf("%s holds %d bytes, not the stream", st, len(stored))
+		}
+	}
+}
+
+// A destination that fails midway, one whose commit reply was lost, one
+// that stopped reading yet said ok: each is reported and holds nothing; the
+// good one holds the snapshot.
+func TestMisbehavingDestinations(t *testing.T) {
+	data := newData(6 << 20)
+	good := dir(t)
+	failing := failAfter{dir(t), 2 << 20}
+	lost := lostReply{dir(t)}
+	quit := quitter{dir(t), 3 << 20}
+	dests := []storage.Storage{failing, good, lost, quit}
+	res, err := Volume(context.Background(), &fakeEngine{data: data}, dests, "vol", Options{})
+	if err == nil || !strings.Contains(err.Error(), "3 of 4 destinations failed") {
+		t.Fatalf("want 3 of 4 failed: %v", err)
+	}
+	if res.Errs[1] != nil || res.OK() != 1 {
+		t.Fatalf("per destination: %v", res.Errs)
+	}
+	if n := len(keys(t, good)); n != 2 {
+		t.Fatalf("the good destination holds %d objects, want archive and manifest", n)
+	}
+	for i, st := range []storage.Storage{failing, lost, quit} {
+		if k := keys(t, st); len(k) != 0 {
+			t.Errorf("bad destination %d holds %v", i, k)
+		}
+	}
+	if !strings.Contains(res.Errs[3].Error(), "stopped reading") {
+		t.Errorf("the quitter: %v", res.Errs[3])
+	}
+}
+
+// A helper that ends without its final report commits nowhere.
+func TestNoFinalReport(t *testing.T) {
+	a, b := dir(t), dir(t)
+	_, err := Volume(context.Background(), &fakeEngine{data: newData(2 << 20), noReport: true}, []storage.Storage{a, b}, "vol", Options{})
+	if err == nil || !strings.Contains(err.Error(), "final report") {
+		t.Fatalf("want the missing report named: %v", err)
+	}
+	for _, st := range []storage.Storage{a, b} {
+		if k := keys(t, st); len(k) != 0 {
+			t.Fatalf("%s holds %v", st, k)
+		}
+	}
+}

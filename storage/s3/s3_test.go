@@ -135,6 +135,42 @@ func TestConformanceSmallParts(t *testing.T) {
 	noLeftovers(t, srv, b)
 }
 
+// Late parts span several buffers, so 10,000 parts hold more than 10,000
+// part sizes: with parts growing every 2 parts, 5 MiB buffers and 3 of
+// them, a 64 MiB object is parts of 5, 5, 10, 10, 15, 15 and 4 MiB, read
+// back whole; the conformance suite runs on such a store too.
+func TestPartsGrow(t *testing.T) {
+	defer func(g int) { growEvery = g }(growEvery)
+	growEvery = 2
+	b := newBucket(t, srv, "volbaktest-grow")
+	st := openStore(t, "s3://"+b+"?part_size=5MiB&parts_in_flight=2", srv.Env())
+	ctx := context.Background()
+	data := make([]byte, 64<<20)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	if err := st.Put(ctx, "vol/grown", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := rawClient(t, srv).StatObject(ctx, b, "vol/grown", minio.StatObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(info.ETag, "-7") {
+		t.Errorf("ETag %s: want 7 parts", info.ETag)
+	}
+	rc, err := st.Open(ctx, "vol/grown")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes, err %v", len(got), err)
+	}
+	st.Delete(ctx, "vol/grown")
+	storagetest.Run(t, st)
+	noLeftovers(t, srv, b)
+}
+
 func TestObjectLayout(t *testing.T) {
 	b := newBucket(t, srv, "volbaktest-layout")
 	st := openStore(t, "s3://"+b+"/pre/fix?part_size=5MiB&storage_class=STANDARD_IA", srv.Env())

@@ -25,11 +25,9 @@ import (
 
 var (
 	serversDir           string
-	s3Once, sftpOnce     sync.Once
-	s3Srv                *testsrv.S3
-	sftpSrv              *testsrv.SFTP
-	s3StartErr, sftpErr  error
 	stopServersAfterTest []func()
+	s3Server             = lazyServer("S3", testsrv.StartS3)
+	sftpServer           = lazyServer("SFTP", testsrv.StartSFTP)
 )
 
 func stopServers() {
@@ -57,32 +55,28 @@ func serverDir(t *testing.T, what string) string {
 	return d
 }
 
-func s3Server(t *testing.T) *testsrv.S3 {
-	t.Helper()
-	s3Once.Do(func() {
-		s3Srv, s3StartErr = testsrv.StartS3(serverDir(t, "s3"))
-		if s3StartErr == nil {
-			stopServersAfterTest = append(stopServersAfterTest, s3Srv.Stop)
+// lazyServer starts a server on first use, once for the whole test binary,
+// and has testMain stop it; a server that cannot start fails every test
+// that needs it.
+func lazyServer[T interface{ Stop() }](what string, start func(dir string) (T, error)) func(*testing.T) T {
+	var (
+		once sync.Once
+		srv  T
+		err  error
+	)
+	return func(t *testing.T) T {
+		t.Helper()
+		once.Do(func() {
+			srv, err = start(serverDir(t, strings.ToLower(what)))
+			if err == nil {
+				stopServersAfterTest = append(stopServersAfterTest, srv.Stop)
+			}
+		})
+		if err != nil {
+			t.Fatalf("%s test server: %v", what, err)
 		}
-	})
-	if s3StartErr != nil {
-		t.Fatalf("S3 test server: %v", s3StartErr)
+		return srv
 	}
-	return s3Srv
-}
-
-func sftpServer(t *testing.T) *testsrv.SFTP {
-	t.Helper()
-	sftpOnce.Do(func() {
-		sftpSrv, sftpErr = testsrv.StartSFTP(serverDir(t, "sftp"))
-		if sftpErr == nil {
-			stopServersAfterTest = append(stopServersAfterTest, sftpSrv.Stop)
-		}
-	})
-	if sftpErr != nil {
-		t.Fatalf("SFTP test server: %v", sftpErr)
-	}
-	return sftpSrv
 }
 
 // remote is a fresh, empty destination and what volbak needs to reach it.

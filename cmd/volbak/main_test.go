@@ -26,10 +26,22 @@ import (
 	"github.com/volbak/volbak/snapshot"
 )
 
-const (
-	prefix      = "volbaktest-"
-	testVersion = "0.0.0-test"
+// Names carry a run id, so that test runs sharing one daemon (two
+// checkouts, a CI job beside a developer) remove only their own things;
+// what a killed run left is removed by the next one once it is old.
+const basePrefix = "volbaktest-"
+
+var (
+	runID       = newRunID()
+	prefix      = basePrefix + runID + "-"
+	testVersion = "0.0.0-test-" + runID
 )
+
+func newRunID() string {
+	var b [3]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
 
 var (
 	bin string         // the volbak binary under test
@@ -83,7 +95,9 @@ func cleanupDaemon(ctx context.Context) {
 	}
 	vols, _ := dc.VolumeList(ctx, client.VolumeListOptions{})
 	for _, v := range vols.Items {
-		if strings.HasPrefix(v.Name, prefix) {
+		created, _ := time.Parse(time.RFC3339, v.CreatedAt)
+		stale := strings.HasPrefix(v.Name, basePrefix) && !created.IsZero() && time.Since(created) > 3*time.Hour
+		if strings.HasPrefix(v.Name, prefix) || stale {
 			dc.VolumeRemove(ctx, v.Name, client.VolumeRemoveOptions{Force: true})
 		}
 	}

@@ -38,7 +38,11 @@ type Helper struct {
 	// Stdin, if set, is streamed to the helper's stdin, which is closed at
 	// its EOF. If reading Stdin fails, the helper is killed before it can
 	// see an end of input, and Run returns that error.
-	Stdin  io.Reader
+	Stdin io.Reader
+	// Ready, if set, holds Stdin back until it is closed: the helper says
+	// when it has checked its target, so a refusal is never raced by the
+	// input (a small damaged archive failing its checksum first, say).
+	Ready <-chan struct{}
 	Stdout io.Writer
 	Stderr io.Writer
 }
@@ -125,7 +129,9 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	}
 
 	outDone := make(chan error, 1)
+	exited := make(chan struct{}) // the helper's output ended: it is gone
 	go func() {
+		defer close(exited)
 		// The daemon frames the stream in pieces of at most 32 KiB; handing
 		// them on in 1 MiB batches costs one copy and saves the consumer
 		// (a pipe into storage, a file) thirty-odd wake-ups and writes each.
@@ -140,6 +146,14 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	inShort := false // the helper stopped reading before the input ended
 	if stdin {
 		go func() {
+			if h.Ready != nil {
+				select {
+				case <-h.Ready:
+				case <-exited: // refused, or never started: nothing to send
+					inDone <- nil
+					return
+				}
+			}
 			src := &readErr{r: h.Stdin}
 			_, err := io.CopyBuffer(att.Conn, src, make([]byte, 1<<20))
 			switch {

@@ -1,0 +1,120 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+)
+
+// Container is one that mounts a volume.
+type Container struct {
+	ID, Name string
+	State    string // as the daemon says: running, paused, exited, ...
+}
+
+// Running reports whether the container's processes exist (and may write).
+func (c Container) Running() bool {
+	switch container.ContainerState(c.State) {
+	case container.StateRunning, container.StatePaused, container.StateRestarting:
+		return true
+	}
+	return false
+}
+
+// ContainersUsing returns the containers that mount the named volume,
+// running or not, leaving out volbak's own helpers.
+func (e *Engine) ContainersUsing(ctx context.Context, volume string) ([]Container, error) {
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("volume", volume)})
+	if err != nil {
+		return nil, fmt.Errorf("list the containers using volume %s: %w", volume, err)
+	}
+	var out []Container
+	for _, c := range res.Items {
+		if _, helper := c.Labels[LabelHelper]; helper {
+			continue
+		}
+		name := c.ID[:min(12, len(c.ID))]
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		out = append(out, Container{ID: c.ID, Name: name, State: string(c.State)})
+	}
+	return out, nil
+}
+
+// Names lists containers' names for a message.
+func Names(cs []Container) string {
+	names := make([]string, len(cs))
+	for i, c := range cs {
+		names[i] = c.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// Stopped are containers volbak stopped and owes a start.
+type Stopped struct {
+	e  *Engine
+	cs []Container
+}
+
+// StopContainers stops the running ones of cs, each with its own stop
+// timeout (the daemon's default, 10 s, if it has none), and returns them
+// to be started again with Restart, on every path. If one cannot be
+// stopped, those already stopped are started again before it returns.
+func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, error) {
+	s := &Stopped{e: e}
+	for _, c := range cs {
+		if !c.Running() {
+			continue
+		}
+		if _, err := e.cli.ContainerStop(ctx, c.ID, client.ContainerStopOptions{}); err != nil {
+			err = fmt.Errorf("stop container %s: %w", c.Name, err)
+			if rerr := s.Restart(ctx); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+			return nil, err
+		}
+		s.cs = append(s.cs, c)
+	}
+	return s, nil
+}
+
+// Containers are the ones stopped.
+func (s *Stopped) Containers() []Container { return s.cs }
+
+// Restart starts the stopped containers again, last stopped first. It runs
+// even when ctx is cancelled: an interrupt is when it matters most. Each
+// is started once; a second call does nothing.
+func (s *Stopped) Restart(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	ctx, cancel := cleanupContext(ctx)
+	defer cancel()
+	var errs []error
+	for i := len(s.cs) - 1; i >= 0; i-- {
+		c := s.cs[i]
+		if _, err := s.e.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
+			errs = append(errs, fmt.Errorf("container %s, stopped by volbak, could not be started again (start it with: docker start %s): %w", c.Name, c.Name, err))
+		}
+	}
+	s.cs = nil
+	return errors.Join(errs...)
+}
+
+// Volumes lists the daemon's volumes.
+func (e *Engine) Volumes(ctx context.Context) ([]Volume, error) {
+	res, err := e.cli.VolumeList(ctx, client.VolumeListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", err)
+	}
+	out := make([]Volume, 0, len(res.Items))
+	for _, v := range res.Items {
+		out = append(out, Volume{Name: v.Name, Driver: v.Driver, Options: v.Options, Labels: v.Labels, Mountpoint: v.Mountpoint})
+	}
+	return out, nil
+}

@@ -13,16 +13,21 @@ import (
 type Events struct {
 	// OnWarning is called for each warning the helper reports.
 	OnWarning func(path, msg string)
+	// OnNote is called for what the helper did besides its job (clearing
+	// what a dead restore left).
+	OnNote func(msg string)
 
 	Progress atomic.Int64 // uncompressed bytes the helper has handled
 	Estimate atomic.Int64 // the helper's estimate of the total, 0 if none
 
-	mu    sync.Mutex
-	line  []byte
-	done  *Event
-	err   string
-	kind  string
-	other []string // lines that are not events: a crash, a runtime message
+	mu       sync.Mutex
+	ready    chan struct{} // closed by the "ready" event
+	wasReady bool
+	line     []byte
+	done     *Event
+	err      string
+	kind     string
+	other    []string // lines that are not events: a crash, a runtime message
 }
 
 func (e *Events) Write(p []byte) (int, error) {
@@ -53,6 +58,15 @@ func (e *Events) handle(line []byte) {
 		if e.OnWarning != nil {
 			e.OnWarning(ev.Path, ev.Message)
 		}
+	case "note":
+		if e.OnNote != nil {
+			e.OnNote(ev.Message)
+		}
+	case "ready":
+		if !e.wasReady {
+			e.wasReady = true
+			close(e.readyChan())
+		}
 	case "progress":
 		e.Progress.Store(ev.Bytes)
 	case "estimate":
@@ -63,6 +77,28 @@ func (e *Events) handle(line []byte) {
 	case "error":
 		e.err, e.kind = ev.Message, ev.Kind
 	}
+}
+
+// Ready is closed once the helper said it checked its target and will
+// read its input: before that, it wrote nothing.
+func (e *Events) Ready() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.readyChan()
+}
+
+// WasReady reports whether the helper got as far as Ready.
+func (e *Events) WasReady() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.wasReady
+}
+
+func (e *Events) readyChan() chan struct{} {
+	if e.ready == nil {
+		e.ready = make(chan struct{})
+	}
+	return e.ready
 }
 
 // Done returns the helper's final counts, or nil if it never got there.

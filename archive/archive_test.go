@@ -213,27 +213,6 @@ func TestHostileArchive(t *testing.T) {
 	}
 }
 
-func TestCheckEmptyAndEmpty(t *testing.T) {
-	dir := t.TempDir()
-	if err := CheckEmpty(dir); err != nil {
-		t.Fatal(err)
-	}
-	os.Mkdir(filepath.Join(dir, "lost+found"), 0o700)
-	if err := CheckEmpty(dir); err != nil {
-		t.Fatalf("lost+found counted: %v", err)
-	}
-	os.WriteFile(filepath.Join(dir, "x"), nil, 0o600)
-	if err := CheckEmpty(dir); !errors.Is(err, ErrNotEmpty) {
-		t.Fatalf("got %v", err)
-	}
-	if err := Empty(dir); err != nil {
-		t.Fatal(err)
-	}
-	if names, _ := readNames(dir); len(names) != 0 {
-		t.Fatalf("left %v", names)
-	}
-}
-
 // Frames of any size concatenate into one stream that decodes to the input,
 // and a failing output stops the writer with its error.
 func TestFrameWriter(t *testing.T) {

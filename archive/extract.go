@@ -18,14 +18,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNotEmpty is returned by CheckEmpty for a target that has entries.
-var ErrNotEmpty = errors.New("target is not empty")
-
 // ExtractOptions tune Extract.
 type ExtractOptions struct {
 	// Warn is told about what could not be restored as it was (an xattr the
 	// filesystem refuses, a device node without CAP_MKNOD, owners when not root).
 	Warn func(path, msg string)
+	// Root, if set, is handed the archive's root directory entry instead of
+	// its metadata being applied to root: a staged restore extracts into a
+	// directory that is not the final root, and applies it there (ApplyMeta).
+	Root func(hdr *tar.Header)
+	// Reserved, if set, names top-level entries that are never written
+	// (they, and everything below them, are skipped with a warning): the
+	// names a staged restore keeps its own state under.
+	Reserved func(name string) bool
 }
 
 // holeBlock is the granule at which runs of zeros become holes on restore:
@@ -56,6 +61,9 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 		buf:   make([]byte, 1<<20),
 		warn:  opt.Warn,
 		root0: os.Geteuid() == 0,
+
+		rootHdr:  opt.Root,
+		reserved: opt.Reserved,
 	}
 	if x.warn == nil {
 		x.warn = func(string, string) {}
@@ -89,6 +97,9 @@ type extractor struct {
 	root0  bool // running as root: owners are restored
 	warned map[string]bool
 	stats  Stats
+
+	rootHdr  func(*tar.Header)
+	reserved func(string) bool
 
 	// Small files are written by workers (extract_files.go).
 	jobs     chan fileJob
@@ -162,8 +173,16 @@ func (x *extractor) entry(hdr *tar.Header) error {
 	full := filepath.Join(x.root, filepath.FromSlash(rel))
 	if rel == "." {
 		if hdr.Typeflag == tar.TypeDir {
-			x.later = append(x.later, pending{full, hdr})
+			if x.rootHdr != nil {
+				x.rootHdr(hdr)
+			} else {
+				x.later = append(x.later, pending{full, hdr})
+			}
 		}
+		return nil
+	}
+	if top, _, _ := strings.Cut(rel, "/"); x.reserved != nil && x.reserved(top) {
+		x.warnOnce("reserved:"+top, rel, "name reserved for volbak's own restore state; not restored")
 		return nil
 	}
 	if err := x.parent(rel); err != nil {
@@ -485,43 +504,24 @@ func (x *extractor) warnOnce(kind, rel, msg string) {
 	x.warn(rel, msg+" (further cases not reported one by one)")
 }
 
-// CheckEmpty returns ErrNotEmpty if dir has any entry. Volumes made by
-// some drivers hold a lost+found; it does not count.
-func CheckEmpty(dir string) error {
-	names, err := readNames(dir)
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if n != "lost+found" {
-			return ErrNotEmpty
-		}
-	}
-	return nil
+// SetMeta gives dir the owner, mode and xattrs of hdr, and SetTimes its
+// times, as Extract does for every directory it makes: a staged restore
+// applies the archive's root entry to the real root once the staged
+// entries are in place, times last, after the last change inside it.
+func SetMeta(dir string, hdr *tar.Header, warn func(path, msg string)) error {
+	return newMetaSetter(warn).meta(".", dir, hdr, nil)
 }
 
-// Empty removes everything inside dir, keeping dir itself (a volume's root
-// is a mount point).
-func Empty(dir string) error {
-	names, err := readNames(dir)
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
-			return err
-		}
-	}
-	return nil
+// SetTimes: see SetMeta.
+func SetTimes(dir string, hdr *tar.Header) error {
+	return newMetaSetter(nil).times(".", dir, hdr, nil)
 }
 
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
+func newMetaSetter(warn func(path, msg string)) *extractor {
+	if warn == nil {
+		warn = func(string, string) {}
 	}
-	defer f.Close()
-	return f.Readdirnames(-1)
+	return &extractor{warn: warn, root0: os.Geteuid() == 0}
 }
 
 // Scan reads a tar+zstd stream to its end without writing anything: it

@@ -75,7 +75,34 @@ func (r Result) OK() int {
 // dropped and the others go on; the error is non-nil if any failed, and
 // Result says which. Each destination that succeeded holds the archive and
 // then its manifest; one that failed holds neither.
+//
+// A volume holding what a dead restore left (a staging directory, a switch
+// it began) is first set right by a recovery helper, then backed up.
 func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name string, opts Options) (Result, error) {
+	res, err := volume(ctx, eng, dests, name, opts)
+	if !errors.Is(err, errLeftovers) {
+		return res, err
+	}
+	events := &agent.Events{}
+	rerr := eng.Run(ctx, engine.Helper{Op: "backup", Volume: name, Args: []string{"agent", "recover", "--root", engine.MountPoint},
+		Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
+	if rerr != nil {
+		rerr = helperError(rerr, events, name)
+		for i := range res.Errs {
+			res.Errs[i] = rerr
+		}
+		return res, fmt.Errorf("volume %s holds what an interrupted restore left, and it could not be cleared: %w", name, rerr)
+	}
+	if log, done := opts.Log, events.Done(); log != nil && done != nil {
+		log.Warn("cleared what an interrupted restore left in the volume before backing it up", "volume", name, "done", done.Message)
+	}
+	return volume(ctx, eng, dests, name, opts)
+}
+
+// errLeftovers: the helper found a dead restore's state in the volume.
+var errLeftovers = errors.New("leftovers of an interrupted restore")
+
+func volume(ctx context.Context, eng Engine, dests []storage.Storage, name string, opts Options) (Result, error) {
 	res := Result{Errs: make([]error, len(dests))}
 	fail := func(err error) (Result, error) {
 		for i := range res.Errs {
@@ -125,7 +152,7 @@ func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		Stdout: tee, Stderr: events,
 	})
 	if runErr != nil && !errors.Is(runErr, errStorageGaveUp) {
-		runErr = helperError(runErr, events)
+		runErr = helperError(runErr, events, name)
 	}
 	// Engine.Run returns once the helper's stderr is drained: whether it
 	// sent its final report is known before any Put may commit.
@@ -201,12 +228,21 @@ func Volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 }
 
 // helperError adds what the helper said to how it ended.
-func helperError(err error, ev *agent.Events) error {
+func helperError(err error, ev *agent.Events, name string) error {
 	var exit *engine.ExitError
-	if errors.As(err, &exit) {
-		if msg := ev.Err(); msg != "" {
-			return fmt.Errorf("helper failed: %s", msg)
-		}
+	if !errors.As(err, &exit) {
+		return err
+	}
+	switch ev.Kind() {
+	case agent.KindLeftovers:
+		return errLeftovers
+	case agent.KindIncomplete:
+		return fmt.Errorf("volume %s was created by a volbak restore that never finished: it holds no complete data, and is not backed up; restore into it again, or remove it", name)
+	case agent.KindBusy:
+		return fmt.Errorf("a volbak restore into volume %s is running: back it up once that has ended", name)
+	}
+	if msg := ev.Err(); msg != "" {
+		return fmt.Errorf("helper failed: %s", msg)
 	}
 	return err
 }

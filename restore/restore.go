@@ -1,5 +1,9 @@
-// Package restore brings a snapshot back: into a fresh volume through a
-// helper container, or into a host directory; and verifies snapshots.
+// Package restore brings a snapshot back, into a volume through a helper
+// container or into a host directory, and verifies snapshots. A restore
+// removes only what it wrote itself, or what the user gave up with
+// --force: the archive goes into a staging directory inside the target
+// (restore/stage), and the old contents are switched out only once all of
+// it checked out.
 package restore
 
 import (
@@ -11,12 +15,9 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"maps"
-	"os"
+	"strings"
 	"sync/atomic"
-	"time"
 
-	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/archive"
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/progress"
@@ -31,31 +32,58 @@ var ErrCorrupt = errors.New("snapshot corrupt")
 // ErrNotEmpty marks a restore target that already holds data.
 var ErrNotEmpty = errors.New("target not empty")
 
+// ErrRefused marks a restore that was refused before anything was written:
+// the target overlaps the storage, is in use, has no room, ...
+var ErrRefused = errors.New("restore refused")
+
 // Engine is what a restore needs of the Docker daemon.
 type Engine interface {
 	Volume(ctx context.Context, name string) (engine.Volume, error)
+	Volumes(ctx context.Context) ([]engine.Volume, error)
 	CreateVolume(ctx context.Context, v engine.Volume) error
 	RemoveVolume(ctx context.Context, name string) error
 	Run(ctx context.Context, h engine.Helper) error
+	ContainersUsing(ctx context.Context, volume string) ([]engine.Container, error)
+	StopContainers(ctx context.Context, cs []engine.Container) (*engine.Stopped, error)
 }
 
 // Options for a restore. Exactly one of TargetVolume and ToDir is set.
 type Options struct {
 	TargetVolume string
 	ToDir        string
-	// Force empties a target that is not empty instead of refusing.
-	Force bool
+	// Replace lets the restore replace a target's contents (--force,
+	// --in-place); without it a target that holds anything is refused.
+	// Either way the old contents stay until the whole snapshot is
+	// restored and checked, then the switch is atomic.
+	Replace bool
+	// StopContainers stops the running containers that use the target
+	// volume, and starts them again afterwards; without it they make the
+	// restore refuse.
+	StopContainers bool
+	// KeepDriverOpts recreates driver options that point at existing
+	// storage (a bind mount, a block device, an NFS export); they are
+	// dropped otherwise, since the "new" volume would be the old data.
+	KeepDriverOpts bool
+	// NoSpaceCheck skips the check that the target has room.
+	NoSpaceCheck bool
+	// NoSync skips syncing the target's filesystem at the end.
+	NoSync bool
 	// Labels are merged over the snapshot's; Driver and DriverOpts, if set,
-	// replace the snapshot's.
+	// replace the snapshot's. Only for a volume the restore creates.
 	Labels     map[string]string
 	Driver     string
 	DriverOpts map[string]string
-	Log        *slog.Logger
-	Progress   io.Writer
+	// StoragePath is the local directory the snapshot is read from, if it
+	// is one: a target that overlaps it is refused.
+	StoragePath string
+	Log         *slog.Logger
+	Progress    io.Writer
 }
 
-// Restore restores snapshot m from st. If it fails, a volume or directory it
-// created is removed, and one it emptied (--force) is said to be incomplete.
+// Restore restores snapshot m from st. The target's old contents (if any)
+// are replaced only once the whole snapshot is restored and checked; if it
+// fails, what it wrote is removed, and a volume or directory it created
+// goes too.
 func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Manifest, opts Options) error {
 	log := opts.Log
 	if log == nil {
@@ -76,7 +104,7 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	}
 	warn := func(path, msg string) { log.Warn("entry not restored as it was", "path", path, "reason", msg) }
 	if opts.ToDir != "" {
-		return toDir(src, m, opts.ToDir, opts.Force, warn)
+		return toDir(ctx, src, m, opts, warn)
 	}
 	return toVolume(ctx, eng, src, m, opts, warn, log)
 }
@@ -89,136 +117,6 @@ func openArchive(ctx context.Context, st storage.Storage, m snapshot.Manifest) (
 	return rc, err
 }
 
-func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifest, opts Options, warn func(string, string), log *slog.Logger) (err error) {
-	name := opts.TargetVolume
-	created := false
-	if _, err := eng.Volume(ctx, name); errors.Is(err, engine.ErrNoVolume) {
-		v := engine.Volume{Name: name, Driver: m.Driver, Options: m.DriverOpts, Labels: maps.Clone(m.Labels)}
-		if opts.Driver != "" {
-			v.Driver, v.Options = opts.Driver, opts.DriverOpts
-		}
-		if v.Labels == nil && len(opts.Labels) > 0 {
-			v.Labels = map[string]string{}
-		}
-		maps.Copy(v.Labels, opts.Labels)
-		if err := eng.CreateVolume(ctx, v); err != nil {
-			return err
-		}
-		created = true
-	} else if err != nil {
-		return err
-	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		if errors.Is(err, ErrNotEmpty) {
-			return // refused before anything was written
-		}
-		if created {
-			if rerr := eng.RemoveVolume(ctx, name); rerr != nil {
-				err = fmt.Errorf("%w; and the half-restored volume %s could not be removed, remove it by hand: %v", err, name, rerr)
-			} else {
-				err = fmt.Errorf("%w (volume %s, created for this restore, was removed)", err, name)
-			}
-			return
-		}
-		// A volume that was there before: empty it again rather than leave a
-		// partial restore that looks like data.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		werr := eng.Run(wctx, engine.Helper{Op: "restore", Volume: name, Args: []string{"agent", "wipe", "--root", engine.MountPoint},
-			Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: io.Discard})
-		switch {
-		case werr != nil:
-			err = fmt.Errorf("%w; volume %s holds a partial restore and could not be emptied (%v): restore again with --force", err, name, werr)
-		case opts.Force:
-			err = fmt.Errorf("%w; volume %s was emptied (its old content, removed by --force, is gone): restore it again", err, name)
-		default:
-			err = fmt.Errorf("%w (volume %s was emptied again)", err, name)
-		}
-	}()
-
-	events := &agent.Events{OnWarning: warn}
-	args := []string{"agent", "extract", "--root", engine.MountPoint}
-	if opts.Force {
-		args = append(args, "--wipe")
-	}
-	runErr := eng.Run(ctx, engine.Helper{
-		Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite,
-		Stdin: src, Stdout: io.Discard, Stderr: events,
-	})
-	if ctx.Err() != nil {
-		return fmt.Errorf("restore into %s interrupted: %w", name, ctx.Err())
-	}
-	if runErr != nil {
-		var exit *engine.ExitError
-		if errors.As(runErr, &exit) {
-			msg := events.Err()
-			switch events.Kind() {
-			case agent.KindNotEmpty:
-				return fmt.Errorf("%w: volume %s exists and is not empty: restore into a new name, or pass --force to empty it first", ErrNotEmpty, name)
-			case agent.KindCorrupt:
-				return fmt.Errorf("%w: %s", ErrCorrupt, msg)
-			}
-			if msg != "" {
-				return fmt.Errorf("helper failed: %s", msg)
-			}
-		}
-		return runErr
-	}
-	done := events.Done()
-	if done == nil {
-		return errors.New("helper ended without its final report")
-	}
-	if done.Entries != m.Files {
-		return fmt.Errorf("%w: restored %d entries, the manifest lists %d", ErrCorrupt, done.Entries, m.Files)
-	}
-	log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
-	return nil
-}
-
-func toDir(src *verifier, m snapshot.Manifest, dir string, force bool, warn func(string, string)) (err error) {
-	created := false
-	if err := archive.CheckEmpty(dir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		created = true
-	} else if errors.Is(err, archive.ErrNotEmpty) {
-		if !force {
-			return fmt.Errorf("%w: directory %s is not empty: choose an empty one, or pass --force to empty it first", ErrNotEmpty, dir)
-		}
-		if err := archive.Empty(dir); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return err
-	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		if created {
-			os.RemoveAll(dir)
-		} else {
-			archive.Empty(dir)
-		}
-		err = fmt.Errorf("%w (what was restored into %s was removed)", err, dir)
-	}()
-	stats, err := archive.Extract(src, dir, archive.ExtractOptions{Warn: warn})
-	if err != nil {
-		if errors.Is(err, archive.ErrCorrupt) && !errors.Is(err, ErrCorrupt) {
-			return fmt.Errorf("%w: %w", ErrCorrupt, err)
-		}
-		return err
-	}
-	if stats.Entries != m.Files {
-		return fmt.Errorf("%w: restored %d entries, the manifest lists %d", ErrCorrupt, stats.Entries, m.Files)
-	}
-	return nil
-}
-
 // Verify reads snapshot m end to end: stored size and sha256, every zstd
 // checksum, the tar structure, and the counts in the manifest.
 func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archive.Stats, error) {
@@ -229,21 +127,33 @@ func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archi
 	defer rc.Close()
 	v := newVerifier(storage.ContextReader(ctx, rc), m)
 	stats, err := archive.Scan(v)
+	if ctx.Err() != nil {
+		return stats, fmt.Errorf("verify interrupted: %w", ctx.Err())
+	}
 	if err != nil {
-		if errors.Is(err, ErrCorrupt) {
-			return stats, err
+		if v.fail != nil {
+			return stats, v.fail
 		}
 		// The decoder noticed first; the stored checksum says more (the
 		// file changed after the backup), so read on to it.
 		if _, verr := io.Copy(io.Discard, v); verr != nil {
 			return stats, fmt.Errorf("%w (%v)", verr, err)
 		}
-		return stats, fmt.Errorf("%w: %v", ErrCorrupt, err)
+		return stats, asCorrupt(err)
 	}
 	if stats.Entries != m.Files || stats.Bytes != m.Uncompressed {
 		return stats, fmt.Errorf("%w: archive holds %d entries in %d bytes, the manifest says %d in %d", ErrCorrupt, stats.Entries, stats.Bytes, m.Files, m.Uncompressed)
 	}
 	return stats, nil
+}
+
+// asCorrupt words an archive's error as the snapshot's, saying "corrupt"
+// once.
+func asCorrupt(err error) error {
+	if errors.Is(err, ErrCorrupt) {
+		return err
+	}
+	return fmt.Errorf("%w: %s", ErrCorrupt, strings.TrimPrefix(err.Error(), archive.ErrCorrupt.Error()+": "))
 }
 
 // verifier passes the stored archive through, and fails at its end, before

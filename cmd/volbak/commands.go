@@ -264,23 +264,43 @@ stored size, uncompressed size and number of entries. Unfinished backups
 
 func restoreCmd(g *globals) *cobra.Command {
 	var from, toVolume, toDir, driver string
-	var force bool
+	var o restore.Options
+	var inPlace bool
 	var labels, driverOpts []string
 	c := &cobra.Command{
-		Use:   "restore VOLUME[@SNAPSHOT] --from STORAGE (--to-volume NAME | --to-dir PATH)",
-		Short: "Restore a snapshot into a new volume or a directory",
+		Use:   "restore VOLUME[@SNAPSHOT] --from STORAGE (--to-volume NAME | --in-place | --to-dir PATH)",
+		Short: "Restore a snapshot into a volume or a directory",
 		Long: `Restore a snapshot of VOLUME (its latest, or the one whose id starts with
-SNAPSHOT) into the volume NAME, created with the snapshot's labels, driver and
-driver options (override them with --label, --driver, --driver-opt), or into a
-host directory with --to-dir (no helper; owners need root).
+SNAPSHOT) into the volume NAME, into VOLUME itself (--in-place), or into a host
+directory (--to-dir; no helper; owners need root).
 
-A target that exists and is not empty is refused; --force empties it first.
-The archive's sha256 is checked as it streams; if anything fails (checksum,
-truncated archive, helper error, interrupt), a volume or directory this
-restore created is removed, so nothing half-restored is left looking fine.
+A missing volume is created with the snapshot's labels, driver and driver
+options (override them with --label, --driver, --driver-opt). Driver options
+that mount existing storage (a bind-mounted host directory, a block device,
+an NFS or CIFS export) are dropped with a warning, since such a "new" volume
+would be the old data under a new name: the restore goes into a plain local
+volume (--keep-driver-opts keeps them, knowingly).
+
+A target that exists and is not empty is refused. --force (and --in-place)
+replace its contents, atomically: the snapshot is restored into a staging
+directory inside the target and checked whole (sha256, every zstd frame, the
+tar's end, the entry count) before the old entries are switched out. So
+replacing needs room for a second copy: the free space is checked first
+(--no-space-check skips that). A restore that fails, is interrupted or runs
+out of space leaves the old contents exactly as they were; one killed
+outright leaves a staging directory that the next volbak restore or backup
+of the target clears (or finishes the switch, if every check had passed).
+A lost+found with files in it is never removed.
+
+A restore into a volume that a running container uses is refused, naming
+the containers; --stop-containers stops them, restores, and starts them
+again, whatever happens. The target's filesystem is synced before volbak
+reports success (--no-sync skips it: faster, but a power cut soon after may
+lose what was restored).
 
 ` + storageHelp,
 		Example: `  volbak restore pgdata --from /srv/backups --to-volume pgdata-restored
+  volbak restore pgdata --from s3://bucket/x --in-place --stop-containers
   volbak restore pgdata@3f9a1c2b --from /srv/backups --to-volume pgdata --force
   volbak restore pgdata --from /srv/backups --to-dir /tmp/pgdata-inspect`,
 		Args: args(1, 1),
@@ -289,23 +309,32 @@ restore created is removed, so nothing half-restored is left looking fine.
 			if err != nil {
 				return err
 			}
-			if (toVolume == "") == (toDir == "") {
-				return usageError{errors.New("restore needs exactly one of --to-volume NAME and --to-dir PATH")}
+			targets := 0
+			for _, set := range []bool{toVolume != "", toDir != "", inPlace} {
+				if set {
+					targets++
+				}
+			}
+			if targets != 1 {
+				return usageError{errors.New("restore needs exactly one of --to-volume NAME, --in-place and --to-dir PATH")}
+			}
+			if inPlace {
+				toVolume, o.Replace = vol, true
 			}
 			if toVolume != "" {
 				if err := checkVolumeName(toVolume); err != nil {
 					return err
 				}
+			} else if o.StopContainers || o.KeepDriverOpts || len(labels) > 0 || driver != "" {
+				return usageError{errors.New("--stop-containers, --keep-driver-opts, --label and --driver go with a volume target")}
 			}
-			lm, err := keyValues("--label", labels)
-			if err != nil {
+			if o.Labels, err = keyValues("--label", labels); err != nil {
 				return err
 			}
-			dm, err := keyValues("--driver-opt", driverOpts)
-			if err != nil {
+			if o.DriverOpts, err = keyValues("--driver-opt", driverOpts); err != nil {
 				return err
 			}
-			if len(dm) > 0 && driver == "" {
+			if len(o.DriverOpts) > 0 && driver == "" {
 				return usageError{errors.New("--driver-opt goes with --driver")}
 			}
 			ctx := c.Context()
@@ -314,8 +343,11 @@ restore created is removed, so nothing half-restored is left looking fine.
 				return err
 			}
 			defer st.Close()
-			opts := restore.Options{TargetVolume: toVolume, ToDir: toDir, Force: force, Labels: lm,
-				Driver: driver, DriverOpts: dm, Log: g.logger(), Progress: g.progress()}
+			o.TargetVolume, o.ToDir, o.Driver = toVolume, toDir, driver
+			o.Log, o.Progress = g.logger(), g.progress()
+			if p, ok := st.(interface{ Path() string }); ok {
+				o.StoragePath = p.Path()
+			}
 			var eng restore.Engine
 			if toVolume != "" {
 				e, err := g.engine(ctx)
@@ -325,7 +357,7 @@ restore created is removed, so nothing half-restored is left looking fine.
 				defer e.Close()
 				eng = e
 			}
-			if err := restore.Restore(ctx, eng, st, m, opts); err != nil {
+			if err := restore.Restore(ctx, eng, st, m, o); err != nil {
 				return err
 			}
 			target := "volume " + toVolume
@@ -339,8 +371,13 @@ restore created is removed, so nothing half-restored is left looking fine.
 	f := c.Flags()
 	f.StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
 	f.StringVar(&toVolume, "to-volume", "", "volume to restore into (created if missing)")
+	f.BoolVar(&inPlace, "in-place", false, "restore into the volume the snapshot came from, replacing its contents atomically (as --to-volume VOLUME --force)")
 	f.StringVar(&toDir, "to-dir", "", "host directory to restore into instead")
-	f.BoolVar(&force, "force", false, "empty a non-empty target first")
+	f.BoolVar(&o.Replace, "force", false, "replace a non-empty target's contents (atomically; needs room for a second copy)")
+	f.BoolVar(&o.StopContainers, "stop-containers", false, "stop running containers that use the target volume, and start them again afterwards")
+	f.BoolVar(&o.KeepDriverOpts, "keep-driver-opts", false, "recreate driver options that mount existing storage (bind, device, NFS) instead of dropping them")
+	f.BoolVar(&o.NoSpaceCheck, "no-space-check", false, "skip the check that the target has room for the snapshot")
+	f.BoolVar(&o.NoSync, "no-sync", false, "do not sync the target's filesystem before reporting success")
 	f.StringArrayVar(&labels, "label", nil, "KEY=VALUE label for the new volume, over the snapshot's (repeatable)")
 	f.StringVar(&driver, "driver", "", "volume driver for the new volume instead of the snapshot's")
 	f.StringArrayVar(&driverOpts, "driver-opt", nil, "KEY=VALUE driver option with --driver (repeatable)")

@@ -131,9 +131,9 @@ func TestReadFailures(t *testing.T) {
 		defer os.WriteFile(archive, data, 0o600)
 		mustFail(t, volbak(t, "verify", vol, "--from", store), 3, "sha256")
 		restoreLeavesNoVolume(t, vol, store, "corrupt")
-		// A volume that existed before is emptied again, not left half-full.
+		// A volume that existed before is left as it was, not half-full.
 		existing, edir := newVolume(t, nil, nil)
-		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", existing), 3, "emptied again")
+		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", existing), 3, "is as it was")
 		if names, _ := os.ReadDir(edir); len(names) != 0 {
 			t.Fatalf("a failed restore left %d entries in a volume that existed before", len(names))
 		}

@@ -77,10 +77,11 @@ func TestInterrupt(t *testing.T) {
 	store := t.TempDir()
 	mustOK(t, volbak(t, "backup", vol, "--to", store))
 	// Mid-stream: the target holds some of the restored data.
+	// (A restore writes into a staging directory inside its target.)
 	writing := func(dir func() string) func() bool {
 		return func() bool {
-			_, err := os.Stat(filepath.Join(dir(), "data", "d01"))
-			return err == nil
+			staged, _ := filepath.Glob(filepath.Join(dir(), ".volbak-restore-*.new", "data", "d01"))
+			return len(staged) > 0
 		}
 	}
 	t.Run("restore", func(t *testing.T) {

@@ -64,6 +64,10 @@ func New(root string, create bool) (*Dir, error) {
 
 func (d *Dir) String() string { return d.root }
 
+// Path is the directory's absolute path, for a restore to check that its
+// target does not overlap the storage it reads.
+func (d *Dir) Path() string { return d.root }
+
 // Close does nothing: a directory holds no connection.
 func (d *Dir) Close() error { return nil }
 

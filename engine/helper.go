@@ -42,7 +42,7 @@ type Helper struct {
 	// Ready, if set, holds Stdin back until it is closed: the helper says
 	// when it has checked its target, so a refusal is never raced by the
 	// input (a small damaged archive failing its checksum first, say).
-	Ready <-chan struct{}
+	Ready  <-chan struct{}
 	Stdout io.Writer
 	Stderr io.Writer
 }

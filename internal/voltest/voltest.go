@@ -121,13 +121,19 @@ func Stamp(dir string) error {
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(all)))
 	for i, p := range all {
-		t := base.Add(time.Duration(i)*time.Hour + time.Duration(i)*time.Nanosecond)
-		ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := SetTimes(p, base.Add(time.Duration(i)*time.Hour+time.Duration(i)*time.Nanosecond)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// SetTimes sets the atime and mtime of path (not of what a symlink points
+// to) to t exactly. Seconds and nanoseconds go apart: t.UnixNano() wraps
+// outside 1678-2262, and the tests date entries beyond both.
+func SetTimes(path string, t time.Time) error {
+	ts := unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // Fill writes about size bytes of regular files under dir/data: random

@@ -443,7 +443,12 @@ func (x *extractor) times(rel, full string, hdr *tar.Header, f *os.File) error {
 	return nil
 }
 
-func timespec(t time.Time) unix.Timespec { return unix.NsecToTimespec(t.UnixNano()) }
+// timespec keeps seconds and nanoseconds apart: t.UnixNano() wraps outside
+// 1678-2262, and a file dated 2300 came back dated 1715 (1901 on ext4,
+// which clamps).
+func timespec(t time.Time) unix.Timespec {
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
 
 // finishDirs gives directories their metadata after everything inside them
 // was written (writing a child changes a directory's mtime, and a read-only

@@ -440,6 +440,9 @@ func (x *extractor) times(rel, full string, hdr *tar.Header, f *os.File) error {
 	if err != nil {
 		return fmt.Errorf("set mtime of %s: %w", rel, err)
 	}
+	if !fits32(ts[0]) || !fits32(ts[1]) {
+		x.checkClamped(rel, full, ts, f)
+	}
 	return nil
 }
 
@@ -448,6 +451,32 @@ func (x *extractor) times(rel, full string, hdr *tar.Header, f *os.File) error {
 // which clamps).
 func timespec(t time.Time) unix.Timespec {
 	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
+// fits32 says whether a time lies in 1901-12-13 .. 2038-01-19, which every
+// filesystem a volume lives on can hold.
+func fits32(ts unix.Timespec) bool { return ts.Sec == int64(int32(ts.Sec)) }
+
+// checkClamped reads back a time beyond 32-bit seconds: a filesystem that
+// cannot hold it clamps it to its range without an error (ext4: 1901-12-13
+// .. 2446-05-10), and that must not pass silently.
+func (x *extractor) checkClamped(rel, full string, ts [2]unix.Timespec, f *os.File) {
+	var st unix.Stat_t
+	var err error
+	if f != nil {
+		err = unix.Fstat(int(f.Fd()), &st)
+	} else {
+		err = unix.Lstat(full, &st)
+	}
+	if err != nil || (st.Atim.Sec == ts[0].Sec && st.Mtim.Sec == ts[1].Sec) {
+		return
+	}
+	which, want, got := "mtime", ts[1], st.Mtim
+	if st.Mtim.Sec == ts[1].Sec {
+		which, want, got = "atime", ts[0], st.Atim
+	}
+	x.warnOnce("clamped-time", rel, fmt.Sprintf("%s %s is beyond what this filesystem can hold, which keeps %s instead (btrfs and tmpfs hold any time)",
+		which, time.Unix(want.Sec, want.Nsec).UTC().Format(time.RFC3339Nano), time.Unix(got.Sec, got.Nsec).UTC().Format(time.RFC3339Nano)))
 }
 
 // finishDirs gives directories their metadata after everything inside them

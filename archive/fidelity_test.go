@@ -171,6 +171,39 @@ func TestFarAccessTimes(t *testing.T) {
 	}
 }
 
+// A filesystem that cannot hold a time clamps it without an error (ext4
+// keeps 1901-12-13 for 1600): the restore says so instead of passing it
+// over in silence. Where the filesystem holds it, nothing is said.
+func TestClampedTimeWarns(t *testing.T) {
+	old := farTimes["1600"]
+	var raw bytes.Buffer
+	enc, _ := zstd.NewWriter(&raw)
+	tw := tar.NewWriter(enc)
+	for _, h := range []tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: time.Unix(0, 0)},
+		{Name: "old", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: old, Format: tar.FormatPAX},
+	} {
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tw.Close()
+	enc.Close()
+	dst := t.TempDir()
+	var warnings []string
+	if _, err := Extract(&raw, dst, ExtractOptions{Warn: func(p, m string) { warnings = append(warnings, p+": "+m) }}); err != nil {
+		t.Fatal(err)
+	}
+	_, got := lstatTimes(t, filepath.Join(dst, "old"))
+	switch {
+	case got.Equal(old) && len(warnings) > 0:
+		t.Fatalf("time kept, yet warned: %q", warnings)
+	case !got.Equal(old) && (len(warnings) != 1 || !strings.Contains(warnings[0], "beyond what this filesystem can hold")):
+		t.Fatalf("mtime clamped to %v; warnings %q", got, warnings)
+	}
+	t.Logf("filesystem kept %v: %q", got, warnings)
+}
+
 // gnuTar extracts a volbak archive with GNU tar, as the README tells a
 // person without volbak to.
 func gnuTar(t *testing.T, data []byte, dst string) {

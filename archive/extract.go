@@ -203,7 +203,7 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		}
 		if err := os.Link(filepath.Join(x.root, filepath.FromSlash(target)), full); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive; not restored")
+				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive or was not restored; not restored")
 				return nil
 			}
 			return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -219,4 +220,108 @@ func gnuTar(t *testing.T, data []byte, dst string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("GNU tar: %v\n%s", err, out)
 	}
+}
+
+// A hardlink to a symlink links the symlink itself (linkat without
+// AT_SYMLINK_FOLLOW), never what it points to, even outside the target;
+// and a hardlink whose target lies through a symlink is refused, as every
+// other entry below one is.
+func TestHardlinkToSymlinkNotFollowed(t *testing.T) {
+	outside := t.TempDir()
+	secret := filepath.Join(outside, "secret")
+	if err := os.WriteFile(secret, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]struct {
+		hdrs    []tar.Header
+		refused bool
+	}{
+		"to a symlink": {[]tar.Header{
+			{Name: "evil", Typeflag: tar.TypeSymlink, Linkname: secret},
+			{Name: "hl", Typeflag: tar.TypeLink, Linkname: "evil"},
+		}, false},
+		"through a symlink": {[]tar.Header{
+			{Name: "dir", Typeflag: tar.TypeSymlink, Linkname: outside},
+			{Name: "hl", Typeflag: tar.TypeLink, Linkname: "dir/secret"},
+		}, true},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			var raw bytes.Buffer
+			enc, _ := zstd.NewWriter(&raw)
+			tw := tar.NewWriter(enc)
+			for _, h := range c.hdrs {
+				h.ModTime = time.Unix(0, 0)
+				if err := tw.WriteHeader(&h); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tw.Close()
+			enc.Close()
+			dst := t.TempDir()
+			if _, err := Extract(&raw, dst, ExtractOptions{}); (err != nil) != c.refused {
+				t.Fatalf("refused=%v, want %v: %v", err != nil, c.refused, err)
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(secret, &st); err != nil || st.Nlink != 1 {
+				t.Fatalf("the file outside the target got another name (links %d, %v)", st.Nlink, err)
+			}
+			if c.refused {
+				return
+			}
+			var hl, evil unix.Stat_t
+			unix.Lstat(filepath.Join(dst, "hl"), &hl)
+			unix.Lstat(filepath.Join(dst, "evil"), &evil)
+			if hl.Mode&unix.S_IFMT != unix.S_IFLNK || hl.Ino != evil.Ino {
+				t.Fatalf("hl is not the symlink's second name: mode %o inode %d, symlink's %d", hl.Mode, hl.Ino, evil.Ino)
+			}
+		})
+	}
+}
+
+// Hardlinked FIFOs, symlinks and device nodes are archived as one entry and
+// hardlinks to it, as files are, and come back as one inode.
+func TestHardlinkedSpecialFiles(t *testing.T) {
+	voltest.RequireRoot(t)
+	src, dst := t.TempDir(), t.TempDir()
+	steps := []func() error{
+		func() error { return unix.Mkfifo(filepath.Join(src, "fifo"), 0o600) },
+		func() error { return os.Symlink("fifo", filepath.Join(src, "sym")) },
+		func() error { return unix.Mknod(filepath.Join(src, "dev"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"fifo", "sym", "dev"} {
+		if err := os.Link(filepath.Join(src, n), filepath.Join(src, n+"-2")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, _ := archiveTree(t, src)
+	dec, _ := zstd.NewReader(bytes.NewReader(data))
+	defer dec.Close()
+	tr := tar.NewReader(dec)
+	links := map[string]string{}
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Typeflag == tar.TypeLink {
+			links[hdr.Name] = hdr.Linkname
+		}
+	}
+	want := map[string]string{"dev-2": "dev", "fifo-2": "fifo", "sym-2": "sym"}
+	if !maps.Equal(links, want) {
+		t.Fatalf("hardlink entries %v, want %v", links, want)
+	}
+	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
+		t.Fatal(err)
+	}
+	voltest.SameTree(t, src, dst)
 }

@@ -96,6 +96,12 @@ func Edge(dir string) error {
 		},
 		func() error { return unix.Mkfifo(p("edge/fifo"), 0o640) },
 		func() error { return unix.Mknod(p("edge/dev-null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))) },
+		// Every inode but a directory can have several names: these must
+		// come back as one inode too. os.Link does not follow a symlink, so
+		// the symlink itself gets the second name.
+		func() error { return os.Link(p("edge/fifo"), p("edge/fifo-hardlink")) },
+		func() error { return os.Link(p("edge/link-rel"), p("edge/link-rel-hardlink")) },
+		func() error { return os.Link(p("edge/dev-null"), p("edge/dev-null-hardlink")) },
 	}
 	for i, s := range steps {
 		if err := s(); err != nil {

@@ -222,7 +222,7 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		}
 		if err := os.Link(filepath.Join(x.root, filepath.FromSlash(target)), full); err != nil {
 			if errors.Is(err, os.ErrNotExist) {
-				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive; not restored")
+				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive or was not restored; not restored")
 				return nil
 			}
 			return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)
@@ -459,10 +459,44 @@ func (x *extractor) times(rel, full string, hdr *tar.Header, f *os.File) error {
 	if err != nil {
 		return fmt.Errorf("set mtime of %s: %w", rel, err)
 	}
+	if !fits32(ts[0]) || !fits32(ts[1]) {
+		x.checkClamped(rel, full, ts, f)
+	}
 	return nil
 }
 
-func timespec(t time.Time) unix.Timespec { return unix.NsecToTimespec(t.UnixNano()) }
+// timespec keeps seconds and nanoseconds apart: t.UnixNano() wraps outside
+// 1678-2262, and a file dated 2300 came back dated 1715 (1901 on ext4,
+// which clamps).
+func timespec(t time.Time) unix.Timespec {
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
+// fits32 says whether a time lies in 1901-12-13 .. 2038-01-19, which every
+// filesystem a volume lives on can hold.
+func fits32(ts unix.Timespec) bool { return ts.Sec == int64(int32(ts.Sec)) }
+
+// checkClamped reads back a time beyond 32-bit seconds: a filesystem that
+// cannot hold it clamps it to its range without an error (ext4: 1901-12-13
+// .. 2446-05-10), and that must not pass silently.
+func (x *extractor) checkClamped(rel, full string, ts [2]unix.Timespec, f *os.File) {
+	var st unix.Stat_t
+	var err error
+	if f != nil {
+		err = unix.Fstat(int(f.Fd()), &st)
+	} else {
+		err = unix.Lstat(full, &st)
+	}
+	if err != nil || (st.Atim.Sec == ts[0].Sec && st.Mtim.Sec == ts[1].Sec) {
+		return
+	}
+	which, want, got := "mtime", ts[1], st.Mtim
+	if st.Mtim.Sec == ts[1].Sec {
+		which, want, got = "atime", ts[0], st.Atim
+	}
+	x.warnOnce("clamped-time", rel, fmt.Sprintf("%s %s is beyond what this filesystem can hold, which keeps %s instead (btrfs and tmpfs hold any time)",
+		which, time.Unix(want.Sec, want.Nsec).UTC().Format(time.RFC3339Nano), time.Unix(got.Sec, got.Nsec).UTC().Format(time.RFC3339Nano)))
+}
 
 // finishDirs gives directories their metadata after everything inside them
 // was written (writing a child changes a directory's mtime, and a read-only

@@ -78,7 +78,7 @@ type writer struct {
 	root  string
 	out   io.Writer // what tw writes to; sparse entries are written here directly
 	tw    *tar.Writer
-	links map[[2]uint64]string // (dev, inode) of a multiply-linked file -> first name
+	links map[[2]uint64]string // (dev, inode) of a multiply-linked non-directory -> first name
 	buf   []byte
 	warn  func(path, msg string)
 	stats Stats
@@ -102,17 +102,20 @@ func (a *writer) walk(rel string) error {
 		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
 		Format:  tar.FormatPAX,
 	}
+	// Every inode but a directory can have several names, a FIFO, a
+	// symlink or a device node as well as a file: later names become
+	// hardlinks to the first, or a restore would split them apart.
+	if st.Nlink > 1 && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
+			hdr.Typeflag = tar.TypeLink
+			hdr.Linkname = first
+			return a.header(hdr)
+		}
+	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		return a.dir(full, rel, hdr)
 	case unix.S_IFREG:
-		if st.Nlink > 1 {
-			if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
-				hdr.Typeflag = tar.TypeLink
-				hdr.Linkname = first
-				return a.header(hdr)
-			}
-		}
 		return a.file(full, rel, hdr)
 	case unix.S_IFLNK:
 		target, err := os.Readlink(full)
@@ -121,7 +124,7 @@ func (a *writer) walk(rel string) error {
 		}
 		hdr.Typeflag = tar.TypeSymlink
 		hdr.Linkname = target
-		return a.header(hdr)
+		return a.first(hdr, &st)
 	case unix.S_IFIFO:
 		hdr.Typeflag = tar.TypeFifo
 	case unix.S_IFCHR, unix.S_IFBLK:
@@ -138,7 +141,19 @@ func (a *writer) walk(rel string) error {
 	if err := a.xattrs(full, hdr); err != nil {
 		return err
 	}
-	return a.header(hdr)
+	return a.first(hdr, &st)
+}
+
+// first writes the header of an entry without data, and makes it the name
+// that later names of its inode link to.
+func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
+	if err := a.header(hdr); err != nil {
+		return err
+	}
+	if st.Nlink > 1 {
+		a.links[[2]uint64{st.Dev, st.Ino}] = hdr.Name
+	}
+	return nil
 }
 
 func (a *writer) dir(full, rel string, hdr *tar.Header) error {

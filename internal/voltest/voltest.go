@@ -96,6 +96,12 @@ func Edge(dir string) error {
 		},
 		func() error { return unix.Mkfifo(p("edge/fifo"), 0o640) },
 		func() error { return unix.Mknod(p("edge/dev-null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))) },
+		// Every inode but a directory can have several names: these must
+		// come back as one inode too. os.Link does not follow a symlink, so
+		// the symlink itself gets the second name.
+		func() error { return os.Link(p("edge/fifo"), p("edge/fifo-hardlink")) },
+		func() error { return os.Link(p("edge/link-rel"), p("edge/link-rel-hardlink")) },
+		func() error { return os.Link(p("edge/dev-null"), p("edge/dev-null-hardlink")) },
 	}
 	for i, s := range steps {
 		if err := s(); err != nil {
@@ -121,13 +127,19 @@ func Stamp(dir string) error {
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(all)))
 	for i, p := range all {
-		t := base.Add(time.Duration(i)*time.Hour + time.Duration(i)*time.Nanosecond)
-		ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
-		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := SetTimes(p, base.Add(time.Duration(i)*time.Hour+time.Duration(i)*time.Nanosecond)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// SetTimes sets the atime and mtime of path (not of what a symlink points
+// to) to t exactly. Seconds and nanoseconds go apart: t.UnixNano() wraps
+// outside 1678-2262, and the tests date entries beyond both.
+func SetTimes(path string, t time.Time) error {
+	ts := unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, path, []unix.Timespec{ts, ts}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // Fill writes about size bytes of regular files under dir/data: random

@@ -60,7 +60,7 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 	case errors.Is(err, stage.ErrBusy):
 		return fmt.Errorf("%w: another volbak restore is running into %s: wait for it to end", ErrRefused, opts.ToDir)
 	case errors.Is(err, stage.ErrNoSpace):
-		return fmt.Errorf("%w: %s: %s (the snapshot, beside the old contents until it is complete): free space there, or pass --no-space-check", ErrRefused, opts.ToDir, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "))
+		return fmt.Errorf("%w: %s: %s%s: free space there, or pass --no-space-check", ErrRefused, opts.ToDir, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "), besideOld(opts.Replace))
 	case errors.Is(err, stage.ErrSwitch):
 		return err
 	case errors.Is(err, archive.ErrCorrupt):

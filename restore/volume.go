@@ -108,7 +108,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil
 	}
-	cause := volumeError(ctx, name, runErr, events, created, createdOpts)
+	cause := volumeError(ctx, name, runErr, events, created, createdOpts, opts.Replace)
 	if created || !events.WasReady() {
 		// Created: removing it removes all this restore wrote. Not ready:
 		// the helper refused or never started, and wrote nothing.
@@ -147,7 +147,7 @@ func recoverVolume(ctx context.Context, eng Engine, name string, cause error, lo
 }
 
 // volumeError says why the helper failed, and what to do.
-func volumeError(ctx context.Context, name string, runErr error, events *agent.Events, created bool, createdOpts string) error {
+func volumeError(ctx context.Context, name string, runErr error, events *agent.Events, created bool, createdOpts string, replace bool) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("restore into %s interrupted: %w", name, ctx.Err())
 	}
@@ -171,11 +171,19 @@ func volumeError(ctx context.Context, name string, runErr error, events *agent.E
 	case agent.KindBusy:
 		return fmt.Errorf("%w: another volbak restore is running into volume %s: wait for it to end", ErrRefused, name)
 	case agent.KindNoSpace:
-		return fmt.Errorf("%w: volume %s: %s (the snapshot, beside the old contents until it is complete): free space there, or pass --no-space-check", ErrRefused, name, strings.TrimPrefix(msg, "not enough free space: "))
+		return fmt.Errorf("%w: volume %s: %s%s: free space there, or pass --no-space-check", ErrRefused, name, strings.TrimPrefix(msg, "not enough free space: "), besideOld(replace))
 	case agent.KindCorrupt:
 		return asCorrupt(errors.New(msg))
 	}
 	return fmt.Errorf("helper failed: %s", msg)
+}
+
+// besideOld explains a space figure that counts two copies.
+func besideOld(replace bool) string {
+	if replace {
+		return " (the old contents stay until the snapshot is complete)"
+	}
+	return ""
 }
 
 // newVolume is the volume to create for m: its driver, options and labels,

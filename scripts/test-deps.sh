@@ -2,7 +2,8 @@
 # Installs the real servers the tests run against, if missing:
 #   - versitygw (an S3-compatible gateway), built with go install into the
 #     test cache (about 3.5 minutes cold; kept between runs where the cache is);
-#   - OpenSSH's sshd, from Debian's openssh-server.
+#   - OpenSSH's sshd, from Debian's openssh-server;
+#   - busybox-static, e2fsprogs and losetup, from Debian.
 # The tests start them on 127.0.0.1 themselves and stop them by PID.
 set -euo pipefail
 
@@ -16,15 +17,23 @@ if [ ! -x "$cache/bin/versitygw" ] || ! go version -m "$cache/bin/versitygw" 2>/
 	GOBIN="$cache/bin" CGO_ENABLED=0 go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 fi
 
-if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then
-	echo "test-deps: installing openssh-server" >&2
+# Debian packages: sshd; a static busybox, the shell of the tests' FROM
+# scratch images (containers that use a volume while it is restored);
+# mkfs.ext4 and losetup for a volume on a block device.
+pkgs=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
+[ "$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null)" = "install ok installed" ] && [ -x /bin/busybox ] || pkgs+=(busybox-static)
+command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || pkgs+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || pkgs+=(mount)
+if [ ${#pkgs[@]} -gt 0 ]; then
+	echo "test-deps: installing ${pkgs[*]}" >&2
 	if [ "$(id -u)" -ne 0 ]; then
-		echo "test-deps: sshd is missing and installing it needs root (apt-get install openssh-server)" >&2
+		echo "test-deps: installing ${pkgs[*]} needs root (apt-get install ${pkgs[*]})" >&2
 		exit 1
 	fi
 	export DEBIAN_FRONTEND=noninteractive
 	apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
-	apt_get install -y -q openssh-server >/dev/null || { apt_get update -q >/dev/null && apt_get install -y -q openssh-server >/dev/null; }
+	apt_get install -y -q "${pkgs[@]}" >/dev/null || { apt_get update -q >/dev/null && apt_get install -y -q "${pkgs[@]}" >/dev/null; }
 	# The tests run their own sshd on a loopback port; the package's own
 	# service (port 22) is not needed.
 	if command -v systemctl >/dev/null 2>&1; then systemctl disable --now ssh >/dev/null 2>&1 || true; fi

@@ -232,6 +232,9 @@ func (s *Stage) Commit(rootHdr *tar.Header, durable bool, warn func(path, msg st
 	if err := syncfs(s.root); err != nil {
 		return err
 	}
+	if err := failpoint("journal"); err != nil {
+		return err
+	}
 	if err := writeJournal(s.root, s.id, journal{Phase: kindOld, Root: rootHdr}); err != nil {
 		return err
 	}
@@ -266,6 +269,9 @@ func finish(root, id string, warn func(path, msg string)) error {
 			if Reserved(n) || n == lostFound && isDir(filepath.Join(root, n)) {
 				continue
 			}
+			if err := failpoint("aside " + n); err != nil {
+				return err
+			}
 			if err := move(root, n, oldDir, n); err != nil {
 				return fmt.Errorf("move old entry %s aside: %w", n, err)
 			}
@@ -274,6 +280,9 @@ func finish(root, id string, warn func(path, msg string)) error {
 			return err
 		}
 		j.Phase = kindNew
+		if err := failpoint("phase"); err != nil {
+			return err
+		}
 		if err := writeJournal(root, id, j); err != nil {
 			return err
 		}
@@ -286,6 +295,9 @@ func finish(root, id string, warn func(path, msg string)) error {
 		if n == lostFound && keepLostFound(root, newDir, warn) {
 			continue
 		}
+		if err := failpoint("in " + n); err != nil {
+			return err
+		}
 		if err := move(newDir, n, root, n); err != nil {
 			return fmt.Errorf("move restored entry %s into place: %w", n, err)
 		}
@@ -293,12 +305,15 @@ func finish(root, id string, warn func(path, msg string)) error {
 	if err := syncDir(root); err != nil {
 		return err
 	}
+	if err := failpoint("meta"); err != nil {
+		return err
+	}
 	if j.Root != nil {
 		if err := archive.SetMeta(root, j.Root, warn); err != nil {
 			return err
 		}
 	}
-	// The volume is complete from here on: no mark of any run says
+	// The volume is complete from here on: no mark of any run may say
 	// otherwise once the journal, the last proof of a switch, is gone.
 	all, err := readNames(root)
 	if err != nil {
@@ -311,18 +326,25 @@ func finish(root, id string, warn func(path, msg string)) error {
 			}
 		}
 	}
-	if err := os.Remove(filepath.Join(root, name(id, kindSwap))); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// Cleanup, journal last: a crash before it is finished by Recover,
+	// which then gets to set root's times too.
+	if err := failpoint("cleanup"); err != nil {
 		return err
 	}
-	if err := syncDir(root); err != nil {
-		return err
-	}
-	// Cleanup: what is left is no longer referenced by any journal.
 	if err := os.RemoveAll(newDir); err != nil {
 		return fmt.Errorf("remove %s: %w", newDir, err)
 	}
 	if err := os.RemoveAll(oldDir); err != nil {
 		return fmt.Errorf("remove the replaced contents %s: %w", oldDir, err)
+	}
+	if err := failpoint("unjournal"); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(root, name(id, kindSwap))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := syncDir(root); err != nil {
+		return err
 	}
 	// Removing the state changed root's times: set them last.
 	if j.Root != nil {
@@ -492,6 +514,10 @@ func syncfs(root string) error {
 	}
 	return nil
 }
+
+// failpoint is where the tests make a switch die midway (every step a
+// crash could fall between); it does nothing otherwise.
+var failpoint = func(step string) error { return nil }
 
 func isDir(p string) bool {
 	st, err := os.Lstat(p)

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/volbak/volbak/internal/voltest"
+)
+
+// digestLines is a tree's digest, entry by entry, for comparing a volume
+// with itself at another time.
+func digestLines(t *testing.T, dir string) []string {
+	t.Helper()
+	_, lines, err := voltest.Digest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines
+}
+
+func sameDigest(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("%s: the tree differs:\n got %d entries\nwant %d entries\nfirst got:  %.300s\nfirst want: %.300s", what, len(got), len(want), first(got, want), first(want, got))
+	}
+}
+
+func first(a, b []string) string {
+	for i := range a {
+		if i >= len(b) || a[i] != b[i] {
+			return a[i]
+		}
+	}
+	return ""
+}
+
+// noRestoreState fails if a restore left its staging state in dir.
+func noRestoreState(t *testing.T, dir string) {
+	t.Helper()
+	if left, _ := filepath.Glob(filepath.Join(dir, ".volbak-restore-*")); len(left) > 0 {
+		t.Fatalf("restore state left behind: %v", left)
+	}
+}
+
+// mutate changes a restored tree: a file added, one changed, one removed.
+func mutate(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "written-after-the-snapshot"), []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "edge", "plain.txt"), []byte("changed"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "edge", "empty")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// In-place restore replaces a volume's contents with the snapshot's, and
+// nothing else: entries not in the snapshot go, and a damaged archive, an
+// interrupt or a killed volbak leave the previous contents exactly as
+// they were.
+func TestInPlace(t *testing.T) {
+	vol, dir := newVolume(t, nil, edgeAndData(48<<20))
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	snap := digestLines(t, dir)
+	m := list(t, store, vol)[0]
+	archivePath := filepath.Join(store, filepath.FromSlash(m.Archive))
+	mutate(t, dir)
+	before := digestLines(t, dir)
+
+	t.Run("refused without --force", func(t *testing.T) {
+		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", vol), 1, "holds data")
+		sameDigest(t, "refused restore", digestLines(t, dir), before)
+	})
+	t.Run("damaged archive", func(t *testing.T) {
+		data, err := os.ReadFile(archivePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.WriteFile(archivePath, data, 0o600)
+		os.WriteFile(archivePath, flipByte(data, len(data)-1000), 0o600)
+		mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place"), exitCorrupt, "as it was")
+		sameDigest(t, "failed in-place restore", digestLines(t, dir), before)
+		noRestoreState(t, dir)
+	})
+	t.Run("interrupted", func(t *testing.T) {
+		staging := func() bool {
+			staged, _ := filepath.Glob(filepath.Join(dir, ".volbak-restore-*.new", "data", "d01"))
+			return len(staged) > 0
+		}
+		interrupt(t, syscall.SIGINT, staging, "restore", vol, "--from", store, "--in-place")
+		noHelpersLeft(t)
+		sameDigest(t, "interrupted in-place restore", digestLines(t, dir), before)
+		noRestoreState(t, dir)
+	})
+	t.Run("volbak killed", func(t *testing.T) {
+		cmd := exec.Command(bin, "restore", vol, "--from", store, "--in-place")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the restore to stage", func() bool {
+			staged, _ := filepath.Glob(filepath.Join(dir, ".volbak-restore-*.new", "data", "d01"))
+			return len(staged) > 0
+		})
+		cmd.Process.Kill()
+		cmd.Wait()
+		// The helper sees its input end short, and removes what it staged.
+		waitFor(t, "the helper to end", func() bool { return len(testHelpers(t.Context())) == 0 })
+		sameDigest(t, "in-place restore whose volbak was killed", digestLines(t, dir), before)
+		noRestoreState(t, dir)
+	})
+	t.Run("success", func(t *testing.T) {
+		r := mustOK(t, volbak(t, "restore", vol, "--from", store, "--in-place"))
+		if !strings.Contains(r.stdout, "restored") {
+			t.Fatalf("stdout: %s", r.stdout)
+		}
+		sameDigest(t, "in-place restore", digestLines(t, dir), snap)
+		noRestoreState(t, dir)
+		voltest.HolesKept(t, dir)
+	})
+	t.Run("--to-volume --force is the same", func(t *testing.T) {
+		mutate(t, dir)
+		mustOK(t, volbak(t, "restore", vol, "--from", store, "--to-volume", vol, "--force"))
+		sameDigest(t, "forced restore", digestLines(t, dir), snap)
+	})
+}
+
+func flipByte(data []byte, at int) []byte {
+	c := append([]byte(nil), data...)
+	c[at] ^= 0x40
+	return c
+}
+
+// A switch that a killed helper left half done is finished by the next
+// command that touches the volume, a backup here, which then archives
+// the finished contents and none of the state.
+func TestDeadSwitchFinishedByBackup(t *testing.T) {
+	vol, dir := newVolume(t, nil, func(d string) error {
+		return os.WriteFile(filepath.Join(d, "old"), []byte("old"), 0o644)
+	})
+	// A switch in its second phase: old entries moved aside, one new entry
+	// still staged.
+	os.Mkdir(filepath.Join(dir, ".volbak-restore-dead.old"), 0o700)
+	os.Rename(filepath.Join(dir, "old"), filepath.Join(dir, ".volbak-restore-dead.old", "old"))
+	os.MkdirAll(filepath.Join(dir, ".volbak-restore-dead.new"), 0o700)
+	os.WriteFile(filepath.Join(dir, ".volbak-restore-dead.new", "new"), []byte("new"), 0o644)
+	os.WriteFile(filepath.Join(dir, ".volbak-restore-dead.swap"), []byte(`{"phase":"new"}`), 0o600)
+	store := t.TempDir()
+	r := mustOK(t, volbak(t, "backup", vol, "--to", store))
+	if !strings.Contains(r.stderr, "interrupted restore") {
+		t.Fatalf("the backup did not say it cleared a dead restore's state: %s", r.stderr)
+	}
+	noRestoreState(t, dir)
+	names, _ := os.ReadDir(dir)
+	if len(names) != 1 || names[0].Name() != "new" {
+		t.Fatalf("volume holds %v, want the finished switch's [new]", names)
+	}
+	if m := list(t, store, vol); len(m) != 1 || m[0].Files != 2 {
+		t.Fatalf("snapshot: %+v", m)
+	}
+}
+
+// A volume that a running container uses is not restored under it, unless
+// asked to stop it; then the container is started again, whether the
+// restore worked or not.
+func TestRestoreUnderRunningContainer(t *testing.T) {
+	vol, dir := newVolume(t, nil, edgeAndData(4<<20))
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	snap := digestLines(t, dir)
+	app := appContainer(t, vol)
+	mutate(t, dir)
+	before := digestLines(t, dir)
+
+	mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place"), 1, "stop-containers")
+	if running, _ := containerState(t, app); !running {
+		t.Fatal("a refused restore stopped the container")
+	}
+	sameDigest(t, "refused restore", digestLines(t, dir), before)
+
+	t.Run("failed restore restarts it", func(t *testing.T) {
+		m := list(t, store, vol)[0]
+		archivePath := filepath.Join(store, filepath.FromSlash(m.Archive))
+		data, _ := os.ReadFile(archivePath)
+		defer os.WriteFile(archivePath, data, 0o600)
+		os.WriteFile(archivePath, flipByte(data, len(data)/2), 0o600)
+		_, startedBefore := containerState(t, app)
+		mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place", "--stop-containers"), exitCorrupt, "as it was")
+		running, started := containerState(t, app)
+		if !running || started == startedBefore {
+			t.Fatalf("container not stopped and started again (running %v, started %s, before %s)", running, started, startedBefore)
+		}
+		sameDigest(t, "failed restore", digestLines(t, dir), before)
+	})
+	t.Run("restore restarts it", func(t *testing.T) {
+		_, startedBefore := containerState(t, app)
+		r := mustOK(t, volbak(t, "restore", vol, "--from", store, "--in-place", "--stop-containers"))
+		running, started := containerState(t, app)
+		if !running || started == startedBefore {
+			t.Fatalf("container not stopped and started again: %s", r)
+		}
+		sameDigest(t, "restore", digestLines(t, dir), snap)
+	})
+	t.Run("interrupted restore restarts it", func(t *testing.T) {
+		big, bigDir := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 256<<20, 5) })
+		bigStore := t.TempDir()
+		mustOK(t, volbak(t, "backup", big, "--to", bigStore))
+		app := appContainer(t, big)
+		mutate2 := filepath.Join(bigDir, "after")
+		os.WriteFile(mutate2, nil, 0o644)
+		beforeBig := digestLines(t, bigDir)
+		interrupt(t, syscall.SIGINT, func() bool {
+			staged, _ := filepath.Glob(filepath.Join(bigDir, ".volbak-restore-*.new", "data", "d01"))
+			return len(staged) > 0
+		}, "restore", big, "--from", bigStore, "--in-place", "--stop-containers")
+		// Started again before volbak exits: no waiting.
+		if running, _ := containerState(t, app); !running {
+			t.Fatal("an interrupted restore left the container stopped")
+		}
+		sameDigest(t, "interrupted restore", digestLines(t, bigDir), beforeBig)
+	})
+}
+
+// The space check refuses, with the figures, a target that cannot take
+// the snapshot, before anything is written; without it the restore fails
+// on the full disk and still leaves nothing.
+func TestRestoreSpaceCheck(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 24<<20, 3) })
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	tmpfs := []string{"--driver", "local", "--driver-opt", "type=tmpfs", "--driver-opt", "device=tmpfs", "--driver-opt", "o=size=8m"}
+	target := randName("small")
+	defer removeVolume(target)
+	start := time.Now()
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, tmpfs...)...), 1, "needed")
+	if volumeExists(target) {
+		t.Fatal("a refused restore left the volume it created")
+	}
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target, "--no-space-check"}, tmpfs...)...), 1, "no space left")
+	if volumeExists(target) {
+		t.Fatal("a failed restore left the volume it created")
+	}
+	t.Logf("both in %s", time.Since(start))
+}

@@ -1,0 +1,346 @@
+package stage
+
+import (
+	"archive/tar"
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/internal/voltest"
+	"golang.org/x/sys/unix"
+)
+
+var errCrash = errors.New("crash")
+
+// tree writes files (name -> content; a name ending in / is a directory)
+// under dir, with fixed times, so that two trees made alike digest alike.
+func tree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	defer func() {
+		if err := voltest.Stamp(dir); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	for n, c := range files {
+		p := filepath.Join(dir, filepath.FromSlash(n))
+		if strings.HasSuffix(n, "/") {
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func digest(t *testing.T, dir string) []string {
+	t.Helper()
+	_, lines, err := voltest.Digest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lines[1:] // the root's own line: checked apart, where it matters
+}
+
+func sameLines(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") }
+
+var (
+	oldFiles = map[string]string{"keep-name": "old", "old-only/x": "x", "old-dir/": ""}
+	newFiles = map[string]string{"keep-name": "new", "new-only/deep/y": "y", "z": "z"}
+	rootHdr  = &tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o750, Uid: 0, Gid: 0,
+		ModTime: time.Date(2300, 1, 2, 3, 4, 5, 123456789, time.UTC)}
+)
+
+// A switch killed between any two of its steps is finished by the next
+// Recover if it had written its journal (the staged tree had passed every
+// check), and undone otherwise: never a mix of old and new.
+func TestCrashAtEveryStepOfTheSwitch(t *testing.T) {
+	want := t.TempDir()
+	tree(t, want, newFiles)
+	wantNew := digest(t, want)
+	steps := 0
+	for k := 1; ; k++ {
+		root := t.TempDir()
+		tree(t, root, oldFiles)
+		wantOld := digest(t, root)
+		s, err := Begin(root, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree(t, s.Dir(), newFiles)
+		calls, at := 0, ""
+		failpoint = func(step string) error {
+			calls++
+			if calls == k {
+				at = step
+				return errCrash
+			}
+			return nil
+		}
+		err = s.Commit(rootHdr, false, nil)
+		failpoint = func(string) error { return nil }
+		if err == nil {
+			steps = k - 1
+			break
+		}
+		if !errors.Is(err, errCrash) {
+			t.Fatalf("step %d: %v", k, err)
+		}
+		if _, err := Recover(root, false, nil); err != nil {
+			t.Fatalf("recover after a crash at %q: %v", at, err)
+		}
+		got := digest(t, root)
+		switch {
+		case at == "journal":
+			if !sameLines(got, wantOld) {
+				t.Fatalf("a crash before the journal did not leave the old tree:\n%v", got)
+			}
+		case !sameLines(got, wantNew):
+			t.Fatalf("a crash at %q was not finished to the new tree:\n%v\nwant\n%v", at, got, wantNew)
+		default:
+			checkRoot(t, root)
+		}
+		if err := Check(root); err != nil {
+			t.Fatalf("crash at %q: state left after recovery: %v", at, err)
+		}
+	}
+	if steps < 8 {
+		t.Fatalf("only %d steps were interrupted", steps)
+	}
+}
+
+func checkRoot(t *testing.T, root string) {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Lstat(root, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o7777 != 0o750 || st.Mtim.Sec != rootHdr.ModTime.Unix() || st.Mtim.Nsec != 123456789 {
+		t.Fatalf("root mode %o mtime %d.%d, want the archive root's", st.Mode&0o7777, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+}
+
+// The same, through Run and a real archive: a replace leaves exactly the
+// snapshot, root metadata included; a damaged or miscounted archive, or a
+// refused target, leaves the old contents and no state.
+func TestRun(t *testing.T) {
+	src := t.TempDir()
+	tree(t, src, newFiles)
+	os.Chmod(src, 0o711)
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := buf.Bytes()
+	job := func(replace bool) Job { return Job{Replace: replace, Entries: st.Entries, Bytes: st.Bytes, SpaceCheck: true} }
+	wantNew := digest(t, src)
+
+	t.Run("replace", func(t *testing.T) {
+		root := t.TempDir()
+		tree(t, root, oldFiles)
+		if _, err := Run(root, bytes.NewReader(good), job(true)); err != nil {
+			t.Fatal(err)
+		}
+		if got := digest(t, root); !sameLines(got, wantNew) {
+			t.Fatalf("got\n%v\nwant\n%v", got, wantNew)
+		}
+		if fi, _ := os.Stat(root); fi.Mode().Perm() != 0o711 {
+			t.Fatalf("root mode %v", fi.Mode())
+		}
+	})
+	for name, c := range map[string]struct {
+		data    []byte
+		j       Job
+		wantErr error
+		ready   bool
+	}{
+		"damaged":        {flip(good), job(true), archive.ErrCorrupt, true},
+		"truncated":      {good[:len(good)-20], job(true), archive.ErrCorrupt, true},
+		"miscounted":     {good, Job{Replace: true, Entries: st.Entries + 1, Bytes: st.Bytes}, archive.ErrCorrupt, true},
+		"not empty":      {good, job(false), ErrNotEmpty, false},
+		"no space":       {good, Job{Replace: true, Entries: st.Entries, Bytes: 1 << 50, SpaceCheck: true}, ErrNoSpace, false},
+		"too many files": {good, Job{Replace: true, Entries: 1 << 50, SpaceCheck: true}, ErrNoSpace, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			tree(t, root, oldFiles)
+			before := digest(t, root)
+			ready := false
+			c.j.Ready = func() { ready = true }
+			_, err := Run(root, bytes.NewReader(c.data), c.j)
+			if !errors.Is(err, c.wantErr) {
+				t.Fatalf("got %v, want %v", err, c.wantErr)
+			}
+			if ready != c.ready {
+				t.Fatalf("ready %v, want %v", ready, c.ready)
+			}
+			if got := digest(t, root); !sameLines(got, before) {
+				t.Fatalf("old contents changed:\n%v", got)
+			}
+		})
+	}
+	t.Run("busy", func(t *testing.T) {
+		root := t.TempDir()
+		unlock, err := Lock(root, false) // a backup reading it
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unlock()
+		if _, err := Run(root, bytes.NewReader(good), job(false)); !errors.Is(err, ErrBusy) {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func flip(b []byte) []byte {
+	c := bytes.Clone(b)
+	c[len(c)/2] ^= 1
+	return c
+}
+
+// lost+found is the filesystem's: empty it counts as nothing, with files
+// in it it is data, and a switch never moves or removes it.
+func TestLostFound(t *testing.T) {
+	root := t.TempDir()
+	os.Mkdir(filepath.Join(root, lostFound), 0o700)
+	if err := Empty(root); err != nil {
+		t.Fatalf("an empty lost+found counted: %v", err)
+	}
+	tree(t, root, map[string]string{"lost+found/#1234": "recovered"})
+	if err := Empty(root); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("a lost+found with files counted as empty: %v", err)
+	}
+	tree(t, root, oldFiles)
+	s, err := Begin(root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived", "a": "a"})
+	var warned []string
+	if err := s.Commit(nil, false, func(p, m string) { warned = append(warned, m) }); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(filepath.Join(root, "lost+found/#1234")); err != nil || string(data) != "recovered" {
+		t.Fatalf("the target's lost+found lost its file: %v", err)
+	}
+	if len(warned) != 1 {
+		t.Fatalf("warnings: %q", warned)
+	}
+
+	// An empty one gives way to the archive's.
+	root = t.TempDir()
+	os.Mkdir(filepath.Join(root, lostFound), 0o700)
+	s, _ = Begin(root, false)
+	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
+	if err := s.Commit(nil, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A file named lost+found is data like any other.
+	root = t.TempDir()
+	tree(t, root, map[string]string{"lost+found": "a file"})
+	if err := Empty(root); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A volume created for a restore is marked until its switch; a backup is
+// refused such a volume, and told to recover one with a dead run's state.
+func TestMarksAndCheck(t *testing.T) {
+	root := t.TempDir()
+	s, err := Begin(root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(root); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("got %v", err)
+	}
+	if err := Empty(root); err != nil {
+		t.Fatalf("a marked volume is empty for the next restore: %v", err)
+	}
+	s.Abort()
+	if _, err := Recover(root, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(root); !errors.Is(err, ErrIncomplete) {
+		t.Fatalf("recovery removed the mark of an unfinished volume: %v", err)
+	}
+	s, _ = Begin(root, false)
+	tree(t, s.Dir(), map[string]string{"a": "a"})
+	if err := s.Commit(nil, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(root); err != nil {
+		t.Fatalf("a finished restore left %v", err)
+	}
+	// A dead run's staging directory: leftovers, cleared by Recover.
+	os.Mkdir(filepath.Join(root, name("dead", kindNew)), 0o700)
+	if err := Check(root); !errors.Is(err, ErrLeftovers) {
+		t.Fatalf("got %v", err)
+	}
+	rep, err := Recover(root, false, nil)
+	if err != nil || rep.Removed != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+func TestLock(t *testing.T) {
+	root := t.TempDir()
+	unlock, err := Lock(root, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ex := range []bool{true, false} {
+		if _, err := Lock(root, ex); !errors.Is(err, ErrBusy) {
+			t.Fatalf("exclusive=%v: got %v", ex, err)
+		}
+	}
+	unlock()
+	u1, err := Lock(root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u1()
+	u2, err := Lock(root, false)
+	if err != nil {
+		t.Fatalf("two backups at once: %v", err)
+	}
+	u2()
+}
+
+// The tar stream names entries of the staging state as any other: an
+// archive cannot plant a journal in the target.
+func TestReservedNamesNotRestored(t *testing.T) {
+	src := t.TempDir()
+	tree(t, src, map[string]string{Prefix + "x.swap": `{"phase":"new"}`, "ok": "ok"})
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if _, err := Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(root); err != nil {
+		t.Fatalf("a planted name was restored: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "ok")); err != nil {
+		t.Fatal(err)
+	}
+}
+

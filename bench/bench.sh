@@ -315,7 +315,26 @@ for ((i = 1; i <= REPS; i++)); do
 	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
 	BEST[vb_restore]=$(min "${BEST[vb_restore]:-}" "$WALL")
 	RSS[vb_restore]=$(max "${RSS[vb_restore]:-}" "$(rss_kib "$WORK/time.out")")
+
+	# In place, over the copy just restored: the staged tree beside the old
+	# one, the switch, and the old tree's removal.
+	prep_restore
+	log "volbak restore --force over a previous copy, rep $i/$REPS"
+	run_timed "volbak-restore-inplace-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+		"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" --force -q
+	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
+	BEST[vb_restore_inplace]=$(min "${BEST[vb_restore_inplace]:-}" "$WALL")
+	RSS[vb_restore_inplace]=$(max "${RSS[vb_restore_inplace]:-}" "$(rss_kib "$WORK/time.out")")
 done
+
+# What the final sync of the target costs, once.
+DST_NOSYNC=volbakbench-dst-nosync
+prep_restore
+log "volbak restore --no-sync (1 rep)"
+run_timed "volbak-restore-nosync" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+	"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_NOSYNC" -q --no-sync
+BEST[vb_restore_nosync]=$WALL
+log "  ${WALL}s"
 # Remote storage: the same volume to S3 (versitygw) and SFTP (sshd) on
 # loopback, compared with volbak's own local-storage runs above.
 REMOTE_FID=""
@@ -443,11 +462,14 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	fmt_row "volbak backup --level default" vb_backup_def base_backup
 	fmt_row "baseline restore (zstd -dc \| busybox tar -x)" base_restore base_restore
 	fmt_row "volbak restore" vb_restore base_restore
+	fmt_row "volbak restore --no-sync (1 rep)" vb_restore_nosync base_restore
+	fmt_row "volbak restore --force over a previous copy (in place)" vb_restore_inplace base_restore
 	echo
 	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s.$SPARSE_NOTE"
 	echo "- Peak RSS = max over reps of /usr/bin/time %M of the volbak process (helper containers not included)."
 	echo "- Output size volbak/baseline: $(pct "${OSIZE[vb_backup]}" "${OSIZE[base_backup]}") (level $VB_LEVEL), $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[base_backup]}") (--level default)."
 	echo "- Level default vs $VB_LEVEL: size $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[vb_backup]}"), wall $(pct "${BEST[vb_backup_def]}" "${BEST[vb_backup]}")."
+	echo "- In-place restore vs a restore into a fresh volume: $(awk -v a="${BEST[vb_restore_inplace]}" -v b="${BEST[vb_restore]}" 'BEGIN{ printf "%.2fx", a / b }') (target <= 1.3x)."
 	echo "- volbak backup warnings (manifest): ${VB_WARNINGS:-0}."
 	echo "- Fidelity (voltree diff source vs last volbak restore): $FID_LINE$( ((FID_OK)) || echo ' **FAILED**')"
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"

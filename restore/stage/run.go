@@ -22,7 +22,9 @@ type Job struct {
 	Entries, Bytes int64
 	// SpaceCheck refuses a target whose filesystem cannot take Bytes more.
 	SpaceCheck bool
-	// Durable syncs the target's filesystem before Run returns.
+	// Durable makes the restored tree durable before it is switched in.
+	// A replacing restore is always made durable: its switch removes the
+	// old contents.
 	Durable bool
 	Warn    func(path, msg string)
 	// Ready is called once the target was checked and may be written:
@@ -84,7 +86,7 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		}
 		return st, err
 	}
-	if err := s.Commit(rootHdr, job.Durable, warn); err != nil {
+	if err := s.Commit(rootHdr, job.Durable || job.Replace, warn); err != nil {
 		return st, fmt.Errorf("%w: switching to the restored contents stopped midway (%w); the next volbak restore or backup of this target finishes the switch", ErrSwitch, err)
 	}
 	return st, nil

@@ -220,17 +220,22 @@ type journal struct {
 	Root  *tar.Header `json:"root,omitempty"`
 }
 
-// Commit switches root to the staged tree: it makes the staged tree durable,
-// writes the journal (from then on the switch is finished, by this call or
-// by Recover after a crash), moves the old entries aside and the new ones
-// in, and removes the old. rootHdr, if not nil, is the archive's root
-// entry, applied to root. With durable, the whole result is synced before
-// Commit returns.
-func (s *Stage) Commit(rootHdr *tar.Header, durable bool, warn func(path, msg string)) error {
-	// A switch that is journaled must not find empty files after a power
-	// cut: the staged data reaches the disk before the journal does.
-	if err := syncfs(s.root); err != nil {
-		return err
+// Commit switches root to the staged tree: it makes the staged tree durable
+// (with sync), writes the journal (from then on the switch is finished, by
+// this call or by Recover after a crash), moves the old entries aside and
+// the new ones in, and removes the old. rootHdr, if not nil, is the
+// archive's root entry, applied to root.
+//
+// Without sync, a power cut soon after may lose what was restored; a
+// caller that replaces contents must sync, or the same cut could lose the
+// old contents too (already removed) along with the new (never written).
+func (s *Stage) Commit(rootHdr *tar.Header, sync bool, warn func(path, msg string)) error {
+	if sync {
+		// One sync of the whole filesystem costs less than one fsync a
+		// file; the switch's renames are made durable one by one after.
+		if err := syncfs(s.root); err != nil {
+			return err
+		}
 	}
 	if err := failpoint("journal"); err != nil {
 		return err
@@ -238,13 +243,7 @@ func (s *Stage) Commit(rootHdr *tar.Header, durable bool, warn func(path, msg st
 	if err := writeJournal(s.root, s.id, journal{Phase: kindOld, Root: rootHdr}); err != nil {
 		return err
 	}
-	if err := finish(s.root, s.id, warn); err != nil {
-		return err
-	}
-	if durable {
-		return syncfs(s.root)
-	}
-	return nil
+	return finish(s.root, s.id, warn)
 }
 
 // finish completes the journaled switch id at root, from whatever point a
@@ -348,9 +347,11 @@ func finish(root, id string, warn func(path, msg string)) error {
 	}
 	// Removing the state changed root's times: set them last.
 	if j.Root != nil {
-		return archive.SetTimes(root, j.Root)
+		if err := archive.SetTimes(root, j.Root); err != nil {
+			return err
+		}
 	}
-	return nil
+	return syncDir(root)
 }
 
 // keepLostFound decides for the archive's lost+found: it takes the place

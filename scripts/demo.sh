@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A real round trip, start to end: build volbak, make a demo volume with a
 # few awkward files, back it up, list, verify, restore it into a new volume,
-# and compare the two. Needs Go, Docker, and root (it writes the demo files
+# and compare the two; then change the source and restore it in place. Needs Go, Docker, and root (it writes the demo files
 # through the volume's mountpoint). Backups go to ./demo-backups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,5 +40,19 @@ if diff <(describe "$mp") <(describe "$rp") && diff -r "$mp" "$rp" >/dev/null 2>
   echo "demo: restored volume is identical to its source"
 else
   echo "demo: restored volume differs from its source" >&2
+  exit 1
+fi
+
+# In place: the source changes after the snapshot; restoring it in place
+# brings back exactly the snapshot (what was added since goes), switched
+# in only once the whole archive checked out.
+rm -f "$mp/conf/app.conf" && echo 'written after the backup' >"$mp/new-file"
+set -x
+bin/volbak restore "$src" --from ./demo-backups --in-place
+{ set +x; } 2>/dev/null
+if diff <(describe "$rp") <(describe "$mp") && diff -r "$rp" "$mp" >/dev/null 2>&1; then
+  echo "demo: the in-place restore brought the source back to its snapshot"
+else
+  echo "demo: the in-place restore differs from the snapshot" >&2
   exit 1
 fi

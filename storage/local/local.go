@@ -29,6 +29,9 @@ var _ storage.Storage = (*Dir)(nil)
 
 // New opens the directory root. With create, it is made if missing and
 // checked for writing, so that a backup fails before any helper starts.
+// A root reached through symlinks is resolved: the storage is named by the
+// directory that holds the files, so that two names of one directory are
+// seen to be one storage.
 func New(root string, create bool) (*Dir, error) {
 	if root == "" {
 		return nil, errors.New("empty storage directory")
@@ -59,7 +62,11 @@ func New(root string, create bool) (*Dir, error) {
 			return nil, fmt.Errorf("storage %s is not a directory", abs)
 		}
 	}
-	return &Dir{root: abs}, nil
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("storage directory %s: %w", abs, err)
+	}
+	return &Dir{root: real}, nil
 }
 
 func (d *Dir) String() string { return d.root }
@@ -154,32 +161,9 @@ func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 
 func (d *Dir) List(ctx context.Context, prefix string) ([]storage.Object, error) {
 	var out []storage.Object
-	// Walk only the directory the prefix points into.
-	start := d.root
-	if i := strings.LastIndex(prefix, "/"); i >= 0 {
-		start = filepath.Join(d.root, filepath.FromSlash(prefix[:i]))
-	}
-	err := filepath.WalkDir(start, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		if e.IsDir() || strings.HasPrefix(e.Name(), tempPrefix) {
+	err := d.walk(prefix, func(key, _ string, info fs.FileInfo) error {
+		if strings.HasPrefix(path.Base(key), tempPrefix) || !strings.HasPrefix(key, prefix) {
 			return nil
-		}
-		rel, _ := filepath.Rel(d.root, p)
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
-			return nil
-		}
-		info, err := e.Info()
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
 		}
 		out = append(out, storage.Object{Key: key, Size: info.Size(), ModTime: info.ModTime()})
 		return nil

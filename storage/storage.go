@@ -55,3 +55,19 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// Sweeper is implemented by backends where a Put killed outright (SIGKILL,
+// the OOM killer, a power cut) leaves its partial object behind, unlisted,
+// with no one left to remove it. Callers check for it by type assertion.
+// S3 needs none: a failed upload is aborted, and a bucket lifecycle rule
+// covers a client that died.
+type Sweeper interface {
+	// Stale returns the partial objects under prefix whose writer is gone
+	// (each backend says how it knows), with their storage-relative path
+	// in Key and the bytes written so far in Size. It removes nothing.
+	Stale(ctx context.Context, prefix string) ([]Object, error)
+	// RemoveStale removes what Stale would return and returns what it
+	// removed. A Put that is still running, in this process or another,
+	// is never touched.
+	RemoveStale(ctx context.Context, prefix string) ([]Object, error)
+}

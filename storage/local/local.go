@@ -88,20 +88,20 @@ func (d *Dir) path(key string) (string, error) {
 
 // Put writes to a temp file beside the target, syncs it, and renames it into
 // place, then syncs the directory: after Put returns, the object survives a
-// crash; before, only a temp file that List ignores can be left.
+// crash; before, only a temp file that List ignores can be left, and the
+// next RemoveStale takes it once this process is gone (see temp.go).
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	full, err := d.path(key)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(full)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	f, err := os.CreateTemp(dir, tempPrefix+"*")
+	t, err := d.createTemp(dir)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	f := t.f
+	defer t.unlock()
 	defer func() {
 		if err != nil {
 			f.Close()

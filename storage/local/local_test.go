@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -104,6 +105,71 @@ func TestSymlinks(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(real, "vol")); err != nil {
 		t.Fatal("deleting through the volume link removed the link")
+	}
+}
+
+// A temp file whose writer is alive is never stale; one nobody holds is,
+// and RemoveStale takes only that one.
+func TestStaleTempFiles(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	// A killed backup's leftover: a temp file no process holds.
+	os.MkdirAll(filepath.Join(d.root, "vol"), 0o700)
+	dead := filepath.Join(d.root, "vol", tempPrefix+"123")
+	os.WriteFile(dead, make([]byte, 1000), 0o600)
+
+	// A Put in progress, stalled on its source.
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- d.Put(ctx, "vol/live", pr) }()
+	pw.Write(make([]byte, 4096))
+	other, _ := New(d.root, false) // as another process would open it
+	stale, err := other.Stale(ctx, "")
+	if err != nil || len(stale) != 1 || stale[0].Key != "vol/"+tempPrefix+"123" || stale[0].Size != 1000 {
+		t.Fatalf("stale: %+v %v", stale, err)
+	}
+	if _, err := os.Stat(dead); err != nil {
+		t.Fatal("Stale removed a file")
+	}
+	removed, err := other.RemoveStale(ctx, "vol/")
+	if err != nil || len(removed) != 1 {
+		t.Fatalf("removed: %+v %v", removed, err)
+	}
+	if _, err := os.Stat(dead); err == nil {
+		t.Fatal("the stale temp file is still there")
+	}
+	pw.Write(make([]byte, 4096))
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("the running Put lost its temp file: %v", err)
+	}
+	if got := get(t, d, "vol/live"); len(got) != 8192 {
+		t.Fatalf("vol/live holds %d bytes", len(got))
+	}
+
+	// Sweeping all the time while Puts start and finish: no Put fails.
+	stop := make(chan struct{})
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				other.RemoveStale(ctx, "")
+			}
+		}
+	}()
+	for i := range 200 {
+		if err := d.Put(ctx, fmt.Sprintf("busy/k%d", i), strings.NewReader("x")); err != nil {
+			t.Fatalf("put %d beside a sweeper: %v", i, err)
+		}
+	}
+	close(stop)
+	<-swept
+	if stale, _ := d.Stale(ctx, ""); len(stale) != 0 {
+		t.Fatalf("stale after the Puts: %+v", stale)
 	}
 }
 

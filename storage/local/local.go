@@ -90,6 +90,7 @@ func (d *Dir) path(key string) (string, error) {
 // place, then syncs the directory: after Put returns, the object survives a
 // crash; before, only a temp file that List ignores can be left, and the
 // next RemoveStale takes it once this process is gone (see temp.go).
+// Directories Put made for the key are removed again if it fails.
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	full, err := d.path(key)
 	if err != nil {
@@ -106,6 +107,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
+			d.removeMade(t.made)
 		}
 	}()
 	buf := make([]byte, 1<<20)

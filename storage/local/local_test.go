@@ -2,11 +2,13 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/volbak/volbak/storage/storagetest"
@@ -108,6 +110,58 @@ func TestSymlinks(t *testing.T) {
 	}
 }
 
+// A failed Put removes the directories it made, never the root, nor a
+// directory another Put is writing into.
+func TestFailedPutRemovesItsDirectory(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	boom := errors.New("source failed")
+	if err := d.Put(ctx, "vol/deeper/x", io.MultiReader(strings.NewReader("abc"), failing{boom})); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if names, _ := os.ReadDir(d.root); len(names) != 0 {
+		t.Fatalf("a failed Put left %v in the storage", names)
+	}
+	if err := d.Put(ctx, "top", failing{boom}); err == nil {
+		t.Fatal("put of a failing source")
+	}
+	if _, err := os.Stat(d.root); err != nil {
+		t.Fatal("a failed Put removed the storage root")
+	}
+	// A directory that existed before stays, empty or not.
+	os.Mkdir(filepath.Join(d.root, "kept"), 0o700)
+	d.Put(ctx, "kept/x", failing{boom})
+	if _, err := os.Stat(filepath.Join(d.root, "kept")); err != nil {
+		t.Fatal("a failed Put removed a directory it did not make")
+	}
+
+	// Failing and succeeding Puts racing into one new directory: every
+	// good one lands, whoever made the directory.
+	for i := range 100 {
+		var wg sync.WaitGroup
+		errs := make(chan error, 4)
+		for j := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				key := fmt.Sprintf("race%d/k%d", i, j)
+				if j%2 == 0 {
+					d.Put(ctx, key, failing{boom})
+					return
+				}
+				errs <- d.Put(ctx, key, strings.NewReader("data"))
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("a good Put lost its directory to a failed one: %v", err)
+			}
+		}
+	}
+}
+
 // A temp file whose writer is alive is never stale; one nobody holds is,
 // and RemoveStale takes only that one.
 func TestStaleTempFiles(t *testing.T) {
@@ -190,3 +244,7 @@ func get(t *testing.T, d *Dir, key string) []byte {
 	data, _ := io.ReadAll(rc)
 	return data
 }
+
+type failing struct{ err error }
+
+func (f failing) Read([]byte) (int, error) { return 0, f.err }

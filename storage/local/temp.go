@@ -31,41 +31,51 @@ import (
 // a volbak into the same directory at the same time could lose its temp
 // file to a sweep, and fail (never commit a partial archive).
 
-// tempFile is a Put's temp file and its lock.
+// tempFile is a Put's temp file, its lock, and the directories made for it.
 type tempFile struct {
 	f    *os.File // written, then closed before the rename
 	lock *os.File // a second open file holding the flock: closing f must not drop it
+	made []string // directories made for it, deepest first
 }
 
 func (t *tempFile) unlock() { t.lock.Close() }
 
-// attempts bounds the retries against sweepers removing what this Put was
-// about to use; each needs another process to act within microseconds, so
-// more than one retry is already rare.
+// attempts bounds the retries against sweepers and failed Puts removing what
+// this Put was about to use; each needs another process to act within
+// microseconds, so more than one retry is already rare.
 const attempts = 10
 
 // createTemp makes dir if missing and a locked temp file in it.
 func (d *Dir) createTemp(dir string) (*tempFile, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 	var lastErr error
 	for range attempts {
+		made, err := d.mkdirAll(dir)
+		if err != nil {
+			return nil, err
+		}
 		f, err := os.CreateTemp(dir, tempPrefix+"*")
 		if err != nil {
+			d.removeMade(made)
+			if errors.Is(err, fs.ErrNotExist) {
+				// A failed Put elsewhere removed the directory it had
+				// made, between our mkdir and create: make it again.
+				lastErr = err
+				continue
+			}
 			return nil, err
 		}
 		lock, err := lockedAsCreated(f)
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
+			d.removeMade(made)
 			if errors.Is(err, errSwept) {
 				lastErr = err
 				continue
 			}
 			return nil, err
 		}
-		return &tempFile{f: f, lock: lock}, nil
+		return &tempFile{f: f, lock: lock, made: made}, nil
 	}
 	return nil, fmt.Errorf("create a temp file in %s: still removed by other processes after %d attempts: %w", dir, attempts, lastErr)
 }
@@ -110,6 +120,36 @@ func samePath(f *os.File, p string) bool {
 	}
 	b, err := os.Stat(p)
 	return err == nil && os.SameFile(a, b)
+}
+
+// mkdirAll is os.MkdirAll, returning the directories it made (deepest
+// first) so that a failed Put can remove them again. Another Put may make
+// the same ones at the same time; removal is only ever of an empty
+// directory, and a Put that loses its directory makes it again.
+func (d *Dir) mkdirAll(dir string) ([]string, error) {
+	var missing []string
+	for p := dir; p != d.root && p != filepath.Dir(p); p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, p)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return missing, nil
+}
+
+// removeMade removes the directories a failed Put made, if they are empty:
+// a failed backup leaves no empty volume directory behind. rmdir, never
+// unlink: a symlink put there meanwhile stays, and so does a directory
+// another Put is writing into.
+func (d *Dir) removeMade(made []string) {
+	for _, p := range made {
+		if p == d.root || unix.Rmdir(p) != nil {
+			return
+		}
+	}
 }
 
 // Stale returns the temp files under prefix that no running Put holds.

@@ -500,26 +500,42 @@ func (c *countWriter) Write(p []byte) (int, error) {
 }
 
 func (s *Store) List(ctx context.Context, prefix string) ([]storage.Object, error) {
-	c, err := s.conn(ctx)
+	var out []storage.Object
+	err := s.walk(ctx, prefix, func(key string, st os.FileInfo) error {
+		if !strings.HasPrefix(path.Base(key), tempPrefix) {
+			out = append(out, storage.Object{Key: key, Size: st.Size(), ModTime: st.ModTime()})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// walk calls fn for every file whose key starts with prefix, temp files
+// included.
+func (s *Store) walk(ctx context.Context, prefix string, fn func(key string, st os.FileInfo) error) error {
+	c, err := s.conn(ctx)
+	if err != nil {
+		return err
 	}
 	// Walk only the directory the prefix points into.
 	start := s.root
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
 		start = path.Join(s.root, prefix[:i])
 	}
-	var out []storage.Object
 	w := c.sftp.Walk(start)
 	for w.Step() {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return err
 		}
 		if err := w.Err(); err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				continue
 			}
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return err
 		}
 		p, st := w.Path(), w.Stat()
 		key := strings.TrimPrefix(strings.TrimPrefix(p, s.root), "/")
@@ -530,13 +546,14 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.Object, erro
 			}
 			continue
 		}
-		if strings.HasPrefix(path.Base(p), tempPrefix) || !strings.HasPrefix(key, prefix) {
+		if !strings.HasPrefix(key, prefix) {
 			continue
 		}
-		out = append(out, storage.Object{Key: key, Size: st.Size(), ModTime: st.ModTime()})
+		if err := fn(key, st); err != nil {
+			return err
+		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, nil
+	return nil
 }
 
 func (s *Store) Delete(ctx context.Context, key string) error {

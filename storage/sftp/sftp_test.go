@@ -431,3 +431,41 @@ func encryptedKey(t *testing.T) string {
 	os.WriteFile(file, pem.EncodeToMemory(block), 0o600)
 	return file
 }
+
+// A temp file left unmodified for a day is a dead upload's: Stale reports
+// it, RemoveStale removes it; a fresh one (a Put that may be running) and
+// every object stay.
+func TestStaleTempFiles(t *testing.T) {
+	ctx := context.Background()
+	dir := remoteDir(t)
+	st := mustOpen(t, dir, true, keyOpts(t))
+	if err := st.Put(ctx, "vol/kept", strings.NewReader("x")); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(dir, "vol", tempPrefix+"old")
+	fresh := filepath.Join(dir, "vol", tempPrefix+"fresh")
+	os.WriteFile(old, make([]byte, 1234), 0o600)
+	os.WriteFile(fresh, make([]byte, 10), 0o600)
+	day := time.Now().Add(-staleAfter - time.Hour)
+	os.Chtimes(old, day, day)
+
+	stale, err := st.Stale(ctx, "")
+	if err != nil || len(stale) != 1 || stale[0].Key != "vol/"+tempPrefix+"old" || stale[0].Size != 1234 {
+		t.Fatalf("stale: %+v %v", stale, err)
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Fatal("Stale removed a file")
+	}
+	if removed, err := st.RemoveStale(ctx, "vol/"); err != nil || len(removed) != 1 {
+		t.Fatalf("removed: %+v %v", removed, err)
+	}
+	if _, err := os.Stat(old); err == nil {
+		t.Fatal("the stale temp file is still there")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Fatal("a fresh temp file was removed")
+	}
+	if objs, err := st.List(ctx, ""); err != nil || len(objs) != 1 {
+		t.Fatalf("list after the sweep: %+v %v", objs, err)
+	}
+}

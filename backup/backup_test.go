@@ -130,7 +130,11 @@ func TestSeveralDestinations(t *testing.T) {
 		t.Fatalf("manifest %+v, ok %d", m, res.OK())
 	}
 	for _, st := range []storage.Storage{a, b} {
-		got, err := snapshot.Find(context.Background(), st, "vol", m.ID)
+		c, err := snapshot.List(context.Background(), st, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Find("vol", m.ID)
 		if err != nil || got.SHA256 != m.SHA256 {
 			t.Fatalf("%s: %v %+v", st, err, got)
 		}

@@ -2,39 +2,76 @@ package snapshot
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/local"
 )
 
-func TestFindAndList(t *testing.T) {
-	ctx := context.Background()
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func store(t *testing.T) storage.Storage {
+	t.Helper()
 	st, err := local.New(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	return st
+}
+
+// snap writes a snapshot of vol made on host at t0 plus hours, with id.
+func snap(t *testing.T, st storage.Storage, vol, host, id string, hours int) Manifest {
+	t.Helper()
+	m := New(vol, t0.Add(time.Duration(hours)*time.Hour))
+	m.ID, m.Host, m.SHA256 = id, host, strings.Repeat("0", 64)
+	m.Archive = m.base() + ".tar.zst"
+	if err := Put(context.Background(), st, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(context.Background(), m.Archive, strings.NewReader("archive")); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func write(t *testing.T, st storage.Storage, key, data string) {
+	t.Helper()
+	if err := st.Put(context.Background(), key, strings.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func list(t *testing.T, st storage.Storage, vol string) Catalog {
+	t.Helper()
+	c, err := List(context.Background(), st, vol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestFindAndList(t *testing.T) {
+	st := store(t)
 	for i, vol := range []string{"db", "db", "web", "db"} {
-		m := New(vol, t0.Add(time.Duration(i)*time.Hour))
-		m.ID = []string{"aaaa1111", "aaaa2222", "bbbb0000", "cccc0000"}[i]
-		m.Archive = m.base() + ".tar.zst"
-		if err := Put(ctx, st, m); err != nil {
-			t.Fatal(err)
-		}
+		snap(t, st, vol, "h", []string{"aaaa1111", "aaaa2222", "bbbb0000", "cccc0000"}[i], i)
 	}
 	// An archive without a manifest is not a snapshot.
-	st.Put(ctx, "db/20260102T100000Z-dddd0000.tar.zst", strings.NewReader("partial"))
+	write(t, st, "db/20260102T100000Z-dddd0000.tar.zst", "partial")
 
-	all, err := List(ctx, st, "")
-	if err != nil || len(all) != 4 {
-		t.Fatalf("list all: %d, %v", len(all), err)
+	if all := list(t, st, ""); len(all.Snapshots) != 4 || len(all.Problems) != 0 {
+		t.Fatalf("list all: %+v", all)
 	}
-	db, _ := List(ctx, st, "db")
-	if len(db) != 3 || db[0].ID != "aaaa1111" || db[2].ID != "cccc0000" {
-		t.Fatalf("list db, oldest first: %+v", db)
+	db := list(t, st, "db")
+	if len(db.Snapshots) != 3 || db.Snapshots[0].ID != "aaaa1111" || db.Snapshots[2].ID != "cccc0000" {
+		t.Fatalf("list db, oldest first: %+v", db.Snapshots)
+	}
+	if k := db.Snapshots[0].ManifestKey; k != "db/20260102T030405Z-aaaa1111.json" {
+		t.Fatalf("the key a manifest was read from: %q", k)
 	}
 	for _, c := range []struct {
 		id, want string
@@ -47,7 +84,7 @@ func TestFindAndList(t *testing.T) {
 		{"dddd", "", ErrUnknown},
 		{"bbbb", "", ErrUnknown}, // web's, not db's
 	} {
-		m, err := Find(ctx, st, "db", c.id)
+		m, err := db.Find("db", c.id)
 		if c.err != nil {
 			if !errors.Is(err, c.err) {
 				t.Errorf("find %q: %v, want %v", c.id, err, c.err)
@@ -58,26 +95,125 @@ func TestFindAndList(t *testing.T) {
 			t.Errorf("find %q: %s %v, want %s", c.id, m.ID, err, c.want)
 		}
 	}
-	if _, err := Find(ctx, st, "db", "aaaa"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+	if _, err := db.Find("db", "aaaa"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
 		t.Errorf("ambiguous prefix: %v", err)
 	}
-	if _, err := Find(ctx, st, "nothing", ""); !errors.Is(err, ErrUnknown) {
+	if _, err := db.Find("nothing", ""); !errors.Is(err, ErrUnknown) {
 		t.Errorf("unknown volume: %v", err)
 	}
 }
 
-func TestBrokenManifestIsAnError(t *testing.T) {
+// A damaged or lying manifest is a problem of its own: the volume's other
+// snapshots are listed and found, keys that are not volbak's are ignored,
+// and the problem is found by its id, as an error that names the fix.
+func TestProblems(t *testing.T) {
 	ctx := context.Background()
-	st, _ := local.New(t.TempDir(), false)
-	st.Put(ctx, "db/20260102T030405Z-aaaa1111.json", strings.NewReader("{not json"))
-	if _, err := List(ctx, st, "db"); err == nil {
-		t.Fatal("a broken manifest was skipped silently")
+	st := store(t)
+	good := snap(t, st, "db", "h", "aaaa1111", 0)
+	other := snap(t, st, "web", "h", "bbbb2222", 0)
+	// Not volbak's: ignored silently.
+	for _, k := range []string{"db/notes.json", "x.json", "stray/whatever.json", "db/sub/20260102T030405Z-abcd.json",
+		"db/20260102T030405Z-ABCD.json", "db/2026-01-02-abcd.json", ".hidden/20260102T030405Z-abcd.json"} {
+		write(t, st, k, "{not json")
 	}
-	st.Put(ctx, "db/20260102T030405Z-aaaa1111.json", strings.NewReader(`{"format": 99, "id": "x", "volume": "db", "archive": "db/x.tar.zst"}`))
-	if _, err := List(ctx, st, "db"); err == nil || !strings.Contains(err.Error(), "upgrade") {
-		t.Fatalf("a newer format: %v", err)
+	lie := func(f func(*Manifest)) string {
+		m := good
+		f(&m)
+		data, _ := json.Marshal(m)
+		return string(data)
+	}
+	rawOther, _ := json.Marshal(other)
+	problems := map[string][2]string{ // key: content, what the problem says
+		"db/20260103T000000Z-0bad0001.json": {"{not json", "not valid JSON"},
+		"db/20260103T000000Z-0bad0002.json": {`{"format": 99, "id": "0bad0002", "volume": "db", "host": "far"}`, "newer volbak"},
+		"db/20260102T030405Z-bbbb2222.json": {string(rawOther), `says volume "web"`}, // web's manifest in db/
+		"db/20260102T030405Z-0bad0003.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0003", other.Archive }), "names archive"},
+		"db/20260102T030405Z-0bad0005.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0006", "db/20260102T030405Z-0bad0006.tar.zst" }), "not what its name says"},
+		"db/20260105T000000Z-0bad0007.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0007", "db/20260105T000000Z-0bad0007.tar.zst" }), "not what its name says"},
+		"db/20260102T030405Z-0bad0008.json": {lie(func(m *Manifest) { m.ID, m.Archive, m.SHA256 = "0bad0008", "db/20260102T030405Z-0bad0008.tar.zst", "" }), "incomplete"},
+		"db/20260104T000000Z-0bad0004.json": {strings.Repeat(" ", maxManifest+1), "larger than"},
+	}
+	for k, v := range problems {
+		write(t, st, k, v[0])
+	}
+	for _, vol := range []string{"", "db"} {
+		c := list(t, st, vol)
+		if len(c.Problems) != len(problems) {
+			t.Fatalf("list %q: %d problems, want %d: %+v", vol, len(c.Problems), len(problems), c.Problems)
+		}
+		for _, p := range c.Problems {
+			want, ok := problems[p.Key]
+			if !ok || p.Volume != "db" || p.Err == nil || !strings.Contains(p.Err.Error(), want[1]) || !strings.HasSuffix(p.Key, p.ID+".json") {
+				t.Errorf("problem %+v", p)
+			}
+		}
+		if n := len(c.Snapshots); (vol == "" && n != 2) || (vol == "db" && n != 1) {
+			t.Fatalf("list %q: %d snapshots: %+v", vol, n, c.Snapshots)
+		}
+	}
+	c := list(t, st, "db")
+	if m, err := c.Find("db", ""); err != nil || m.ID != "aaaa1111" {
+		t.Fatalf("the good snapshot is the latest usable one: %v %v", m.ID, err)
+	}
+	if m, err := c.Find("db", "aaaa1111"); err != nil || m.ID != "aaaa1111" {
+		t.Fatalf("the good snapshot by its id: %v", err)
+	}
+	var p *Problem
+	if _, err := c.Find("db", "0bad0001"); !errors.As(err, &p) || p.Key != "db/20260103T000000Z-0bad0001.json" ||
+		!strings.Contains(p.Fix(), "volbak delete db@0bad0001") {
+		t.Fatalf("a damaged manifest by its id: %v", err)
+	}
+	if _, err := c.Find("db", "0bad0002"); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") {
+		t.Fatalf("a newer manifest: %v", err)
+	}
+	if _, err := c.Find("db", "0bad"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+		t.Fatalf("a prefix of several problems: %v", err)
+	}
+
+	// Delete takes exactly the key found, and the archive beside it: web's
+	// manifest, copied into db/, goes from db/ only.
+	if err := Delete(ctx, st, "db/20260102T030405Z-bbbb2222.json"); err != nil {
+		t.Fatal(err)
+	}
+	if w := list(t, st, "web"); len(w.Snapshots) != 1 {
+		t.Fatal("deleting a misplaced copy removed the original")
+	}
+	if _, err := st.Open(ctx, other.Archive); err != nil {
+		t.Fatalf("deleting a misplaced copy removed the original's archive: %v", err)
+	}
+	if err := Delete(ctx, st, good.ManifestKey+"x"); err == nil {
+		t.Fatal("Delete took a key not named like a manifest")
+	}
+	m, _ := c.Find("db", "aaaa1111")
+	if err := Delete(ctx, st, m.ManifestKey); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Open(ctx, good.Archive); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("the archive outlived its manifest: %v", err)
+	}
+	if _, err := st.Open(ctx, "db/notes.json"); err != nil {
+		t.Fatal("a key that is not volbak's was touched")
 	}
 }
+
+// A manifest that cannot be fetched (a network error, a permission) fails
+// the listing: only what was read and found wanting is a problem, never
+// something a retry could read.
+func TestUnreadableManifestIsAnError(t *testing.T) {
+	st := store(t)
+	snap(t, st, "db", "h", "aaaa1111", 0)
+	boom := errors.New("connection reset")
+	if _, err := List(context.Background(), failingOpen{st, boom}, ""); !errors.Is(err, boom) {
+		t.Fatalf("list: %v", err)
+	}
+}
+
+type failingOpen struct {
+	storage.Storage
+	err error
+}
+
+func (f failingOpen) Open(context.Context, string) (io.ReadCloser, error) { return nil, f.err }
 
 func TestParseRef(t *testing.T) {
 	for in, want := range map[string][2]string{"db": {"db", ""}, "db@ab12": {"db", "ab12"}, "db@": {"db", ""}} {

@@ -219,6 +219,10 @@ func listCmd(g *globals) *cobra.Command {
 		Long: `List the snapshots in STORAGE, oldest first: volume, snapshot id, time (UTC),
 stored size, uncompressed size and number of entries. Unfinished backups
 (archives without a manifest) are not listed. --json prints the manifests.
+A manifest that cannot be used (damaged, from a newer volbak, or saying
+another volume, time or id than its name) is not listed: a warning on
+stderr names it and how to remove it. Files that are not named like
+volbak's are ignored.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups
@@ -235,10 +239,18 @@ stored size, uncompressed size and number of entries. Unfinished backups
 				return err
 			}
 			defer st.Close()
-			ms, err := snapshot.List(c.Context(), st, volume)
+			cat, err := snapshot.List(c.Context(), st, volume)
 			if err != nil {
 				return err
 			}
+			// Warnings go to stderr, after the table: stdout stays a table,
+			// or pure JSON.
+			defer func() {
+				for _, p := range cat.Problems {
+					fmt.Fprintf(g.stderr, "volbak: warning: %v; %s\n", &p, p.Fix())
+				}
+			}()
+			ms := cat.Snapshots
 			if asJSON {
 				if ms == nil {
 					ms = []snapshot.Manifest{}
@@ -393,18 +405,54 @@ func (g *globals) openFrom(ctx context.Context, from string) (storage.Storage, e
 }
 
 // findIn opens the storage --from names and finds VOLUME[@ID] in it; the
-// caller closes the storage.
+// caller closes the storage. A manifest that cannot be used is an error
+// only when it is the one asked for.
 func (g *globals) findIn(ctx context.Context, from, vol, id string) (storage.Storage, snapshot.Manifest, error) {
-	st, err := g.openFrom(ctx, from)
+	st, cat, err := g.catalog(ctx, from, vol)
 	if err != nil {
 		return nil, snapshot.Manifest{}, err
 	}
-	m, err := snapshot.Find(ctx, st, vol, id)
+	m, err := cat.Find(vol, id)
 	if err != nil {
 		st.Close()
+		var p *snapshot.Problem
+		if errors.As(err, &p) {
+			err = fmt.Errorf("%w; %s", err, p.Fix())
+			if !errors.Is(p, snapshot.ErrNewerFormat) {
+				err = fmt.Errorf("%w: %w", restore.ErrCorrupt, err)
+			}
+		}
 		return nil, snapshot.Manifest{}, err
 	}
+	g.passedOver(cat, id, m)
 	return st, m, nil
+}
+
+// passedOver warns of the manifests newer than m that cannot be used, when
+// m was found as the latest: lest it be taken for the newest backup.
+func (g *globals) passedOver(cat snapshot.Catalog, id string, m snapshot.Manifest) {
+	if id != "" && id != "latest" {
+		return
+	}
+	for _, p := range cat.Problems {
+		if p.Volume == m.Volume && p.Created.After(m.Created) {
+			fmt.Fprintf(g.stderr, "volbak: warning: passed over for %s@%s, the latest usable: %v; %s\n", m.Volume, m.ID, &p, p.Fix())
+		}
+	}
+}
+
+// catalog opens the storage --from names and reads vol's manifests.
+func (g *globals) catalog(ctx context.Context, from, vol string) (storage.Storage, snapshot.Catalog, error) {
+	st, err := g.openFrom(ctx, from)
+	if err != nil {
+		return nil, snapshot.Catalog{}, err
+	}
+	cat, err := snapshot.List(ctx, st, vol)
+	if err != nil {
+		st.Close()
+		return nil, snapshot.Catalog{}, err
+	}
+	return st, cat, nil
 }
 
 func keyValues(flag string, kvs []string) (map[string]string, error) {
@@ -467,7 +515,9 @@ func deleteCmd(g *globals) *cobra.Command {
 		Long: `Delete the snapshot of VOLUME whose id starts with SNAPSHOT from STORAGE.
 The manifest goes first, then the archive: an interrupted delete leaves at
 worst an unlisted archive, never a listed snapshot without its archive.
-The id is required ('latest' names the newest): see volbak list.
+The id is required ('latest' names the newest): see volbak list. A manifest
+that list warns about is deleted the same way, by the id in its name, with
+the archive beside it if there is one.
 
 ` + storageHelp,
 		Example: `  volbak delete pgdata@3f9a1c2b --from /srv/backups
@@ -482,12 +532,25 @@ The id is required ('latest' names the newest): see volbak list.
 				return usageError{fmt.Errorf("delete needs VOLUME@SNAPSHOT (see volbak list --from STORAGE --volume %s)", vol)}
 			}
 			ctx := c.Context()
-			st, m, err := g.findIn(ctx, from, vol, id)
+			st, cat, err := g.catalog(ctx, from, vol)
 			if err != nil {
 				return err
 			}
 			defer st.Close()
-			if err := snapshot.Delete(ctx, st, m); err != nil {
+			m, err := cat.Find(vol, id)
+			var p *snapshot.Problem
+			if errors.As(err, &p) {
+				if err := snapshot.Delete(ctx, st, p.Key); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "deleted %s (%v) from %s\n", p.Key, p.Err, st)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			g.passedOver(cat, id, m)
+			if err := snapshot.Delete(ctx, st, m.ManifestKey); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "deleted %s@%s (%s) from %s\n", m.Volume, m.ID, m.Created.Format(time.RFC3339), st)

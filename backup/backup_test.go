@@ -134,7 +134,7 @@ func TestSeveralDestinations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := c.Find("vol", m.ID)
+		got, err := c.Find("vol", m.ID, "")
 		if err != nil || got.SHA256 != m.SHA256 {
 			t.Fatalf("%s: %v %+v", st, err, got)
 		}

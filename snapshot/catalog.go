@@ -34,6 +34,7 @@ type Problem struct {
 	Volume  string    // from the key's directory
 	ID      string    // from the key's name
 	Created time.Time // from the key's name
+	Host    string    // as the manifest says, if it could be read
 	Err     error
 }
 
@@ -78,7 +79,7 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		}
 		m, err := parse(o.Key, data)
 		if err != nil {
-			c.Problems = append(c.Problems, Problem{Key: o.Key, Volume: vol, ID: id, Created: created, Err: err})
+			c.Problems = append(c.Problems, Problem{Key: o.Key, Volume: vol, ID: id, Created: created, Host: m.Host, Err: err})
 			continue
 		}
 		c.Snapshots = append(c.Snapshots, m)
@@ -90,6 +91,9 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		}
 		if a.Volume != b.Volume {
 			return a.Volume < b.Volume
+		}
+		if a.Host != b.Host {
+			return a.Host < b.Host
 		}
 		return a.ID < b.ID
 	})
@@ -176,43 +180,74 @@ func parse(key string, data []byte) (Manifest, error) {
 }
 
 // Find picks one snapshot of volume: the one whose id starts with id, or
-// the latest if id is "" or "latest". A Problem the id names is returned as
-// the error, a *Problem.
-func (c Catalog) Find(volume, id string) (Manifest, error) {
+// the latest if id is "" or "latest". host, if set, leaves out snapshots
+// made on other hosts; without it, "the latest" of a volume backed up from
+// several hosts is ambiguous and refused. A Problem the id names is
+// returned as the error, a *Problem.
+func (c Catalog) Find(volume, id, host string) (Manifest, error) {
 	var ms []Manifest
+	hosts := map[string]bool{}
 	for _, m := range c.Snapshots {
-		if m.Volume == volume {
+		if m.Volume != volume {
+			continue
+		}
+		hosts[m.Host] = true
+		if host == "" || m.Host == host {
 			ms = append(ms, m)
 		}
 	}
+	on := ""
+	if host != "" {
+		on = fmt.Sprintf(" from host %q", host)
+	}
 	if id == "" || id == "latest" {
+		if host == "" && len(hosts) > 1 {
+			return Manifest{}, fmt.Errorf("volume %q has snapshots from %d hosts in %s (%s): choose one with --host NAME, or name a snapshot by its id",
+				volume, len(hosts), c.where, hostList(hosts))
+		}
 		if len(ms) == 0 {
-			return Manifest{}, fmt.Errorf("%w: no snapshots of volume %q in %s", ErrUnknown, volume, c.where)
+			return Manifest{}, fmt.Errorf("%w: no snapshots of volume %q%s in %s", ErrUnknown, volume, on, c.where)
 		}
 		return ms[len(ms)-1], nil
 	}
 	var hits []Manifest
+	hitHosts := map[string]bool{}
 	for _, m := range ms {
 		if strings.HasPrefix(m.ID, id) {
 			hits = append(hits, m)
+			hitHosts[m.Host] = true
 		}
 	}
 	var bad []*Problem
 	for i := range c.Problems {
 		p := &c.Problems[i]
-		if p.Volume == volume && strings.HasPrefix(p.ID, id) {
+		if p.Volume == volume && strings.HasPrefix(p.ID, id) && (host == "" || p.Host == "" || p.Host == host) {
 			bad = append(bad, p)
 		}
 	}
 	switch n := len(hits) + len(bad); {
 	case n == 0:
-		return Manifest{}, fmt.Errorf("%w: %s@%s not in %s (see volbak list --from %s --volume %s)", ErrUnknown, volume, id, c.where, c.where, volume)
+		return Manifest{}, fmt.Errorf("%w: %s@%s%s not in %s (see volbak list --from %s --volume %s)", ErrUnknown, volume, id, on, c.where, c.where, volume)
+	case n > 1 && len(hitHosts) > 1:
+		return Manifest{}, fmt.Errorf("snapshot id %q is ambiguous for volume %q: give more of it, or --host NAME (%s)", id, volume, hostList(hitHosts))
 	case n > 1:
 		return Manifest{}, fmt.Errorf("snapshot id %q is ambiguous for volume %q: give more of it", id, volume)
 	case len(bad) == 1:
 		return Manifest{}, bad[0]
 	}
 	return hits[0], nil
+}
+
+func hostList(hosts map[string]bool) string {
+	var names []string
+	for h := range hosts {
+		if h == "" {
+			h = `""`
+		}
+		names = append(names, h)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
 }
 
 // Delete removes the manifest at key, exactly the one List found (a

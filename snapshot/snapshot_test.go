@@ -84,7 +84,7 @@ func TestFindAndList(t *testing.T) {
 		{"dddd", "", ErrUnknown},
 		{"bbbb", "", ErrUnknown}, // web's, not db's
 	} {
-		m, err := db.Find("db", c.id)
+		m, err := db.Find("db", c.id, "")
 		if c.err != nil {
 			if !errors.Is(err, c.err) {
 				t.Errorf("find %q: %v, want %v", c.id, err, c.err)
@@ -95,10 +95,10 @@ func TestFindAndList(t *testing.T) {
 			t.Errorf("find %q: %s %v, want %s", c.id, m.ID, err, c.want)
 		}
 	}
-	if _, err := db.Find("db", "aaaa"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+	if _, err := db.Find("db", "aaaa", ""); err == nil || !strings.Contains(err.Error(), "ambiguous") {
 		t.Errorf("ambiguous prefix: %v", err)
 	}
-	if _, err := db.Find("nothing", ""); !errors.Is(err, ErrUnknown) {
+	if _, err := db.Find("nothing", "", ""); !errors.Is(err, ErrUnknown) {
 		t.Errorf("unknown volume: %v", err)
 	}
 }
@@ -152,21 +152,21 @@ func TestProblems(t *testing.T) {
 		}
 	}
 	c := list(t, st, "db")
-	if m, err := c.Find("db", ""); err != nil || m.ID != "aaaa1111" {
+	if m, err := c.Find("db", "", ""); err != nil || m.ID != "aaaa1111" {
 		t.Fatalf("the good snapshot is the latest usable one: %v %v", m.ID, err)
 	}
-	if m, err := c.Find("db", "aaaa1111"); err != nil || m.ID != "aaaa1111" {
+	if m, err := c.Find("db", "aaaa1111", ""); err != nil || m.ID != "aaaa1111" {
 		t.Fatalf("the good snapshot by its id: %v", err)
 	}
 	var p *Problem
-	if _, err := c.Find("db", "0bad0001"); !errors.As(err, &p) || p.Key != "db/20260103T000000Z-0bad0001.json" ||
+	if _, err := c.Find("db", "0bad0001", ""); !errors.As(err, &p) || p.Key != "db/20260103T000000Z-0bad0001.json" ||
 		!strings.Contains(p.Fix(), "volbak delete db@0bad0001") {
 		t.Fatalf("a damaged manifest by its id: %v", err)
 	}
-	if _, err := c.Find("db", "0bad0002"); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") {
+	if _, err := c.Find("db", "0bad0002", ""); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") {
 		t.Fatalf("a newer manifest: %v", err)
 	}
-	if _, err := c.Find("db", "0bad"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+	if _, err := c.Find("db", "0bad", ""); err == nil || !strings.Contains(err.Error(), "ambiguous") {
 		t.Fatalf("a prefix of several problems: %v", err)
 	}
 
@@ -184,7 +184,7 @@ func TestProblems(t *testing.T) {
 	if err := Delete(ctx, st, good.ManifestKey+"x"); err == nil {
 		t.Fatal("Delete took a key not named like a manifest")
 	}
-	m, _ := c.Find("db", "aaaa1111")
+	m, _ := c.Find("db", "aaaa1111", "")
 	if err := Delete(ctx, st, m.ManifestKey); err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +214,45 @@ type failingOpen struct {
 }
 
 func (f failingOpen) Open(context.Context, string) (io.ReadCloser, error) { return nil, f.err }
+
+// One volume backed up from two hosts into one storage: "the latest" is
+// ambiguous without a host, and an id is not.
+func TestHosts(t *testing.T) {
+	st := store(t)
+	snap(t, st, "db", "alpha", "aaaa0001", 0)
+	snap(t, st, "db", "beta", "bbbb0001", 1)
+	snap(t, st, "db", "alpha", "aaaa0002", 2)
+	snap(t, st, "db", "beta", "abab0003", 3)
+	snap(t, st, "solo", "alpha", "cccc0001", 0)
+	c := list(t, st, "")
+	if _, err := c.Find("db", "", ""); err == nil || !strings.Contains(err.Error(), "--host") || !strings.Contains(err.Error(), "alpha, beta") {
+		t.Fatalf("latest of a volume from two hosts: %v", err)
+	}
+	if _, err := c.Find("db", "latest", ""); err == nil || !strings.Contains(err.Error(), "--host") {
+		t.Fatalf("@latest of a volume from two hosts: %v", err)
+	}
+	for _, k := range []struct{ id, host, want string }{
+		{"", "alpha", "aaaa0002"},
+		{"latest", "beta", "abab0003"},
+		{"bbbb", "", "bbbb0001"},     // an id needs no host
+		{"aaaa0001", "", "aaaa0001"}, // nor a full one
+		{"a", "beta", "abab0003"},    // the host leaves one
+		{"", "", ""},                 // ambiguous
+		{"", "gamma", ""},            // no such host
+		{"bbbb", "alpha", ""},        // beta's
+	} {
+		m, err := c.Find("db", k.id, k.host)
+		if (err == nil) != (k.want != "") || m.ID != k.want {
+			t.Errorf("find %q on %q: %q %v, want %q", k.id, k.host, m.ID, err, k.want)
+		}
+	}
+	if _, err := c.Find("db", "a", ""); err == nil || !strings.Contains(err.Error(), "--host") {
+		t.Fatalf("an id prefix shared by two hosts: %v", err)
+	}
+	if m, err := c.Find("solo", "", ""); err != nil || m.ID != "cccc0001" {
+		t.Fatalf("a volume from one host needs no --host: %v", err)
+	}
+}
 
 func TestParseRef(t *testing.T) {
 	for in, want := range map[string][2]string{"db": {"db", ""}, "db@ab12": {"db", "ab12"}, "db@": {"db", ""}} {

@@ -5,10 +5,12 @@ package main
 // found.
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/volbak/volbak/snapshot"
 )
@@ -119,4 +121,57 @@ func TestDamagedManifests(t *testing.T) {
 		t.Fatalf("warnings left after the deletes: %s", r)
 	}
 	mustOK(t, volbak(t, "verify", vol, "--from", store))
+}
+
+// One volume name backed up from two hosts into one store: list shows
+// which host made what; the latest is refused without --host, naming the
+// hosts; --host picks, and so does an id alone.
+func TestSnapshotsFromTwoHosts(t *testing.T) {
+	vol, src := newVolume(t, nil, edgeAndData(1<<20))
+	store := t.TempDir()
+	here := backupOne(t, vol, store)
+	// The other host's backup, a second later: a copy under its own id.
+	there := here
+	there.ID, there.Host, there.Created = "feed0001", "otherhost", here.Created.Add(time.Second)
+	there.Archive = strings.TrimSuffix(there.Key(), ".json") + ".tar.zst"
+	archive, err := os.ReadFile(filepath.Join(store, filepath.FromSlash(here.Archive)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, store, there.Archive, string(archive))
+	manifest, _ := json.Marshal(there)
+	put(t, store, there.Key(), string(manifest))
+
+	r := mustOK(t, volbak(t, "list", "--from", store))
+	says(t, r, "HOST", here.Host, "otherhost")
+
+	target := randName("target")
+	for _, args := range [][]string{
+		{"restore", vol, "--from", store, "--to-volume", target},
+		{"verify", vol, "--from", store},
+		{"delete", vol + "@latest", "--from", store},
+	} {
+		mustFail(t, volbak(t, args...), 1, "--host")
+		says(t, volbak(t, args...), here.Host, "otherhost")
+	}
+	if volumeExists(target) {
+		removeVolume(target)
+		t.Fatal("a refused restore created its target")
+	}
+
+	says(t, mustOK(t, volbak(t, "verify", vol, "--from", store, "--host", "otherhost")), vol+"@feed0001 ok")
+	dst := randName("restored")
+	defer removeVolume(dst)
+	says(t, mustOK(t, volbak(t, "restore", vol, "--from", store, "--host", here.Host, "--to-volume", dst)), vol+"@"+here.ID)
+	sameTree(t, src, mountpoint(t, dst))
+	dir := filepath.Join(t.TempDir(), "d")
+	says(t, mustOK(t, volbak(t, "restore", vol+"@feed", "--from", store, "--to-dir", dir)), vol+"@feed0001")
+	sameTree(t, src, dir)
+	mustFail(t, volbak(t, "verify", vol+"@feed0001", "--from", store, "--host", here.Host), 1, "not in")
+
+	says(t, mustOK(t, volbak(t, "delete", vol+"@latest", "--from", store, "--host", "otherhost")), vol+"@feed0001")
+	if exists(store, there.Archive) || !exists(store, here.Archive) {
+		t.Fatal("delete --host otherhost did not remove exactly the other host's snapshot")
+	}
+	says(t, mustOK(t, volbak(t, "verify", vol, "--from", store)), vol+"@"+here.ID+" ok") // one host left: no --host needed
 }

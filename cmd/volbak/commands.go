@@ -216,8 +216,9 @@ func listCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "list --from STORAGE",
 		Short: "List snapshots",
-		Long: `List the snapshots in STORAGE, oldest first: volume, snapshot id, time (UTC),
-stored size, uncompressed size and number of entries. Unfinished backups
+		Long: `List the snapshots in STORAGE, oldest first: volume, snapshot id, the host
+that made it (the Docker daemon's name), time (UTC), stored size,
+uncompressed size and number of entries. Unfinished backups
 (archives without a manifest) are not listed. --json prints the manifests.
 A manifest that cannot be used (damaged, from a newer volbak, or saying
 another volume, time or id than its name) is not listed: a warning on
@@ -260,9 +261,13 @@ volbak's are ignored.
 				return enc.Encode(ms)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tTIME\tSIZE\tUNCOMPRESSED\tFILES")
+			fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tHOST\tTIME\tSIZE\tUNCOMPRESSED\tFILES")
 			for _, m := range ms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", m.Volume, m.ID, m.Created.Format(time.RFC3339),
+				host := m.Host
+				if host == "" {
+					host = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", m.Volume, m.ID, host, m.Created.Format(time.RFC3339),
 					progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files)
 			}
 			return tw.Flush()
@@ -275,7 +280,7 @@ volbak's are ignored.
 }
 
 func restoreCmd(g *globals) *cobra.Command {
-	var from, toVolume, toDir, driver string
+	var from, host, toVolume, toDir, driver string
 	var o restore.Options
 	var inPlace bool
 	var labels, driverOpts []string
@@ -310,6 +315,9 @@ again, whatever happens. The restored data is synced to disk before it is
 switched in (--no-sync skips that for an empty or new target: a power cut
 soon after may then lose what was restored; a replacing restore always
 syncs, since its switch removes the old contents).
+
+When several hosts back the same volume name up into STORAGE, the latest
+needs --host NAME (an id alone is enough).
 
 ` + storageHelp,
 		Example: `  volbak restore pgdata --from /srv/backups --to-volume pgdata-restored
@@ -351,7 +359,7 @@ syncs, since its switch removes the old contents).
 				return usageError{errors.New("--driver-opt goes with --driver")}
 			}
 			ctx := c.Context()
-			st, m, err := g.findIn(ctx, from, vol, id)
+			st, m, err := g.findIn(ctx, from, vol, id, host)
 			if err != nil {
 				return err
 			}
@@ -383,6 +391,7 @@ syncs, since its switch removes the old contents).
 	}
 	f := c.Flags()
 	f.StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
+	f.StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
 	f.StringVar(&toVolume, "to-volume", "", "volume to restore into (created if missing)")
 	f.BoolVar(&inPlace, "in-place", false, "restore into the volume the snapshot came from, replacing its contents atomically (as --to-volume VOLUME --force)")
 	f.StringVar(&toDir, "to-dir", "", "host directory to restore into instead")
@@ -407,12 +416,12 @@ func (g *globals) openFrom(ctx context.Context, from string) (storage.Storage, e
 // findIn opens the storage --from names and finds VOLUME[@ID] in it; the
 // caller closes the storage. A manifest that cannot be used is an error
 // only when it is the one asked for.
-func (g *globals) findIn(ctx context.Context, from, vol, id string) (storage.Storage, snapshot.Manifest, error) {
+func (g *globals) findIn(ctx context.Context, from, vol, id, host string) (storage.Storage, snapshot.Manifest, error) {
 	st, cat, err := g.catalog(ctx, from, vol)
 	if err != nil {
 		return nil, snapshot.Manifest{}, err
 	}
-	m, err := cat.Find(vol, id)
+	m, err := cat.Find(vol, id, host)
 	if err != nil {
 		st.Close()
 		var p *snapshot.Problem
@@ -424,18 +433,18 @@ func (g *globals) findIn(ctx context.Context, from, vol, id string) (storage.Sto
 		}
 		return nil, snapshot.Manifest{}, err
 	}
-	g.passedOver(cat, id, m)
+	g.passedOver(cat, id, host, m)
 	return st, m, nil
 }
 
 // passedOver warns of the manifests newer than m that cannot be used, when
 // m was found as the latest: lest it be taken for the newest backup.
-func (g *globals) passedOver(cat snapshot.Catalog, id string, m snapshot.Manifest) {
+func (g *globals) passedOver(cat snapshot.Catalog, id, host string, m snapshot.Manifest) {
 	if id != "" && id != "latest" {
 		return
 	}
 	for _, p := range cat.Problems {
-		if p.Volume == m.Volume && p.Created.After(m.Created) {
+		if p.Volume == m.Volume && p.Created.After(m.Created) && (host == "" || p.Host == "" || p.Host == host) {
 			fmt.Fprintf(g.stderr, "volbak: warning: passed over for %s@%s, the latest usable: %v; %s\n", m.Volume, m.ID, &p, p.Fix())
 		}
 	}
@@ -471,14 +480,15 @@ func keyValues(flag string, kvs []string) (map[string]string, error) {
 }
 
 func verifyCmd(g *globals) *cobra.Command {
-	var from string
+	var from, host string
 	c := &cobra.Command{
 		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE",
 		Short: "Read a snapshot end to end and check it",
 		Long: `Read a snapshot (the latest of VOLUME, or the one whose id starts with
 SNAPSHOT) end to end without restoring it: its stored size and sha256, every
 zstd checksum, the tar structure, and the entry count and size in its manifest.
-Exit 0 only if all hold; 3 if the snapshot is corrupt.
+Exit 0 only if all hold; 3 if the snapshot is corrupt. With snapshots of the
+volume from several hosts, the latest needs --host NAME.
 
 ` + storageHelp,
 		Example: `  volbak verify pgdata --from /srv/backups
@@ -490,7 +500,7 @@ Exit 0 only if all hold; 3 if the snapshot is corrupt.
 				return err
 			}
 			ctx := c.Context()
-			st, m, err := g.findIn(ctx, from, vol, id)
+			st, m, err := g.findIn(ctx, from, vol, id, host)
 			if err != nil {
 				return err
 			}
@@ -504,11 +514,12 @@ Exit 0 only if all hold; 3 if the snapshot is corrupt.
 		},
 	}
 	c.Flags().StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
+	c.Flags().StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
 	return c
 }
 
 func deleteCmd(g *globals) *cobra.Command {
-	var from string
+	var from, host string
 	c := &cobra.Command{
 		Use:   "delete VOLUME@SNAPSHOT --from STORAGE",
 		Short: "Delete one snapshot",
@@ -517,7 +528,8 @@ The manifest goes first, then the archive: an interrupted delete leaves at
 worst an unlisted archive, never a listed snapshot without its archive.
 The id is required ('latest' names the newest): see volbak list. A manifest
 that list warns about is deleted the same way, by the id in its name, with
-the archive beside it if there is one.
+the archive beside it if there is one. With snapshots of the volume from
+several hosts, 'latest' needs --host NAME.
 
 ` + storageHelp,
 		Example: `  volbak delete pgdata@3f9a1c2b --from /srv/backups
@@ -537,7 +549,7 @@ the archive beside it if there is one.
 				return err
 			}
 			defer st.Close()
-			m, err := cat.Find(vol, id)
+			m, err := cat.Find(vol, id, host)
 			var p *snapshot.Problem
 			if errors.As(err, &p) {
 				if err := snapshot.Delete(ctx, st, p.Key); err != nil {
@@ -549,7 +561,7 @@ the archive beside it if there is one.
 			if err != nil {
 				return err
 			}
-			g.passedOver(cat, id, m)
+			g.passedOver(cat, id, host, m)
 			if err := snapshot.Delete(ctx, st, m.ManifestKey); err != nil {
 				return err
 			}
@@ -558,6 +570,7 @@ the archive beside it if there is one.
 		},
 	}
 	c.Flags().StringVar(&from, "from", "", "storage to delete from: directory, s3:// or sftp:// URL")
+	c.Flags().StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
 	return c
 }
 

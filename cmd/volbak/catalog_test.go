@@ -5,13 +5,20 @@ package main
 // found.
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/client"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/internal/voltest"
 	"github.com/volbak/volbak/snapshot"
 )
 
@@ -174,4 +181,108 @@ func TestSnapshotsFromTwoHosts(t *testing.T) {
 		t.Fatal("delete --host otherhost did not remove exactly the other host's snapshot")
 	}
 	says(t, mustOK(t, volbak(t, "verify", vol, "--from", store)), vol+"@"+here.ID+" ok") // one host left: no --host needed
+}
+
+// tempFiles lists the unfinished uploads in a local store.
+func tempFiles(store string) []string {
+	var out []string
+	filepath.Walk(store, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.HasPrefix(info.Name(), ".volbak-tmp-") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
+}
+
+// removeHelpersOf removes the helpers serving vol: a volbak killed outright
+// cannot stop its own.
+func removeHelpersOf(t *testing.T, vol string) {
+	t.Helper()
+	ctx := context.Background()
+	res, err := dc.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("label", engine.LabelVolume+"="+vol)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range res.Items {
+		dc.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+	}
+}
+
+// A backup killed outright leaves its partial archive; list counts it and
+// leaves it; the next backup removes it, while the temp file of a backup
+// still running in another process stays, and that backup succeeds.
+func TestKilledBackupLeftovers(t *testing.T) {
+	big, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 384<<20, 5) })
+	small, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 1<<20, 6) })
+	store := t.TempDir()
+
+	killed := exec.Command(bin, "backup", big, "--to", store)
+	if err := killed.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the backup to be mid-stream", func() bool { return uploading(store) })
+	killed.Process.Kill()
+	killed.Wait()
+	removeHelpersOf(t, big)
+	left := tempFiles(store)
+	if len(left) != 1 {
+		t.Fatalf("after SIGKILL: temp files %v, want the one partial archive", left)
+	}
+	r := mustOK(t, volbak(t, "list", "--from", store))
+	says(t, r, "1 partial archive", "next backup")
+	r = mustOK(t, volbak(t, "list", "--from", store, "--json"))
+	if len(decodeList(t, r)) != 0 || !strings.Contains(r.stderr, "1 partial archive") {
+		t.Fatalf("list --json: %s", r)
+	}
+	if len(tempFiles(store)) != 1 {
+		t.Fatal("list removed a partial archive")
+	}
+
+	// The next backup removes it first thing; stopped mid-stream, it holds
+	// its own temp file as a live backup.
+	var runningErr bytes.Buffer
+	running := exec.Command(bin, "backup", big, "--to", store)
+	running.Stderr = &runningErr
+	if err := running.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer running.Process.Kill()
+	waitFor(t, "the next backup to be mid-stream", func() bool {
+		_, err := os.Stat(left[0])
+		return err != nil && uploading(store)
+	})
+	running.Process.Signal(syscall.SIGSTOP)
+	live := tempFiles(store)
+	if len(live) != 1 {
+		t.Fatalf("temp files of the stopped backup: %v", live)
+	}
+	// One more leftover, as a killed backup leaves it: nobody holds it.
+	dead := filepath.Join(store, big, ".volbak-tmp-0123456789")
+	os.WriteFile(dead, make([]byte, 4096), 0o600)
+	r = mustOK(t, volbak(t, "list", "--from", store))
+	says(t, r, "1 partial archive (4.0 KiB)")
+
+	r = mustOK(t, volbak(t, "backup", small, "--to", store))
+	says(t, r, "removed 1 partial archive (4.0 KiB)")
+	if _, err := os.Stat(dead); err == nil {
+		t.Fatal("the leftover is still there")
+	}
+	if _, err := os.Stat(live[0]); err != nil {
+		t.Fatalf("the running backup's temp file was removed: %v", err)
+	}
+
+	running.Process.Signal(syscall.SIGCONT)
+	if err := running.Wait(); err != nil {
+		t.Fatalf("the backup that ran beside the sweep: %v\n%s", err, runningErr.String())
+	}
+	if !strings.Contains(runningErr.String(), "removed 1 partial archive") {
+		t.Fatalf("the next backup does not say it removed the leftover: %s", runningErr.String())
+	}
+	noHelpersLeft(t)
+	noTempFiles(t, store)
+	if len(list(t, store, big)) != 1 || len(list(t, store, small)) != 1 {
+		t.Fatal("the backups are not both listed")
+	}
+	mustOK(t, volbak(t, "verify", big, "--from", store))
 }

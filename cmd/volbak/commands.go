@@ -161,6 +161,9 @@ less CPU), default, better, best (much slower).
 			for _, err := range openErrs {
 				fmt.Fprintf(g.stderr, "volbak: %v\n", err)
 			}
+			for _, st := range sts {
+				g.sweep(ctx, st)
+			}
 			limitMemory(sts)
 			eng, err := g.engine(ctx)
 			if err != nil {
@@ -223,7 +226,9 @@ uncompressed size and number of entries. Unfinished backups
 A manifest that cannot be used (damaged, from a newer volbak, or saying
 another volume, time or id than its name) is not listed: a warning on
 stderr names it and how to remove it. Files that are not named like
-volbak's are ignored.
+volbak's are ignored. Partial archives left by backups that were killed
+(SIGKILL, the OOM killer) are counted in a warning; list removes nothing,
+the next backup to STORAGE does.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups
@@ -250,6 +255,7 @@ volbak's are ignored.
 				for _, p := range cat.Problems {
 					fmt.Fprintf(g.stderr, "volbak: warning: %v; %s\n", &p, p.Fix())
 				}
+				g.reportStale(c.Context(), st, volume)
 			}()
 			ms := cat.Snapshots
 			if asJSON {
@@ -572,6 +578,58 @@ several hosts, 'latest' needs --host NAME.
 	c.Flags().StringVar(&from, "from", "", "storage to delete from: directory, s3:// or sftp:// URL")
 	c.Flags().StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
 	return c
+}
+
+// sweep removes the partial archives that backups killed outright left in
+// st (see storage.Sweeper). Failing to is a warning: the backup about to
+// run matters more.
+func (g *globals) sweep(ctx context.Context, st storage.Storage) {
+	sw, ok := st.(storage.Sweeper)
+	if !ok {
+		return
+	}
+	gone, err := sw.RemoveStale(ctx, "")
+	if n, size := total(gone); n > 0 {
+		fmt.Fprintf(g.stderr, "volbak: removed %s (%s) that killed backups left in %s\n", partials(n), progress.Bytes(size), st)
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "volbak: warning: %v\n", err)
+	}
+}
+
+// reportStale warns of partial archives of volume (of every volume if
+// empty) in st.
+func (g *globals) reportStale(ctx context.Context, st storage.Storage, volume string) {
+	sw, ok := st.(storage.Sweeper)
+	if !ok {
+		return
+	}
+	prefix := ""
+	if volume != "" {
+		prefix = volume + "/"
+	}
+	stale, err := sw.Stale(ctx, prefix)
+	if n, size := total(stale); n > 0 {
+		fmt.Fprintf(g.stderr, "volbak: warning: %s (%s) in %s left by backups that were killed; the next backup there removes them\n",
+			partials(n), progress.Bytes(size), st)
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "volbak: warning: %v\n", err)
+	}
+}
+
+func partials(n int) string {
+	if n == 1 {
+		return "1 partial archive"
+	}
+	return fmt.Sprintf("%d partial archives", n)
+}
+
+func total(objs []storage.Object) (n int, size int64) {
+	for _, o := range objs {
+		size += o.Size
+	}
+	return len(objs), size
 }
 
 // limitMemory tells the garbage collector about long-lived upload buffers

@@ -33,7 +33,9 @@ type Storage interface {
 	List(ctx context.Context, prefix string) ([]Object, error)
 	// Delete removes key; a missing key gives ErrNotExist.
 	Delete(ctx context.Context, key string) error
-	// String names the storage for people, with any secret masked.
+	// String names the storage for people, with any secret masked, and
+	// canonically: two Storages with the same String are one storage
+	// (backup writes it once).
 	String() string
 	// Close releases connections; the storage is not used after it.
 	Close() error

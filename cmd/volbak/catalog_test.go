@@ -286,3 +286,35 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	}
 	mustOK(t, volbak(t, "verify", big, "--from", store))
 }
+
+// One storage named several ways is written once, and volbak says so.
+func TestSameDestinationTwice(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(1<<20))
+	store := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(store, link); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOK(t, volbak(t, "backup", vol, "--to", store, "--to", store+"/", "--to", "file://"+store, "--to", link))
+	if n := strings.Count(r.stdout, vol+"@"); n != 1 {
+		t.Fatalf("%d snapshots reported, want 1: %s", n, r)
+	}
+	if n := strings.Count(r.stderr, "same storage"); n != 3 {
+		t.Fatalf("%d duplicates reported, want 3: %s", n, r)
+	}
+	if n := len(list(t, store, vol)); n != 1 {
+		t.Fatalf("%d snapshots in the store, want 1", n)
+	}
+
+	s3r, sftpr := s3Remote(t), sftpRemote(t)
+	both := remote{kind: "both", env: s3r.env, flags: sftpr.flags}
+	r = mustOK(t, both.run(t, "backup", vol, "--to", s3r.url, "--to", s3r.url+"/", "--to", sftpr.url, "--to", sftpr.url+"/"))
+	if strings.Count(r.stdout, vol+"@") != 2 || strings.Count(r.stderr, "same storage") != 2 {
+		t.Fatalf("want one snapshot in each remote and two duplicates reported: %s", r)
+	}
+	for _, u := range []string{s3r.url, sftpr.url} {
+		if ms := decodeList(t, mustOK(t, both.run(t, "list", "--from", u, "--json"))); len(ms) != 1 {
+			t.Fatalf("%s holds %d snapshots, want 1", u, len(ms))
+		}
+	}
+}

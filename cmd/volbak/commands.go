@@ -105,7 +105,9 @@ func backupCmd(g *globals) *cobra.Command {
 is created. With several --to, each volume is read once and the one stream
 goes to every destination; a destination that fails does not stop the others,
 each is reported, and volbak exits 1 if any failed. A slow destination slows
-the backup rather than filling memory. Each volume is read by its own helper container, with the volume
+the backup rather than filling memory. Two --to that name the same storage
+(the same directory once symlinks are resolved, the same URL) are written
+once, and volbak says so. Each volume is read by its own helper container, with the volume
 mounted read-only, no network and only the capability to read every file.
 The volume is not stopped: stop what writes to it first for a consistent
 snapshot. A file that changes while read is archived consistently (cut at the
@@ -143,6 +145,7 @@ less CPU), default, better, best (much slower).
 			// an offsite outage must not cost the local backup.
 			var sts []storage.Storage
 			var openErrs []error
+			named := map[string]string{} // storage → the first --to that named it
 			for _, d := range to {
 				st, err := g.open(ctx, d, true)
 				if err != nil {
@@ -152,6 +155,15 @@ less CPU), default, better, best (much slower).
 					openErrs = append(openErrs, fmt.Errorf("%s: %w", dest.Redact(d), err))
 					continue
 				}
+				// Two names of one storage (X and X/, a path and its
+				// file:// URL, a symlink) would hold the snapshot twice
+				// over and count it as two copies.
+				if first, dup := named[st.String()]; dup {
+					fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(first), st)
+					st.Close()
+					continue
+				}
+				named[st.String()] = d
 				defer st.Close()
 				sts = append(sts, st)
 			}
@@ -203,7 +215,7 @@ less CPU), default, better, best (much slower).
 			case len(failed) > 0:
 				return fmt.Errorf("%d of %d volumes failed: %s", len(failed), len(vols), strings.Join(failed, ", "))
 			case len(openErrs) > 0:
-				return fmt.Errorf("%d of %d destinations could not be opened; the others hold the backup", len(openErrs), len(to))
+				return fmt.Errorf("%d of %d destinations could not be opened; the others hold the backup", len(openErrs), len(openErrs)+len(sts))
 			}
 			return nil
 		},

@@ -318,3 +318,57 @@ func TestSameDestinationTwice(t *testing.T) {
 		}
 	}
 }
+
+// A storage reached through symlinks: a symlinked root, and a volume
+// directory that is a symlink to another disk (with a link looping back),
+// list, restore, verify and delete what was backed up through them.
+func TestSymlinkedStorage(t *testing.T) {
+	vol, src := newVolume(t, nil, edgeAndData(1<<20))
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	backupOne(t, vol, link)
+	if len(list(t, real, "")) != 1 || len(list(t, link, "")) != 1 {
+		t.Fatal("a backup through a symlinked root is not listed under both names")
+	}
+	mustOK(t, volbak(t, "verify", vol, "--from", link))
+
+	store, elsewhere := t.TempDir(), t.TempDir()
+	if err := os.Symlink(elsewhere, filepath.Join(store, vol)); err != nil {
+		t.Fatal(err)
+	}
+	os.Symlink(store, filepath.Join(elsewhere, "loop"))
+	m := backupOne(t, vol, store)
+	if !exists(elsewhere, filepath.Base(m.Archive)) {
+		t.Fatal("the archive did not go through the volume directory's link")
+	}
+	if ms := list(t, store, ""); len(ms) != 1 || ms[0].ID != m.ID {
+		t.Fatalf("list of the whole store: %+v", ms)
+	}
+	dst := randName("restored")
+	defer removeVolume(dst)
+	mustOK(t, volbak(t, "restore", vol, "--from", store, "--to-volume", dst))
+	sameTree(t, src, mountpoint(t, dst))
+	mustOK(t, volbak(t, "delete", vol+"@"+m.ID, "--from", store))
+	if exists(elsewhere, filepath.Base(m.Archive)) || !exists(store, vol) {
+		t.Fatal("delete did not remove the snapshot through the link, or removed the link")
+	}
+}
+
+// A failed backup leaves no empty volume directory behind, and never
+// removes one that was there before.
+func TestFailedBackupLeavesNoDirectory(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 16<<20, 3) })
+	small := mountTmpfs(t, "size=4m")
+	mustFail(t, volbak(t, "backup", vol, "--to", small), 1, "is full")
+	if names, _ := os.ReadDir(small); len(names) != 0 {
+		t.Fatalf("a failed backup left %v", names)
+	}
+	os.Mkdir(filepath.Join(small, vol), 0o700)
+	mustFail(t, volbak(t, "backup", vol, "--to", small), 1, "is full")
+	if !exists(small, vol) {
+		t.Fatal("a failed backup removed a volume directory it did not make")
+	}
+}

@@ -97,17 +97,15 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		return err
 	}
 	dir := filepath.Dir(full)
-	t, err := d.createTemp(dir)
+	f, made, err := d.createTemp(dir)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	f := t.f
-	defer t.unlock()
 	defer func() {
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
-			d.removeMade(t.made)
+			d.removeMade(made)
 		}
 	}()
 	buf := make([]byte, 1<<20)
@@ -117,16 +115,19 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	if err := f.Sync(); err != nil {
 		return fmt.Errorf("put %s: sync: %w", key, err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
 	if err := ctx.Err(); err != nil { // a late interrupt: do not commit
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	// Renamed while open: the file holds its lock until its temp name is
+	// gone. After the fsync, closing has nothing left to write.
 	if err := os.Rename(f.Name(), full); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	if err := syncDir(dir); err != nil {
+	err = syncDir(dir)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		// Not known to be durable: not there at all, as promised.
 		os.Remove(full)
 		return fmt.Errorf("put %s: %w", key, err)

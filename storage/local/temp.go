@@ -15,11 +15,14 @@ import (
 )
 
 // A Put holds an flock on its temp file from creation until after the
-// rename. The kernel drops the lock when the process ends, however it ends
-// (SIGKILL, the OOM killer), so a temp file that someone else can lock has
-// no Put left to finish it: it is a killed backup's, and RemoveStale may
-// take it. No clock or process id is trusted; a backup that runs for days,
-// or in another container sharing the directory, keeps its lock.
+// rename: the file is closed only once renamed, so no moment leaves a temp
+// file unlocked (on NFS, where flock is a POSIX lock, closing any
+// descriptor of the file would drop it). The kernel drops the lock when
+// the process ends, however it ends (SIGKILL, the OOM killer), so a temp
+// file that someone else can lock has no Put left to finish it: it is a
+// killed backup's, and RemoveStale may take it. No clock or process id is
+// trusted; a backup that runs for days, or in another container sharing
+// the directory, keeps its lock.
 //
 // The one gap, between creating the file and locking it, is closed by the
 // writer: a sweeper removes a file only while holding its lock, so once
@@ -31,27 +34,19 @@ import (
 // a volbak into the same directory at the same time could lose its temp
 // file to a sweep, and fail (never commit a partial archive).
 
-// tempFile is a Put's temp file, its lock, and the directories made for it.
-type tempFile struct {
-	f    *os.File // written, then closed before the rename
-	lock *os.File // a second open file holding the flock: closing f must not drop it
-	made []string // directories made for it, deepest first
-}
-
-func (t *tempFile) unlock() { t.lock.Close() }
-
 // attempts bounds the retries against sweepers and failed Puts removing what
 // this Put was about to use; each needs another process to act within
 // microseconds, so more than one retry is already rare.
 const attempts = 10
 
-// createTemp makes dir if missing and a locked temp file in it.
-func (d *Dir) createTemp(dir string) (*tempFile, error) {
+// createTemp makes dir if missing and a locked temp file in it; made are
+// the directories it made, deepest first.
+func (d *Dir) createTemp(dir string) (f *os.File, made []string, err error) {
 	var lastErr error
 	for range attempts {
 		made, err := d.mkdirAll(dir)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		f, err := os.CreateTemp(dir, tempPrefix+"*")
 		if err != nil {
@@ -62,10 +57,9 @@ func (d *Dir) createTemp(dir string) (*tempFile, error) {
 				lastErr = err
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
-		lock, err := lockedAsCreated(f)
-		if err != nil {
+		if err := lockAsCreated(f); err != nil {
 			f.Close()
 			os.Remove(f.Name())
 			d.removeMade(made)
@@ -73,34 +67,24 @@ func (d *Dir) createTemp(dir string) (*tempFile, error) {
 				lastErr = err
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
-		return &tempFile{f: f, lock: lock, made: made}, nil
+		return f, made, nil
 	}
-	return nil, fmt.Errorf("create a temp file in %s: still removed by other processes after %d attempts: %w", dir, attempts, lastErr)
+	return nil, nil, fmt.Errorf("create a temp file in %s: still removed by other processes after %d attempts: %w", dir, attempts, lastErr)
 }
 
 var errSwept = errors.New("temp file swept before it was locked")
 
-// lockedAsCreated locks the file f was created as, and checks that its
-// path still names it.
-func lockedAsCreated(f *os.File) (*os.File, error) {
-	lock, err := os.Open(f.Name())
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, errSwept
-		}
-		return nil, err
+// lockAsCreated locks f, and checks that its path still names it.
+func lockAsCreated(f *os.File) error {
+	if err := flock(f, unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", f.Name(), err)
 	}
-	if err := flock(lock, unix.LOCK_EX); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	if !samePath(f, f.Name()) {
+		return errSwept
 	}
-	if !samePath(lock, f.Name()) {
-		lock.Close()
-		return nil, errSwept
-	}
-	return lock, nil
+	return nil
 }
 
 func flock(f *os.File, how int) error {

@@ -143,7 +143,9 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()
-	job := func(replace bool) Job { return Job{Replace: replace, Entries: st.Entries, Bytes: st.Bytes, SpaceCheck: true} }
+	job := func(replace bool) Job {
+		return Job{Replace: replace, Entries: st.Entries, Bytes: st.Bytes, SpaceCheck: true}
+	}
 	wantNew := digest(t, src)
 
 	t.Run("replace", func(t *testing.T) {
@@ -343,4 +345,3 @@ func TestReservedNamesNotRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-

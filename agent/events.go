@@ -23,11 +23,15 @@ type Events struct {
 	mu       sync.Mutex
 	ready    chan struct{} // closed by the "ready" event
 	wasReady bool
-	line     []byte
-	done     *Event
-	err      string
-	kind     string
-	other    []string // lines that are not events: a crash, a runtime message
+	notes    []string
+	// switching: the helper journaled its switch; the target is no longer
+	// as it was
+	switching bool
+	line      []byte
+	done      *Event
+	err       string
+	kind      string
+	other     []string // lines that are not events: a crash, a runtime message
 }
 
 func (e *Events) Write(p []byte) (int, error) {
@@ -59,9 +63,12 @@ func (e *Events) handle(line []byte) {
 			e.OnWarning(ev.Path, ev.Message)
 		}
 	case "note":
+		e.notes = append(e.notes, ev.Message)
 		if e.OnNote != nil {
 			e.OnNote(ev.Message)
 		}
+	case "switching":
+		e.switching = true
 	case "ready":
 		if !e.wasReady {
 			e.wasReady = true
@@ -92,6 +99,21 @@ func (e *Events) WasReady() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.wasReady
+}
+
+// Switching reports whether the helper began its switch: from then on its
+// target holds the snapshot, or will once the switch is finished.
+func (e *Events) Switching() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.switching
+}
+
+// Notes are what the helper did besides its job.
+func (e *Events) Notes() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.notes...)
 }
 
 func (e *Events) readyChan() chan struct{} {

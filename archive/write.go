@@ -28,6 +28,9 @@ type WriteOptions struct {
 	Warn func(path, msg string)
 	// Progress, if set, is advanced by the uncompressed bytes written so far.
 	Progress *atomic.Int64
+	// Skip, if set, names top-level entries not to archive (a restore's
+	// own state); each one skipped is reported as a warning.
+	Skip func(name string) bool
 }
 
 // Write archives the tree at root as tar+zstd to w. Entry names are relative
@@ -51,6 +54,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 		links: map[[2]uint64]string{},
 		buf:   make([]byte, 1<<20),
 		warn:  opt.Warn,
+		skip:  opt.Skip,
 	}
 	if a.warn == nil {
 		a.warn = func(string, string) {}
@@ -81,6 +85,7 @@ type writer struct {
 	links map[[2]uint64]string // (dev, inode) of a multiply-linked non-directory -> first name
 	buf   []byte
 	warn  func(path, msg string)
+	skip  func(string) bool
 	stats Stats
 }
 
@@ -183,6 +188,10 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 	}
 	slices.Sort(names)
 	for _, n := range names {
+		if rel == "." && a.skip != nil && a.skip(n) {
+			a.warnf(n, "volbak's own restore state; not archived")
+			continue
+		}
 		child := n
 		if rel != "." {
 			child = path.Join(rel, n)

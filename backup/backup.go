@@ -237,9 +237,11 @@ func helperError(err error, ev *agent.Events, name string) error {
 	case agent.KindLeftovers:
 		return errLeftovers
 	case agent.KindIncomplete:
-		return fmt.Errorf("volume %s was created by a volbak restore that never finished: it holds no complete data, and is not backed up; restore into it again, or remove it", name)
+		return fmt.Errorf("volume %s was created by a volbak restore that never finished and holds nothing else, so it is not backed up: restore into it again, or remove it (docker volume rm %s)", name, name)
 	case agent.KindBusy:
 		return fmt.Errorf("a volbak restore into volume %s is running: back it up once that has ended", name)
+	case agent.KindPending:
+		return fmt.Errorf("volume %s is between its old and new contents: a restore with --force or --in-place into it was interrupted during its final switch, and is not backed up so; run that restore again (it finishes the switch first), then back up", name)
 	}
 	if msg := ev.Err(); msg != "" {
 		return fmt.Errorf("helper failed: %s", msg)

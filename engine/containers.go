@@ -14,6 +14,8 @@ import (
 type Container struct {
 	ID, Name string
 	State    string // as the daemon says: running, paused, exited, ...
+	// AutoRemove: started with --rm, so that stopping it removes it.
+	AutoRemove bool
 }
 
 // Running reports whether the container's processes exist (and may write).
@@ -41,7 +43,15 @@ func (e *Engine) ContainersUsing(ctx context.Context, volume string) ([]Containe
 		if len(c.Names) > 0 {
 			name = strings.TrimPrefix(c.Names[0], "/")
 		}
-		out = append(out, Container{ID: c.ID, Name: name, State: string(c.State)})
+		ct := Container{ID: c.ID, Name: name, State: string(c.State)}
+		if ct.Running() {
+			info, err := e.cli.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("inspect container %s: %w", name, err)
+			}
+			ct.AutoRemove = info.Container.HostConfig != nil && info.Container.HostConfig.AutoRemove
+		}
+		out = append(out, ct)
 	}
 	return out, nil
 }

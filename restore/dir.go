@@ -25,23 +25,18 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 	if opts.StoragePath != "" && overlaps(dir, opts.StoragePath) {
 		return fmt.Errorf("%w: --to-dir %s and the storage %s overlap: restoring would write over the snapshots being read; choose a directory outside it", ErrRefused, opts.ToDir, opts.StoragePath)
 	}
-	top, err := mkdirs(dir)
+	made, err := mkdirs(dir)
 	if err != nil {
 		return err
 	}
-	if top != "" {
-		defer func() {
-			if err != nil {
-				os.RemoveAll(top)
-				err = fmt.Errorf("%w (directory %s, created for this restore, was removed)", err, top)
-			}
-		}()
-	} else if info, serr := os.Stat(dir); serr == nil && !info.IsDir() {
-		return fmt.Errorf("%w: %s is not a directory", ErrRefused, opts.ToDir)
+	if len(made) == 0 {
+		if info, serr := os.Stat(dir); serr == nil && !info.IsDir() {
+			return fmt.Errorf("%w: %s is not a directory", ErrRefused, opts.ToDir)
+		}
 	}
 	ready := false
 	_, err = stage.Run(dir, src, stage.Job{
-		Replace: opts.Replace, Fresh: top != "",
+		Replace: opts.Replace,
 		Entries: m.Files, Bytes: m.Uncompressed,
 		SpaceCheck: !opts.NoSpaceCheck, Durable: !opts.NoSync,
 		Warn:  warn,
@@ -51,36 +46,43 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 		return nil
 	}
 	switch {
-	case src.fail != nil: // the stored archive failed its checks
+	case errors.Is(err, stage.ErrSwitch):
+		return err // past every check; the message says what to do
+	case src.fail != nil && !errors.Is(err, src.fail):
+		err = errors.Join(src.fail, err) // the stored archive failed its checks
+	case src.fail != nil:
 		err = src.fail
 	case ctx.Err() != nil:
 		err = fmt.Errorf("restore into %s interrupted: %w", opts.ToDir, ctx.Err())
 	case errors.Is(err, stage.ErrNotEmpty):
-		return fmt.Errorf("%w: directory %s is not empty: choose an empty one, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, opts.ToDir)
+		err = fmt.Errorf("%w: directory %s is not empty: choose an empty one, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, opts.ToDir)
 	case errors.Is(err, stage.ErrBusy):
-		return fmt.Errorf("%w: another volbak restore is running into %s: wait for it to end", ErrRefused, opts.ToDir)
+		err = fmt.Errorf("%w: another volbak restore is running into %s: wait for it to end", ErrRefused, opts.ToDir)
 	case errors.Is(err, stage.ErrNoSpace):
-		return fmt.Errorf("%w: %s: %s%s: free space there, or pass --no-space-check", ErrRefused, opts.ToDir, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "), besideOld(opts.Replace))
-	case errors.Is(err, stage.ErrSwitch):
-		return err
+		err = fmt.Errorf("%w: %s: %s%s: free space there, or pass --no-space-check", ErrRefused, opts.ToDir, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "), besideOld(opts.Replace))
+	case errors.Is(err, stage.ErrSwitchPending), errors.Is(err, stage.ErrForeign), errors.Is(err, stage.ErrCannotSwitch):
+		err = fmt.Errorf("%w: %w", ErrRefused, err)
 	case errors.Is(err, archive.ErrCorrupt):
 		err = asCorrupt(err)
 	}
-	if top == "" && ready {
+	if len(made) > 0 {
+		return removeMade(made, err)
+	}
+	if ready {
 		err = fmt.Errorf("%w (%s is as it was: what this restore staged in it was removed)", err, opts.ToDir)
 	}
 	return err
 }
 
-// mkdirs makes dir and its missing parents, and returns the topmost one it
-// made ("" if dir existed), so that a failed restore removes exactly those.
-func mkdirs(dir string) (top string, err error) {
+// mkdirs makes dir and its missing parents, and returns those it made,
+// deepest first, so that a failed restore removes exactly those.
+func mkdirs(dir string) ([]string, error) {
 	var missing []string
 	for p := dir; ; p = filepath.Dir(p) {
 		if _, err := os.Lstat(p); err == nil {
 			break
 		} else if !errors.Is(err, os.ErrNotExist) {
-			return "", err
+			return nil, err
 		}
 		missing = append(missing, p)
 		if filepath.Dir(p) == p {
@@ -89,14 +91,26 @@ func mkdirs(dir string) (top string, err error) {
 	}
 	for i := len(missing) - 1; i >= 0; i-- {
 		if err := os.Mkdir(missing[i], 0o755); err != nil {
-			if i < len(missing)-1 {
-				os.RemoveAll(missing[len(missing)-1])
-			}
-			return "", fmt.Errorf("create %s: %w", missing[i], err)
+			removeMade(missing[i+1:], nil)
+			return nil, fmt.Errorf("create %s: %w", missing[i], err)
 		}
 	}
-	if len(missing) == 0 {
-		return "", nil
+	return missing, nil
+}
+
+// removeMade removes the directories a failed restore made, deepest
+// first, each only if empty: one another run filled meanwhile stays.
+func removeMade(made []string, cause error) error {
+	for _, d := range made {
+		if err := os.Remove(d); err != nil {
+			if cause == nil {
+				return nil
+			}
+			return fmt.Errorf("%w (directory %s, created for this restore, was left: %v)", cause, d, err)
+		}
 	}
-	return missing[len(missing)-1], nil
+	if cause == nil {
+		return nil
+	}
+	return fmt.Errorf("%w (directory %s, created for this restore, was removed)", cause, made[len(made)-1])
 }

@@ -158,37 +158,65 @@ func asCorrupt(err error) error {
 
 // verifier passes the stored archive through, and fails at its end, before
 // the reader sees EOF, if it is not the size and sha256 the manifest
-// recorded. A consumer that takes EOF as "complete" thus never sees a
-// complete wrong archive.
+// recorded. It holds the stream's last bytes back until then, so that a
+// consumer never has the whole archive before the verdict: if volbak dies
+// in between, the helper's input ends short of its last zstd frame.
 type verifier struct {
 	r    io.Reader
 	h    hash.Hash
 	n    atomic.Int64
 	m    snapshot.Manifest
 	fail error
+
+	buf        []byte // read, hashed, not yet handed on: buf[start:end]
+	start, end int
+	verified   bool // the end was read and checked
 }
 
+// holdBack is how much of the stream's end waits for the verdict: any
+// cut makes the last zstd frame incomplete.
+const holdBack = 64
+
 func newVerifier(r io.Reader, m snapshot.Manifest) *verifier {
-	return &verifier{r: r, h: sha256.New(), m: m}
+	return &verifier{r: r, h: sha256.New(), m: m, buf: make([]byte, 1<<20+holdBack)}
 }
 
 func (v *verifier) Read(p []byte) (int, error) {
-	if v.fail != nil {
-		return 0, v.fail
+	for {
+		if v.fail != nil {
+			return 0, v.fail
+		}
+		pending := v.end - v.start
+		if v.verified {
+			if pending == 0 {
+				return 0, io.EOF
+			}
+			n := copy(p, v.buf[v.start:v.end])
+			v.start += n
+			return n, nil
+		}
+		if pending > holdBack {
+			n := copy(p, v.buf[v.start:v.end-holdBack])
+			v.start += n
+			return n, nil
+		}
+		v.end = copy(v.buf, v.buf[v.start:v.end])
+		v.start = 0
+		n, err := v.r.Read(v.buf[v.end:])
+		v.h.Write(v.buf[v.end : v.end+n])
+		v.end += n
+		total := v.n.Add(int64(n))
+		switch {
+		case total > v.m.Size:
+			v.fail = fmt.Errorf("%w: archive %s is longer than the %d bytes recorded", ErrCorrupt, v.m.Archive, v.m.Size)
+		case err == io.EOF && total < v.m.Size:
+			v.fail = fmt.Errorf("%w: archive %s is truncated: %d of %d bytes", ErrCorrupt, v.m.Archive, total, v.m.Size)
+		case err == io.EOF && hex.EncodeToString(v.h.Sum(nil)) != v.m.SHA256:
+			v.fail = fmt.Errorf("%w: archive %s does not match its sha256 (a changed or damaged file)", ErrCorrupt, v.m.Archive)
+		case err == io.EOF:
+			v.verified = true
+		case err != nil:
+			return 0, err
+		}
 	}
-	n, err := v.r.Read(p)
-	v.h.Write(p[:n])
-	total := v.n.Add(int64(n))
-	switch {
-	case total > v.m.Size:
-		v.fail = fmt.Errorf("%w: archive %s is longer than the %d bytes recorded", ErrCorrupt, v.m.Archive, v.m.Size)
-	case err == io.EOF && total < v.m.Size:
-		v.fail = fmt.Errorf("%w: archive %s is truncated: %d of %d bytes", ErrCorrupt, v.m.Archive, total, v.m.Size)
-	case err == io.EOF && hex.EncodeToString(v.h.Sum(nil)) != v.m.SHA256:
-		v.fail = fmt.Errorf("%w: archive %s does not match its sha256 (a changed or damaged file)", ErrCorrupt, v.m.Archive)
-	}
-	if v.fail != nil {
-		return 0, v.fail
-	}
-	return n, err
 }

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,65 +17,41 @@ import (
 )
 
 // recoverTimeout bounds the helper that clears a failed restore's staging
-// directory: finishing an interrupted switch may have a tree to remove.
-const recoverTimeout = 5 * time.Minute
+// directory: finishing a switch may have a large old tree to remove.
+const recoverTimeout = 30 * time.Minute
+
+// target is the volume a restore writes into.
+type target struct {
+	name string
+	// created: this restore made it (or one racing it did).
+	created bool
+	// plain: created, and a plain local volume, so that all it holds is
+	// what this restore wrote; removing it removes nothing else.
+	plain bool
+	vol   engine.Volume
+}
 
 func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifest, opts Options, warn func(string, string), log *slog.Logger) (err error) {
-	name := opts.TargetVolume
-	vol, err := eng.Volume(ctx, name)
-	exists := err == nil
-	if err != nil && !errors.Is(err, engine.ErrNoVolume) {
+	tg, stopped, err := prepare(ctx, eng, m, opts, log)
+	if err != nil {
 		return err
 	}
-	created := false
-	createdOpts := "" // driver options of a volume created for this restore
-	if exists {
-		if len(opts.Labels) > 0 || opts.Driver != "" || opts.KeepDriverOpts {
-			return fmt.Errorf("%w: volume %s exists, and --label, --driver, --driver-opt and --keep-driver-opts only shape a volume the restore creates: drop them, or restore into a new name", ErrRefused, name)
-		}
-		if err := checkTarget(ctx, eng, vol, opts); err != nil {
-			return err
-		}
-		cs, err := eng.ContainersUsing(ctx, name)
-		if err != nil {
-			return err
-		}
-		if running := slices.DeleteFunc(cs, func(c engine.Container) bool { return !c.Running() }); len(running) > 0 {
-			if !opts.StopContainers {
-				return fmt.Errorf("%w: volume %s is in use by running container(s) %s: stop them first, or pass --stop-containers (volbak stops them, restores, and starts them again)", ErrRefused, name, engine.Names(running))
-			}
-			stopped, err := eng.StopContainers(ctx, running)
-			if err != nil {
-				return err
-			}
-			log.Info("stopped containers using the volume", "target", name, "containers", engine.Names(stopped.Containers()))
-			defer func() {
-				names := engine.Names(stopped.Containers())
-				if rerr := stopped.Restart(ctx); rerr != nil {
-					err = errors.Join(err, rerr)
-					return
-				}
-				log.Info("started the stopped containers again", "target", name, "containers", names)
-			}()
-		}
-	} else {
-		v := newVolume(m, opts, log)
-		if err := checkTarget(ctx, eng, v, opts); err != nil {
-			return err
-		}
-		if err := eng.CreateVolume(ctx, v); err != nil {
-			return err
-		}
-		created, createdOpts = true, optString(v.Options)
+	name := tg.name
+	// consistent: whether the containers volbak stopped may run on the
+	// volume again: not while a switch is half done.
+	consistent := true
+	if stopped != nil {
 		defer func() {
-			if err == nil {
+			names := engine.Names(stopped.Containers())
+			if !consistent {
+				err = fmt.Errorf("%w; the containers volbak stopped (%s) were left stopped, since volume %s is between its old and new contents: run the same restore again, then start them", err, names, name)
 				return
 			}
-			if rerr := eng.RemoveVolume(ctx, name); rerr != nil {
-				err = fmt.Errorf("%w; and volume %s, created for this restore, could not be removed: remove it by hand (docker volume rm %s): %v", err, name, name, rerr)
-			} else {
-				err = fmt.Errorf("%w (volume %s, created for this restore, was removed)", err, name)
+			if rerr := stopped.Restart(ctx); rerr != nil {
+				err = errors.Join(err, rerr)
+				return
 			}
+			log.Info("started the stopped containers again", "target", name, "containers", names)
 		}()
 	}
 
@@ -87,7 +61,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	if opts.Replace {
 		args = append(args, "--replace")
 	}
-	if created {
+	if tg.plain {
 		args = append(args, "--fresh")
 	}
 	if !opts.NoSpaceCheck {
@@ -100,54 +74,171 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite,
 		Stdin: src, Ready: events.Ready(), Stdout: io.Discard, Stderr: events,
 	})
-	done := events.Done()
-	if runErr == nil && done != nil {
-		if done.Entries != m.Files { // the helper checked; this is a second opinion
-			return fmt.Errorf("%w: restored %d entries, the manifest lists %d", ErrCorrupt, done.Entries, m.Files)
+	// The final report comes only after the switch: an interrupt that
+	// raced it came too late to stop anything.
+	if done := events.Done(); done != nil && (runErr == nil || ctx.Err() != nil) {
+		if done.Entries != m.Files { // the helper checked before its switch; a second opinion
+			return fmt.Errorf("%w: volume %s now holds %d entries, the manifest lists %d", ErrCorrupt, name, done.Entries, m.Files)
 		}
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil
 	}
-	cause := volumeError(ctx, name, runErr, events, created, createdOpts, opts.Replace)
-	if created || !events.WasReady() {
-		// Created: removing it removes all this restore wrote. Not ready:
-		// the helper refused or never started, and wrote nothing.
-		if !created {
-			cause = fmt.Errorf("%w (volume %s was not changed)", cause, name)
+	cause := volumeError(ctx, tg, runErr, events, opts)
+	if !events.WasReady() {
+		// Refused, or never started: nothing was written.
+		if !tg.created {
+			return fmt.Errorf("%w (volume %s was not changed%s)", cause, name, cleared(events))
 		}
-		return cause
+		if k := events.Kind(); tg.plain && (k == agent.KindBusy || k == agent.KindNotEmpty) {
+			// Made at the same moment by another restore, which is using
+			// it or has filled it: not this one's to remove.
+			return fmt.Errorf("%w (volume %s was not changed)", cause, name)
+		}
+		return removeCreated(ctx, eng, tg, cause)
 	}
-	return recoverVolume(ctx, eng, name, cause, log)
-}
-
-// recoverVolume clears what a failed restore into an existing volume left:
-// its staging directory goes, or, if it had begun switching (every check
-// passed), the switch is finished.
-func recoverVolume(ctx context.Context, eng Engine, name string, cause error, log *slog.Logger) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
-	defer cancel()
-	events := &agent.Events{OnWarning: func(path, msg string) { log.Warn(msg, "path", path) }}
-	err := eng.Run(rctx, engine.Helper{Op: "restore", Volume: name, Args: []string{"agent", "recover", "--root", engine.MountPoint},
-		Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
-	done := events.Done()
+	finished, empty, err := recoverVolume(ctx, eng, name, opts.Replace, log)
 	switch {
-	case err != nil || done == nil:
-		why := events.Err()
-		if why == "" && err != nil {
-			why = err.Error()
+	case err != nil:
+		err = fmt.Errorf("%w; and what it left in volume %s could not be cleared (%v): run the same restore again, which clears it first", cause, name, err)
+		if events.Switching() {
+			consistent = false
 		}
-		return fmt.Errorf("%w; and what it staged in volume %s could not be cleared (%s): the next volbak restore or backup of %s clears it", cause, name, why, name)
-	case done.Finished > 0:
-		// Past every check and into the switch when it failed or was
-		// interrupted: the snapshot is in place, which is what was asked.
-		log.Warn("the restore was cut short during its final switch, which is now finished: the volume holds the snapshot", "target", name, "cause", cause)
+		if tg.created {
+			err = fmt.Errorf("%w (volume %s, created for this restore, was kept)", err, name)
+		}
+		return err
+	case finished || events.Switching():
+		// Past every check and into the switch when it was cut short; the
+		// switch is finished now (or was, just before the end): the
+		// snapshot is in place, as asked.
+		log.Warn("the restore was cut short during its final switch, which is finished: the volume holds the snapshot", "target", name, "cause", cause)
 		return nil
+	case tg.created && (empty || !tg.plain):
+		return removeCreated(ctx, eng, tg, cause)
+	case tg.created:
+		return fmt.Errorf("%w (volume %s, created for this restore, holds data that another restore put there at the same moment, and was kept)", cause, name)
 	}
 	return fmt.Errorf("%w (volume %s is as it was: what this restore staged in it was removed)", cause, name)
 }
 
+// prepare finds or creates the target volume, refuses what must not be
+// restored into, and stops the containers using it where asked.
+func prepare(ctx context.Context, eng Engine, m snapshot.Manifest, opts Options, log *slog.Logger) (target, *engine.Stopped, error) {
+	name := opts.TargetVolume
+	vol, err := eng.Volume(ctx, name)
+	if err == nil {
+		if len(opts.Labels) > 0 || opts.Driver != "" || opts.KeepDriverOpts {
+			return target{}, nil, fmt.Errorf("%w: volume %s exists, and --label, --driver, --driver-opt and --keep-driver-opts only shape a volume the restore creates: drop them, or restore into a new name", ErrRefused, name)
+		}
+		if err := checkTarget(ctx, eng, vol, opts); err != nil {
+			return target{}, nil, err
+		}
+		stopped, err := stopUsers(ctx, eng, name, opts, log)
+		return target{name: name, vol: vol}, stopped, err
+	}
+	if !errors.Is(err, engine.ErrNoVolume) {
+		return target{}, nil, err
+	}
+	v := newVolume(m, opts, log)
+	if err := checkTarget(ctx, eng, v, opts); err != nil {
+		return target{}, nil, err
+	}
+	if err := eng.CreateVolume(ctx, v); err != nil {
+		return target{}, nil, err
+	}
+	// Creating a volume that exists returns it: another restore into the
+	// same name, at the same moment, "creates" it too. So a volume made
+	// here is removed on failure only once it is known to hold nothing
+	// (see removeCreated).
+	got, err := eng.Volume(ctx, name)
+	if err != nil {
+		return target{}, nil, err
+	}
+	plain := (got.Driver == "" || got.Driver == "local") && !existingStorage(got.Driver, got.Options)
+	return target{name: name, created: true, plain: plain, vol: got}, nil, nil
+}
+
+// stopUsers refuses a volume that running containers use, or, where
+// asked, stops them.
+func stopUsers(ctx context.Context, eng Engine, name string, opts Options, log *slog.Logger) (*engine.Stopped, error) {
+	cs, err := eng.ContainersUsing(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	running := slices.DeleteFunc(cs, func(c engine.Container) bool { return !c.Running() })
+	if len(running) == 0 {
+		return nil, nil
+	}
+	if !opts.StopContainers {
+		return nil, fmt.Errorf("%w: volume %s is in use by running container(s) %s: stop them first, or pass --stop-containers (volbak stops them, restores, and starts them again)", ErrRefused, name, engine.Names(running))
+	}
+	for _, c := range running {
+		if c.AutoRemove {
+			return nil, fmt.Errorf("%w: container %s, which uses volume %s, was started with --rm: stopping it would remove it; stop it yourself, then restore", ErrRefused, c.Name, name)
+		}
+	}
+	stopped, err := eng.StopContainers(ctx, running)
+	if err != nil {
+		return nil, err
+	}
+	log.Warn("stopped the containers using the volume; they are started again when the restore ends", "target", name, "containers", engine.Names(stopped.Containers()))
+	return stopped, nil
+}
+
+// removeCreated removes a volume this restore created, after it failed
+// with cause. A volume of another driver is kept: removing it may delete
+// storage that was not this restore's.
+func removeCreated(ctx context.Context, eng Engine, tg target, cause error) error {
+	local := tg.vol.Driver == "" || tg.vol.Driver == "local"
+	if !local {
+		return fmt.Errorf("%w (volume %s, created with driver %s for this restore, was kept: removing it may remove that driver's storage; remove it yourself if it is not needed)", cause, tg.name, tg.vol.Driver)
+	}
+	// A local volume's removal unmounts what it mounts (a bind, a device)
+	// and removes only its own directory; the daemon refuses while mounted.
+	if rerr := eng.RemoveVolume(ctx, tg.name); rerr != nil {
+		return fmt.Errorf("%w; and volume %s, created for this restore, could not be removed: remove it by hand (docker volume rm %s): %v", cause, tg.name, tg.name, rerr)
+	}
+	return fmt.Errorf("%w (volume %s, created for this restore, was removed)", cause, tg.name)
+}
+
+// cleared says that the helper cleared a dead run's state before it
+// refused or failed, if it did.
+func cleared(events *agent.Events) string {
+	if len(events.Notes()) == 0 {
+		return ""
+	}
+	return ", but for what an earlier interrupted restore had left in it: " + strings.Join(events.Notes(), "; ")
+}
+
+// recoverVolume clears what a failed restore into a volume left: its
+// staging directory goes, or, if it had begun switching (every check
+// passed), the switch is finished, and finished says so; empty says the
+// volume then holds nothing but an unfinished restore's mark.
+func recoverVolume(ctx context.Context, eng Engine, name string, replace bool, log *slog.Logger) (finished, empty bool, err error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
+	defer cancel()
+	events := &agent.Events{OnWarning: func(path, msg string) { log.Warn(msg, "path", path) }}
+	args := []string{"agent", "recover", "--root", engine.MountPoint}
+	if replace {
+		args = append(args, "--replace")
+	}
+	rerr := eng.Run(rctx, engine.Helper{Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
+	done := events.Done()
+	if rerr != nil || done == nil {
+		if why := events.Err(); why != "" {
+			return false, false, errors.New(why)
+		}
+		if rerr == nil {
+			rerr = errors.New("the recovery helper ended without its final report")
+		}
+		return false, false, rerr
+	}
+	return done.Finished > 0, done.Empty, nil
+}
+
 // volumeError says why the helper failed, and what to do.
-func volumeError(ctx context.Context, name string, runErr error, events *agent.Events, created bool, createdOpts string, replace bool) error {
+func volumeError(ctx context.Context, tg target, runErr error, events *agent.Events, opts Options) error {
+	name := tg.name
 	if ctx.Err() != nil {
 		return fmt.Errorf("restore into %s interrupted: %w", name, ctx.Err())
 	}
@@ -164,133 +255,23 @@ func volumeError(ctx context.Context, name string, runErr error, events *agent.E
 	}
 	switch events.Kind() {
 	case agent.KindNotEmpty:
-		if created {
-			return fmt.Errorf("%w: volume %s, created with driver options that point at existing storage (%s), is not empty: that storage was not touched; restore without --keep-driver-opts, or pass --force to replace what that storage holds", ErrNotEmpty, name, createdOpts)
+		if tg.created {
+			return fmt.Errorf("%w: volume %s, created with driver %s and options %q for this restore, already holds data: those options name storage that exists apart from the volume (the snapshot's own volume, perhaps), which volbak did not touch; restore into a plain new volume (without --keep-driver-opts or such --driver-opt)", ErrNotEmpty, name, tg.vol.Driver, optString(tg.vol.Options))
+		}
+		if strings.Contains(msg, "written into it while") {
+			return fmt.Errorf("%w: something wrote into volume %s while the snapshot was restored, so it was not switched in: stop what writes there, and restore again", ErrNotEmpty, name)
 		}
 		return fmt.Errorf("%w: volume %s holds data: restore into a new name, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, name)
 	case agent.KindBusy:
-		return fmt.Errorf("%w: another volbak restore is running into volume %s: wait for it to end", ErrRefused, name)
+		return fmt.Errorf("%w: another volbak restore or backup is using volume %s: wait for it to end", ErrRefused, name)
 	case agent.KindNoSpace:
-		return fmt.Errorf("%w: volume %s: %s%s: free space there, or pass --no-space-check", ErrRefused, name, strings.TrimPrefix(msg, "not enough free space: "), besideOld(replace))
+		return fmt.Errorf("%w: volume %s: %s%s: free space there, or pass --no-space-check", ErrRefused, name, strings.TrimPrefix(msg, "not enough free space: "), besideOld(opts.Replace))
+	case agent.KindPending:
+		return fmt.Errorf("%w: volume %s holds a switch that an interrupted restore with --force began; only a restore that replaces the contents finishes it: run that restore again (or this one with --force)", ErrRefused, name)
+	case agent.KindForeign, agent.KindCannot:
+		return fmt.Errorf("%w: volume %s: %s", ErrRefused, name, msg)
 	case agent.KindCorrupt:
 		return asCorrupt(errors.New(msg))
 	}
 	return fmt.Errorf("helper failed: %s", msg)
-}
-
-// besideOld explains a space figure that counts two copies.
-func besideOld(replace bool) string {
-	if replace {
-		return " (the old contents stay until the snapshot is complete)"
-	}
-	return ""
-}
-
-// newVolume is the volume to create for m: its driver, options and labels,
-// with the command line's over them. Options that would mount existing
-// storage are dropped unless kept on purpose.
-func newVolume(m snapshot.Manifest, opts Options, log *slog.Logger) engine.Volume {
-	v := engine.Volume{Name: opts.TargetVolume, Driver: m.Driver, Options: maps.Clone(m.DriverOpts), Labels: maps.Clone(m.Labels)}
-	if opts.Driver != "" {
-		v.Driver, v.Options = opts.Driver, opts.DriverOpts
-	} else if existingStorage(v.Driver, v.Options) && !opts.KeepDriverOpts {
-		log.Warn("driver options of the snapshot's volume dropped: they point at existing storage, and the new volume would be that data under a new name; it is a plain local volume instead (--keep-driver-opts keeps them)",
-			"target", v.Name, "dropped", optString(v.Options))
-		v.Driver, v.Options = "local", nil
-	}
-	if v.Labels == nil && len(opts.Labels) > 0 {
-		v.Labels = map[string]string{}
-	}
-	maps.Copy(v.Labels, opts.Labels)
-	return v
-}
-
-// existingStorage reports whether a local volume with these options mounts
-// storage that exists apart from it: a host directory (o=bind), a block
-// device, an NFS or CIFS export. Only tmpfs is made fresh on each mount.
-// Other drivers cannot be told apart, and are recreated as they were.
-func existingStorage(driver string, o map[string]string) bool {
-	return (driver == "" || driver == "local") && o["device"] != "" && !strings.EqualFold(o["type"], "tmpfs")
-}
-
-// sameStorage reports whether two local volumes mount the same storage.
-func sameStorage(a, b engine.Volume) bool {
-	if !existingStorage(a.Driver, a.Options) || !existingStorage(b.Driver, b.Options) {
-		return false
-	}
-	addr := func(o map[string]string) string {
-		for _, kv := range strings.Split(o["o"], ",") {
-			if v, ok := strings.CutPrefix(kv, "addr="); ok {
-				return v
-			}
-		}
-		return ""
-	}
-	return a.Options["device"] == b.Options["device"] && strings.EqualFold(a.Options["type"], b.Options["type"]) && addr(a.Options) == addr(b.Options)
-}
-
-func optString(o map[string]string) string {
-	keys := slices.Sorted(maps.Keys(o))
-	for i, k := range keys {
-		keys[i] = k + "=" + o[k]
-	}
-	return strings.Join(keys, ",")
-}
-
-// checkTarget refuses a target volume whose storage overlaps the storage
-// the snapshot is read from, and one whose contents would be replaced
-// while another volume mounts the same storage.
-func checkTarget(ctx context.Context, eng Engine, v engine.Volume, opts Options) error {
-	if opts.StoragePath != "" {
-		paths := []string{v.Mountpoint}
-		if existingStorage(v.Driver, v.Options) && filepath.IsAbs(v.Options["device"]) {
-			paths = append(paths, v.Options["device"])
-		}
-		for _, p := range paths {
-			if p != "" && overlaps(p, opts.StoragePath) {
-				return fmt.Errorf("%w: volume %s (%s) and the storage %s overlap: restoring would write over the snapshots being read; restore into another volume", ErrRefused, v.Name, p, opts.StoragePath)
-			}
-		}
-	}
-	if !opts.Replace || !existingStorage(v.Driver, v.Options) {
-		return nil
-	}
-	all, err := eng.Volumes(ctx)
-	if err != nil {
-		return err
-	}
-	for _, o := range all {
-		if o.Name != v.Name && sameStorage(o, v) {
-			return fmt.Errorf("%w: volume %s mounts the same storage as volume %s (%s): volbak will not replace data another volume uses; restore into a plain new volume instead", ErrRefused, v.Name, o.Name, optString(v.Options))
-		}
-	}
-	return nil
-}
-
-// overlaps reports whether a and b are the same directory or one holds the
-// other, symlinks resolved where they exist.
-func overlaps(a, b string) bool {
-	a, b = resolve(a), resolve(b)
-	within := func(x, y string) bool {
-		rel, err := filepath.Rel(y, x)
-		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
-	}
-	return within(a, b) || within(b, a)
-}
-
-// resolve makes p absolute with its symlinks resolved, as far as it exists.
-func resolve(p string) string {
-	p, _ = filepath.Abs(p)
-	var rest []string
-	for {
-		if r, err := filepath.EvalSymlinks(p); err == nil {
-			return filepath.Join(append([]string{r}, rest...)...)
-		}
-		parent := filepath.Dir(p)
-		if parent == p {
-			return filepath.Join(append([]string{p}, rest...)...)
-		}
-		rest = append([]string{filepath.Base(p)}, rest...)
-		p = parent
-	}
 }

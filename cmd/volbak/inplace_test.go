@@ -139,32 +139,62 @@ func flipByte(data []byte, at int) []byte {
 }
 
 // A switch that a killed helper left half done is finished by the next
-// command that touches the volume, a backup here, which then archives
-// the finished contents and none of the state.
-func TestDeadSwitchFinishedByBackup(t *testing.T) {
-	vol, dir := newVolume(t, nil, func(d string) error {
-		return os.WriteFile(filepath.Join(d, "old"), []byte("old"), 0o644)
+// command that touches the volume and may finish it: a backup finishes
+// one that only adds entries, and archives the result and none of the
+// state; one that replaces the old contents it refuses, naming the
+// restore that finishes it, which then does.
+func TestDeadSwitch(t *testing.T) {
+	const id = ".volbak-restore-0123456789ab"
+	plant := func(t *testing.T, dir, journal string) {
+		t.Helper()
+		os.MkdirAll(filepath.Join(dir, id+".new"), 0o700)
+		os.WriteFile(filepath.Join(dir, id+".new", "new"), []byte("new"), 0o644)
+		os.WriteFile(filepath.Join(dir, id+".swap"), []byte(journal), 0o600)
+	}
+	t.Run("adding", func(t *testing.T) {
+		vol, dir := newVolume(t, nil, func(d string) error {
+			return os.WriteFile(filepath.Join(d, "moved-in-already"), []byte("x"), 0o644)
+		})
+		plant(t, dir, `{"phase":"new","replace":false}`)
+		store := t.TempDir()
+		r := mustOK(t, volbak(t, "backup", vol, "--to", store))
+		if !strings.Contains(r.stderr, "interrupted restore") {
+			t.Fatalf("the backup did not say it cleared a dead restore's state: %s", r.stderr)
+		}
+		noRestoreState(t, dir)
+		names, _ := os.ReadDir(dir)
+		if len(names) != 2 {
+			t.Fatalf("volume holds %v, want the finished switch's two entries", names)
+		}
+		if m := list(t, store, vol); len(m) != 1 || m[0].Files != 3 {
+			t.Fatalf("snapshot: %+v", m)
+		}
 	})
-	// A switch in its second phase: old entries moved aside, one new entry
-	// still staged.
-	os.Mkdir(filepath.Join(dir, ".volbak-restore-dead.old"), 0o700)
-	os.Rename(filepath.Join(dir, "old"), filepath.Join(dir, ".volbak-restore-dead.old", "old"))
-	os.MkdirAll(filepath.Join(dir, ".volbak-restore-dead.new"), 0o700)
-	os.WriteFile(filepath.Join(dir, ".volbak-restore-dead.new", "new"), []byte("new"), 0o644)
-	os.WriteFile(filepath.Join(dir, ".volbak-restore-dead.swap"), []byte(`{"phase":"new"}`), 0o600)
-	store := t.TempDir()
-	r := mustOK(t, volbak(t, "backup", vol, "--to", store))
-	if !strings.Contains(r.stderr, "interrupted restore") {
-		t.Fatalf("the backup did not say it cleared a dead restore's state: %s", r.stderr)
-	}
-	noRestoreState(t, dir)
-	names, _ := os.ReadDir(dir)
-	if len(names) != 1 || names[0].Name() != "new" {
-		t.Fatalf("volume holds %v, want the finished switch's [new]", names)
-	}
-	if m := list(t, store, vol); len(m) != 1 || m[0].Files != 2 {
-		t.Fatalf("snapshot: %+v", m)
-	}
+	t.Run("replacing", func(t *testing.T) {
+		vol, dir := newVolume(t, nil, func(d string) error {
+			return os.WriteFile(filepath.Join(d, "old"), []byte("old"), 0o644)
+		})
+		plant(t, dir, `{"phase":"old","replace":true}`)
+		store := t.TempDir()
+		mustFail(t, volbak(t, "backup", vol, "--to", store), 1, "run that restore again")
+		if len(list(t, store, "")) != 0 {
+			t.Fatal("a volume between two contents was backed up")
+		}
+		if _, err := os.Stat(filepath.Join(dir, "old")); err != nil {
+			t.Fatalf("the refused backup moved data: %v", err)
+		}
+		// The remedy: a replacing restore finishes the switch, then
+		// restores its own snapshot.
+		src, _ := newVolume(t, nil, func(d string) error { return os.WriteFile(filepath.Join(d, "snap"), nil, 0o644) })
+		mustOK(t, volbak(t, "backup", src, "--to", store))
+		mustFail(t, volbak(t, "restore", src, "--from", store, "--to-volume", vol), 1, "--force")
+		mustOK(t, volbak(t, "restore", src, "--from", store, "--to-volume", vol, "--force"))
+		noRestoreState(t, dir)
+		names, _ := os.ReadDir(dir)
+		if len(names) != 1 || names[0].Name() != "snap" {
+			t.Fatalf("volume holds %v", names)
+		}
+	})
 }
 
 // A volume that a running container uses is not restored under it, unless

@@ -32,6 +32,9 @@ type Job struct {
 	Ready func()
 	// Recovered is told what was cleared of a dead run's state.
 	Recovered func(Report)
+	// Switching is called once the switch is journaled: from then on the
+	// target is never "as it was", whatever happens.
+	Switching func()
 }
 
 // Run restores the archive r into root: lock, clear what dead runs left,
@@ -47,7 +50,7 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		return archive.Stats{}, err
 	}
 	defer unlock()
-	rep, err := Recover(root, false, warn)
+	rep, err := Recover(root, job.Replace, warn)
 	if err != nil {
 		return archive.Stats{}, err
 	}
@@ -86,8 +89,15 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		}
 		return st, err
 	}
-	if err := s.Commit(rootHdr, job.Durable || job.Replace, warn); err != nil {
-		return st, fmt.Errorf("%w: switching to the restored contents stopped midway (%w); the next volbak restore or backup of this target finishes the switch", ErrSwitch, err)
+	journaled, err := s.Commit(rootHdr, CommitOptions{Replace: job.Replace, Sync: job.Durable || job.Replace, Warn: warn, Journaled: job.Switching})
+	if !journaled {
+		if aerr := s.Abort(); aerr != nil {
+			err = errors.Join(err, fmt.Errorf("and the staging directory could not be removed: %w", aerr))
+		}
+		return st, err
+	}
+	if err != nil {
+		return st, fmt.Errorf("%w: switching to the restored contents stopped midway (%w); run the same restore again: it finishes the switch first", ErrSwitch, err)
 	}
 	return st, nil
 }

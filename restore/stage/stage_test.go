@@ -17,6 +17,8 @@ import (
 
 var errCrash = errors.New("crash")
 
+const deadID = "0123456789ab"
+
 // tree writes files (name -> content; a name ending in / is a directory)
 // under dir, with fixed times, so that two trees made alike digest alike.
 func tree(t *testing.T, dir string, files map[string]string) {
@@ -87,7 +89,7 @@ func TestCrashAtEveryStepOfTheSwitch(t *testing.T) {
 			}
 			return nil
 		}
-		err = s.Commit(rootHdr, false, nil)
+		_, err = s.Commit(rootHdr, CommitOptions{Replace: true})
 		failpoint = func(string) error { return nil }
 		if err == nil {
 			steps = k - 1
@@ -96,7 +98,7 @@ func TestCrashAtEveryStepOfTheSwitch(t *testing.T) {
 		if !errors.Is(err, errCrash) {
 			t.Fatalf("step %d: %v", k, err)
 		}
-		if _, err := Recover(root, false, nil); err != nil {
+		if _, err := Recover(root, true, nil); err != nil {
 			t.Fatalf("recover after a crash at %q: %v", at, err)
 		}
 		got := digest(t, root)
@@ -230,7 +232,7 @@ func TestLostFound(t *testing.T) {
 	}
 	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived", "a": "a"})
 	var warned []string
-	if err := s.Commit(nil, false, func(p, m string) { warned = append(warned, m) }); err != nil {
+	if _, err := s.Commit(nil, CommitOptions{Replace: true, Warn: func(p, m string) { warned = append(warned, m) }}); err != nil {
 		t.Fatal(err)
 	}
 	if data, err := os.ReadFile(filepath.Join(root, "lost+found/#1234")); err != nil || string(data) != "recovered" {
@@ -240,23 +242,38 @@ func TestLostFound(t *testing.T) {
 		t.Fatalf("warnings: %q", warned)
 	}
 
-	// An empty one gives way to the archive's.
+	// An empty one stays too, and the archive's goes in only where there
+	// is none.
 	root = t.TempDir()
 	os.Mkdir(filepath.Join(root, lostFound), 0o700)
 	s, _ = Begin(root, false)
 	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
-	if err := s.Commit(nil, false, nil); err != nil {
+	if _, err := s.Commit(nil, CommitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err == nil {
+		t.Fatal("the target's own lost+found was replaced")
+	}
+	root = t.TempDir()
+	s, _ = Begin(root, false)
+	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
+	if _, err := s.Commit(nil, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err != nil {
 		t.Fatal(err)
 	}
 
-	// A file named lost+found is data like any other.
+	// A file named lost+found is data like any other, and so is a link.
 	root = t.TempDir()
 	tree(t, root, map[string]string{"lost+found": "a file"})
 	if err := Empty(root); !errors.Is(err, ErrNotEmpty) {
 		t.Fatalf("got %v", err)
+	}
+	root = t.TempDir()
+	os.Symlink(t.TempDir(), filepath.Join(root, lostFound))
+	if err := Empty(root); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("a lost+found link to an empty directory counted as empty: %v", err)
 	}
 }
 
@@ -268,7 +285,7 @@ func TestMarksAndCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(root); !errors.Is(err, ErrIncomplete) {
+	if err := Check(root); !errors.Is(err, ErrLeftovers) {
 		t.Fatalf("got %v", err)
 	}
 	if err := Empty(root); err != nil {
@@ -281,16 +298,25 @@ func TestMarksAndCheck(t *testing.T) {
 	if err := Check(root); !errors.Is(err, ErrIncomplete) {
 		t.Fatalf("recovery removed the mark of an unfinished volume: %v", err)
 	}
-	s, _ = Begin(root, false)
+	// The mark of a volume that has been used since is stale.
+	os.WriteFile(filepath.Join(root, "app-data"), nil, 0o600)
+	if err := Check(root); !errors.Is(err, ErrLeftovers) {
+		t.Fatalf("got %v", err)
+	}
+	if rep, err := Recover(root, false, nil); err != nil || rep.Unmarked != 1 {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	os.Remove(filepath.Join(root, "app-data"))
+	s, _ = Begin(root, true)
 	tree(t, s.Dir(), map[string]string{"a": "a"})
-	if err := s.Commit(nil, false, nil); err != nil {
+	if _, err := s.Commit(nil, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := Check(root); err != nil {
 		t.Fatalf("a finished restore left %v", err)
 	}
 	// A dead run's staging directory: leftovers, cleared by Recover.
-	os.Mkdir(filepath.Join(root, name("dead", kindNew)), 0o700)
+	os.Mkdir(filepath.Join(root, name(deadID, kindNew)), 0o700)
 	if err := Check(root); !errors.Is(err, ErrLeftovers) {
 		t.Fatalf("got %v", err)
 	}
@@ -328,7 +354,7 @@ func TestLock(t *testing.T) {
 // archive cannot plant a journal in the target.
 func TestReservedNamesNotRestored(t *testing.T) {
 	src := t.TempDir()
-	tree(t, src, map[string]string{Prefix + "x.swap": `{"phase":"new"}`, "ok": "ok"})
+	tree(t, src, map[string]string{name(deadID, kindSwap): `{"phase":"new"}`, "ok": "ok"})
 	var buf bytes.Buffer
 	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
 	if err != nil {
@@ -343,5 +369,157 @@ func TestReservedNamesNotRestored(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "ok")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// State in volbak's names is trusted only as far as it cannot hurt: a
+// journal anyone could plant never moves data aside for a run that was
+// not told to replace it, never acts without a real staging directory,
+// and never follows a link out of the target.
+func TestPlantedState(t *testing.T) {
+	victim := t.TempDir()
+	tree(t, victim, map[string]string{"precious": "x"})
+	wantVictim := digest(t, victim)
+	for _, c := range []struct {
+		name    string
+		plant   func(root string)
+		replace bool
+		want    error
+	}{
+		{"replacing journal, plain run", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old","replace":true}`), 0o600)
+			os.Mkdir(filepath.Join(root, name(deadID, kindNew)), 0o700)
+		}, false, ErrSwitchPending},
+		{"replacing journal without its staging directory", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old","replace":true}`), 0o600)
+		}, true, ErrForeign},
+		{"journal without its staging directory", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old"}`), 0o600)
+		}, false, ErrForeign},
+		{"staging directory is a link", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"new"}`), 0o600)
+			os.Symlink(victim, filepath.Join(root, name(deadID, kindNew)))
+		}, true, nil},
+		{"old directory is a link", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old","replace":true}`), 0o600)
+			os.Mkdir(filepath.Join(root, name(deadID, kindNew)), 0o700)
+			os.Symlink(victim, filepath.Join(root, name(deadID, kindOld)))
+		}, true, nil},
+		{"damaged journal", func(root string) {
+			os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":`), 0o600)
+		}, true, ErrForeign},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			tree(t, root, oldFiles)
+			before := digest(t, root)
+			c.plant(root)
+			_, err := Recover(root, c.replace, nil)
+			if c.want != nil && !errors.Is(err, c.want) || c.want == nil && err == nil {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+			if got := digest(t, root); !containsAll(got, before) {
+				t.Fatalf("the target lost data:\n%v", got)
+			}
+			if got := digest(t, victim); !sameLines(got, wantVictim) {
+				t.Fatalf("a link led a recovery out of the target:\n%v", got)
+			}
+		})
+	}
+	// A user's own name that merely looks like volbak's is data.
+	root := t.TempDir()
+	tree(t, root, map[string]string{Prefix + "notes.txt": "mine", Prefix + "0123456789ab.txt": "mine"})
+	if _, err := Recover(root, true, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := Empty(root); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("look-alike names were taken for volbak's: %v", err)
+	}
+}
+
+func containsAll(got, want []string) bool {
+	have := map[string]bool{}
+	for _, l := range got {
+		have[l] = true
+	}
+	for _, l := range want {
+		if !have[l] {
+			return false
+		}
+	}
+	return true
+}
+
+// A plain restore never moves aside what appeared in its target while it
+// streamed; it refuses instead, and what appeared stays.
+func TestWrittenDuringRestore(t *testing.T) {
+	src := t.TempDir()
+	tree(t, src, newFiles)
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	_, err = Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes, Ready: func() {
+		os.WriteFile(filepath.Join(root, "notes.txt"), []byte("written meanwhile"), 0o644)
+	}})
+	if !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("got %v", err)
+	}
+	if data, err := os.ReadFile(filepath.Join(root, "notes.txt")); err != nil || string(data) != "written meanwhile" {
+		t.Fatalf("the file written meanwhile is gone: %v", err)
+	}
+	if err := Check(root); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A mount point among the old entries cannot be moved aside: refused
+// before the journal, the old contents untouched.
+func TestMountPointRefusedBeforeTheSwitch(t *testing.T) {
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	mnt := filepath.Join(root, "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mnt, unix.MNT_DETACH)
+	before := digest(t, root)
+	s, _ := Begin(root, false)
+	tree(t, s.Dir(), newFiles)
+	journaled, err := s.Commit(nil, CommitOptions{Replace: true})
+	if journaled || !errors.Is(err, ErrCannotSwitch) {
+		t.Fatalf("journaled %v, %v", journaled, err)
+	}
+	s.Abort()
+	if got := digest(t, root); !sameLines(got, before) {
+		t.Fatalf("changed:\n%v", got)
+	}
+}
+
+// The root's xattrs go through the journal as bytes: a binary value (an
+// ACL, say) comes back as it was.
+func TestRootXattrsKept(t *testing.T) {
+	src := t.TempDir()
+	tree(t, src, newFiles)
+	val := []byte{0xff, 0xfe, 0x00, 0x81}
+	if err := unix.Setxattr(src, "user.volbak.bin", val, 0); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if _, err := Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 16)
+	n, err := unix.Getxattr(root, "user.volbak.bin", got)
+	if err != nil || !bytes.Equal(got[:n], val) {
+		t.Fatalf("root xattr %x, %v; want %x", got[:n], err, val)
 	}
 }

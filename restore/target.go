@@ -1,0 +1,137 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/snapshot"
+)
+
+// besideOld explains a space figure that counts two copies.
+func besideOld(replace bool) string {
+	if replace {
+		return " (the old contents stay until the snapshot is complete)"
+	}
+	return ""
+}
+
+// newVolume is the volume to create for m: its driver, options and labels,
+// with the command line's over them. Options that would mount existing
+// storage are dropped unless kept on purpose.
+func newVolume(m snapshot.Manifest, opts Options, log *slog.Logger) engine.Volume {
+	v := engine.Volume{Name: opts.TargetVolume, Driver: m.Driver, Options: maps.Clone(m.DriverOpts), Labels: maps.Clone(m.Labels)}
+	if opts.Driver != "" {
+		v.Driver, v.Options = opts.Driver, opts.DriverOpts
+	} else if existingStorage(v.Driver, v.Options) && !opts.KeepDriverOpts {
+		log.Warn("driver options of the snapshot's volume dropped: they point at existing storage, and the new volume would be that data under a new name; it is a plain local volume instead (--keep-driver-opts keeps them)",
+			"target", v.Name, "dropped", optString(v.Options))
+		v.Driver, v.Options = "local", nil
+	}
+	if v.Labels == nil && len(opts.Labels) > 0 {
+		v.Labels = map[string]string{}
+	}
+	maps.Copy(v.Labels, opts.Labels)
+	return v
+}
+
+// existingStorage reports whether a local volume with these options mounts
+// storage that exists apart from it: a host directory (o=bind), a block
+// device, an NFS or CIFS export. Only tmpfs is made fresh on each mount.
+// Other drivers cannot be told apart, and are recreated as they were.
+func existingStorage(driver string, o map[string]string) bool {
+	return (driver == "" || driver == "local") && o["device"] != "" && !strings.EqualFold(o["type"], "tmpfs")
+}
+
+// sameStorage reports whether two local volumes mount the same storage.
+func sameStorage(a, b engine.Volume) bool {
+	if !existingStorage(a.Driver, a.Options) || !existingStorage(b.Driver, b.Options) {
+		return false
+	}
+	addr := func(o map[string]string) string {
+		for _, kv := range strings.Split(o["o"], ",") {
+			if v, ok := strings.CutPrefix(kv, "addr="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	dev := func(o map[string]string) string {
+		if d := o["device"]; filepath.IsAbs(d) {
+			return filepath.Clean(d)
+		}
+		return strings.TrimRight(o["device"], "/")
+	}
+	return dev(a.Options) == dev(b.Options) && strings.EqualFold(a.Options["type"], b.Options["type"]) && addr(a.Options) == addr(b.Options)
+}
+
+func optString(o map[string]string) string {
+	keys := slices.Sorted(maps.Keys(o))
+	for i, k := range keys {
+		keys[i] = k + "=" + o[k]
+	}
+	return strings.Join(keys, ",")
+}
+
+// checkTarget refuses a target volume whose storage overlaps the storage
+// the snapshot is read from, and one whose contents would be replaced
+// while another volume mounts the same storage.
+func checkTarget(ctx context.Context, eng Engine, v engine.Volume, opts Options) error {
+	if opts.StoragePath != "" {
+		paths := []string{v.Mountpoint}
+		if existingStorage(v.Driver, v.Options) && filepath.IsAbs(v.Options["device"]) {
+			paths = append(paths, v.Options["device"])
+		}
+		for _, p := range paths {
+			if p != "" && overlaps(p, opts.StoragePath) {
+				return fmt.Errorf("%w: volume %s (%s) and the storage %s overlap: restoring would write over the snapshots being read; restore into another volume", ErrRefused, v.Name, p, opts.StoragePath)
+			}
+		}
+	}
+	if !opts.Replace || !existingStorage(v.Driver, v.Options) {
+		return nil
+	}
+	all, err := eng.Volumes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.Name != v.Name && sameStorage(o, v) {
+			return fmt.Errorf("%w: volume %s mounts the same storage as volume %s (%s): volbak will not replace data another volume uses; restore into a plain new volume instead", ErrRefused, v.Name, o.Name, optString(v.Options))
+		}
+	}
+	return nil
+}
+
+// overlaps reports whether a and b are the same directory or one holds the
+// other, symlinks resolved where they exist.
+func overlaps(a, b string) bool {
+	a, b = resolve(a), resolve(b)
+	within := func(x, y string) bool {
+		rel, err := filepath.Rel(y, x)
+		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
+	}
+	return within(a, b) || within(b, a)
+}
+
+// resolve makes p absolute with its symlinks resolved, as far as it exists.
+func resolve(p string) string {
+	p, _ = filepath.Abs(p)
+	var rest []string
+	for {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return filepath.Join(append([]string{r}, rest...)...)
+		}
+		parent := filepath.Dir(p)
+		if parent == p {
+			return filepath.Join(append([]string{p}, rest...)...)
+		}
+		rest = append([]string{filepath.Base(p)}, rest...)
+		p = parent
+	}
+}

@@ -109,14 +109,16 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		return nil
 	}
 	cause := volumeError(ctx, name, runErr, events, created, createdOpts)
-	if created || !events.WasReady() {
-		// Created: removing it removes all this restore wrote. Not ready:
-		// the helper refused or never started, and wrote nothing.
-		if !created {
-			cause = fmt.Errorf("%w (volume %s was not changed)", cause, name)
-		}
+	switch {
+	case created:
+		// Removing it removes all this restore wrote.
 		return cause
+	case !events.WasReady() && ctx.Err() == nil:
+		// The helper refused or never started, and wrote nothing.
+		return fmt.Errorf("%w (volume %s was not changed)", cause, name)
 	}
+	// Ready, or interrupted: an interrupt can end the helper after it made
+	// its staging directory and before its "ready" was read.
 	return recoverVolume(ctx, eng, name, cause, log)
 }
 

@@ -101,9 +101,14 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		Stdin: src, Ready: events.Ready(), Stdout: io.Discard, Stderr: events,
 	})
 	done := events.Done()
-	if runErr == nil && done != nil {
+	// The helper says done only once its switch is complete and synced: an
+	// interrupt read after that came too late to change anything.
+	if done != nil && (runErr == nil || ctx.Err() != nil) {
 		if done.Entries != m.Files { // the helper checked; this is a second opinion
 			return fmt.Errorf("%w: restored %d entries, the manifest lists %d", ErrCorrupt, done.Entries, m.Files)
+		}
+		if runErr != nil {
+			log.Warn("interrupted after the restore had finished: the volume holds the snapshot", "target", name)
 		}
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil

@@ -98,8 +98,9 @@ func withMount(t *testing.T, dev string, ro bool, fn func(root string)) {
 // snapshot, with or without --force); --keep-driver-opts must be refused
 // for storage that holds data (the volume it made removed, and never
 // called pre-existing), and with --force too while another volume mounts
-// that storage. After all of it the storage is byte-identical, its root's
-// mtime included: nothing was even staged in it.
+// that storage, whatever name that volume gives the device (a symlink to
+// it, a trailing slash). After all of it the storage is byte-identical,
+// its root's mtime included: nothing was even staged in it.
 func TestSafetyExistingStorageOptions(t *testing.T) {
 	fill := func(root string) {
 		if err := voltest.Fill(root, 256<<10, 51); err != nil {
@@ -115,20 +116,29 @@ func TestSafetyExistingStorageOptions(t *testing.T) {
 			t.Fatal(err)
 		}
 		fill(dir)
+		alias := filepath.Join(t.TempDir(), "alias")
+		if err := os.Symlink(dir, alias); err != nil {
+			t.Fatal(err)
+		}
 		checkExistingStorage(t, map[string]string{"type": "none", "o": "bind", "device": dir},
-			func(t *testing.T, ro bool, fn func(string)) { fn(dir) })
+			[]string{alias, dir + "/"}, func(t *testing.T, ro bool, fn func(string)) { fn(dir) })
 	})
 	t.Run("loop device", func(t *testing.T) {
 		dev := loopDevice(t, 64<<20)
 		access := func(t *testing.T, ro bool, fn func(string)) { withMount(t, dev, ro, fn) }
 		access(t, false, fill)
-		checkExistingStorage(t, map[string]string{"type": "ext4", "device": dev}, access)
+		alias := filepath.Join(t.TempDir(), "alias")
+		if err := os.Symlink(dev, alias); err != nil {
+			t.Fatal(err)
+		}
+		checkExistingStorage(t, map[string]string{"type": "ext4", "device": dev}, []string{alias}, access)
 	})
 }
 
 // checkExistingStorage runs TestSafetyExistingStorageOptions's checks on a
-// volume with opts; access opens that storage from the host.
-func checkExistingStorage(t *testing.T, opts map[string]string, access func(t *testing.T, ro bool, fn func(root string))) {
+// volume with opts; aliases name its device otherwise (a symlink, a
+// trailing slash), and access opens that storage from the host.
+func checkExistingStorage(t *testing.T, opts map[string]string, aliases []string, access func(t *testing.T, ro bool, fn func(root string))) {
 	orig := newOptsVolume(t, opts)
 	store := t.TempDir()
 	mustOK(t, volbak(t, "backup", orig, "--to", store))
@@ -201,6 +211,30 @@ func checkExistingStorage(t *testing.T, opts map[string]string, access func(t *t
 
 	if !volumeExists(orig) {
 		t.Fatal("the original volume is gone")
+	}
+	// Another volume mounts the storage under another name for its device.
+	removeVolume(orig)
+	for i, alias := range aliases {
+		t.Run(fmt.Sprintf("keep-driver-opts force beside alias %d", i), func(t *testing.T) {
+			other := newOptsVolume(t, maps.Collect(func(yield func(k, v string) bool) {
+				for k, v := range opts {
+					if k == "device" {
+						v = alias
+					}
+					if !yield(k, v) {
+						return
+					}
+				}
+			}))
+			target := randName("kept")
+			t.Cleanup(func() { removeVolume(target) })
+			r := volbak(t, "restore", orig, "--from", store, "--to-volume", target, "--keep-driver-opts", "--force")
+			mustFail(t, r, exitFailed, "mounts the same storage as volume "+other)
+			if volumeExists(target) {
+				t.Fatal("a refused restore left a volume")
+			}
+			removeVolume(other)
+		})
 	}
 	access(t, true, func(root string) { before.sameAt(t, root, true) })
 }

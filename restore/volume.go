@@ -225,7 +225,15 @@ func sameStorage(a, b engine.Volume) bool {
 		}
 		return ""
 	}
-	return a.Options["device"] == b.Options["device"] && strings.EqualFold(a.Options["type"], b.Options["type"]) && addr(a.Options) == addr(b.Options)
+	// A host path (a bind-mounted directory, a block device) names the same
+	// storage however it is spelt: through a symlink, with a trailing slash.
+	device := func(o map[string]string) string {
+		if d := o["device"]; filepath.IsAbs(d) {
+			return resolve(d)
+		}
+		return o["device"]
+	}
+	return device(a.Options) == device(b.Options) && strings.EqualFold(a.Options["type"], b.Options["type"]) && addr(a.Options) == addr(b.Options)
 }
 
 func optString(o map[string]string) string {

@@ -335,10 +335,10 @@ func TestSafetyHelperMissingKeepsVolume(t *testing.T) {
 // Guards: a restore whose target overlaps the local storage it reads from
 // (the target holds the storage, is it, or is inside it; through a symlink
 // or a relative path; or is a volume whose mountpoint or bind-mounted
-// device holds the storage) ran with --force and moved the snapshots aside
-// and deleted them with the target's "old contents". It must be refused
-// before anything is written, and every snapshot must still be listed and
-// verify.
+// device holds the storage, existing or made with --keep-driver-opts) ran
+// with --force and deleted the snapshots with the target's old contents.
+// It must be refused before anything is written, and every snapshot must
+// still be listed and verify.
 func TestSafetyStorageOverlapRefused(t *testing.T) {
 	a, _ := smallVolume(t, 31, nil)
 	b, _ := smallVolume(t, 32, nil)
@@ -413,7 +413,52 @@ func TestSafetyStorageOverlapRefused(t *testing.T) {
 			mustFail(t, volbak(t, "restore", a, "--from", inner, "--to-volume", target, "--force"), exitFailed, "overlap")
 			intact(t)
 		})
+		// A snapshot of a bind volume, kept in the directory that volume
+		// mounted: the new volume --keep-driver-opts makes would mount the
+		// storage itself.
+		t.Run("new volume kept on the storage", func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "data"), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			bound := newOptsVolume(t, map[string]string{"type": "none", "o": "bind", "device": dir})
+			elsewhere := t.TempDir()
+			mustOK(t, volbak(t, "backup", bound, "--to", elsewhere))
+			removeVolume(bound) // no other volume mounts dir: only the overlap refuses
+			store := filepath.Join(dir, "store")
+			copyDir(t, filepath.Join(elsewhere, bound), filepath.Join(store, bound))
+			before := recordTree(t, dir)
+			target := randName("kept")
+			t.Cleanup(func() { removeVolume(target) })
+			mustFail(t, volbak(t, "restore", bound, "--from", store, "--to-volume", target, "--keep-driver-opts", "--force"), exitFailed, "overlap")
+			if volumeExists(target) {
+				t.Fatal("a refused restore left a volume")
+			}
+			before.untouched(t)
+			mustOK(t, volbak(t, "verify", bound, "--from", store))
+		})
 	})
+}
+
+// copyDir copies the regular files of from into a new directory to.
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Guards: a lost+found holding recovered files was taken for a filesystem

@@ -118,12 +118,20 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	case created:
 		// Removing it removes all this restore wrote.
 		return cause
-	case !events.WasReady() && ctx.Err() == nil:
-		// The helper refused or never started, and wrote nothing.
+	case !events.WasReady():
+		// The helper refused or never started, and wrote nothing; or an
+		// interrupt ended it after it made its (empty) staging directory
+		// and before volbak read its "ready" (no input was sent): clear
+		// that.
+		if ctx.Err() != nil {
+			if done, err := runRecover(ctx, eng, name, log); err != nil {
+				log.Warn("could not check the volume for a staging directory the interrupted helper may have made: the next volbak restore or backup of it clears one", "target", name, "error", err)
+			} else if done.Message != "" {
+				log.Info(done.Message, "target", name)
+			}
+		}
 		return fmt.Errorf("%w (volume %s was not changed)", cause, name)
 	}
-	// Ready, or interrupted: an interrupt can end the helper after it made
-	// its staging directory and before its "ready" was read.
 	return recoverVolume(ctx, eng, name, cause, log)
 }
 
@@ -131,19 +139,10 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 // its staging directory goes, or, if it had begun switching (every check
 // passed), the switch is finished.
 func recoverVolume(ctx context.Context, eng Engine, name string, cause error, log *slog.Logger) error {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
-	defer cancel()
-	events := &agent.Events{OnWarning: func(path, msg string) { log.Warn(msg, "path", path) }}
-	err := eng.Run(rctx, engine.Helper{Op: "restore", Volume: name, Args: []string{"agent", "recover", "--root", engine.MountPoint},
-		Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
-	done := events.Done()
+	done, err := runRecover(ctx, eng, name, log)
 	switch {
-	case err != nil || done == nil:
-		why := events.Err()
-		if why == "" && err != nil {
-			why = err.Error()
-		}
-		return fmt.Errorf("%w; and what it staged in volume %s could not be cleared (%s): the next volbak restore or backup of %s clears it", cause, name, why, name)
+	case err != nil:
+		return fmt.Errorf("%w; and what it staged in volume %s could not be cleared (%v): the next volbak restore or backup of %s clears it", cause, name, err, name)
 	case done.Finished > 0:
 		// Past every check and into the switch when it failed or was
 		// interrupted: the snapshot is in place, which is what was asked.
@@ -151,6 +150,29 @@ func recoverVolume(ctx context.Context, eng Engine, name string, cause error, lo
 		return nil
 	}
 	return fmt.Errorf("%w (volume %s is as it was: what this restore staged in it was removed)", cause, name)
+}
+
+// runRecover runs a helper that clears what dead restores left in volume
+// name (agent recover), even when ctx is cancelled, and returns its
+// report.
+func runRecover(ctx context.Context, eng Engine, name string, log *slog.Logger) (*agent.Event, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
+	defer cancel()
+	events := &agent.Events{OnWarning: func(path, msg string) { log.Warn(msg, "path", path) }}
+	err := eng.Run(rctx, engine.Helper{Op: "restore", Volume: name, Args: []string{"agent", "recover", "--root", engine.MountPoint},
+		Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
+	done := events.Done()
+	if err == nil && done != nil {
+		return done, nil
+	}
+	why := events.Err()
+	switch {
+	case why == "" && err != nil:
+		why = err.Error()
+	case why == "":
+		why = "helper ended without its final report"
+	}
+	return nil, errors.New(why)
 }
 
 // volumeError says why the helper failed, and what to do.

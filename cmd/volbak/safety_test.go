@@ -298,10 +298,10 @@ func TestSafetyFailedRestoreKeepsVolume(t *testing.T) {
 
 // Guards: when the helper could not start (here: --helper-image names an
 // image the daemon does not have), a restore into an existing non-empty
-// volume said its contents could be replaced with --force, and the
-// failure path treated the volume as the restore's own. It must say the
-// volume was not changed, suggest nothing about --force, and leave it
-// byte-identical; a volume it created for the restore must be gone.
+// volume failed with a message that suggested --force (which replaces the
+// data) for a volume nothing had been done to. It must say the volume was
+// not changed, suggest nothing about --force, and leave it byte-identical;
+// a volume it created for the restore must be gone.
 func TestSafetyHelperMissingKeepsVolume(t *testing.T) {
 	vol, _ := smallVolume(t, 22, nil)
 	store := t.TempDir()

@@ -62,8 +62,10 @@ func sameStorage(a, b engine.Volume) bool {
 		return ""
 	}
 	dev := func(o map[string]string) string {
+		// A host path names the same storage however it is spelt:
+		// through a symlink, with a trailing slash.
 		if d := o["device"]; filepath.IsAbs(d) {
-			return filepath.Clean(d)
+			return resolve(d)
 		}
 		return strings.TrimRight(o["device"], "/")
 	}

@@ -80,13 +80,23 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		if done.Entries != m.Files { // the helper checked before its switch; a second opinion
 			return fmt.Errorf("%w: volume %s now holds %d entries, the manifest lists %d", ErrCorrupt, name, done.Entries, m.Files)
 		}
+		if runErr != nil {
+			log.Warn("interrupted after the restore had finished: the volume holds the snapshot", "target", name)
+		}
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil
 	}
 	cause := volumeError(ctx, tg, runErr, events, opts)
 	if !events.WasReady() {
-		// Refused, or never started: nothing was written.
+		// Refused, or never started: nothing was written. Or an interrupt
+		// ended the helper after it began staging and before its "ready"
+		// was read (no input was sent): clear what it made.
 		if !tg.created {
+			if ctx.Err() != nil {
+				if _, _, err := recoverVolume(ctx, eng, name, false, log); err != nil {
+					log.Warn("could not check the volume for a staging directory the interrupted helper may have made; the next volbak restore or backup of it clears one", "target", name, "error", err)
+				}
+			}
 			return fmt.Errorf("%w (volume %s was not changed%s)", cause, name, cleared(events))
 		}
 		if k := events.Kind(); tg.plain && (k == agent.KindBusy || k == agent.KindNotEmpty) {

@@ -12,17 +12,6 @@ import (
 	"github.com/volbak/volbak/internal/voltest"
 )
 
-// digestLines is a tree's digest, entry by entry, for comparing a volume
-// with itself at another time.
-func digestLines(t *testing.T, dir string) []string {
-	t.Helper()
-	_, lines, err := voltest.Digest(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lines
-}
-
 func sameDigest(t *testing.T, what string, got, want []string) {
 	t.Helper()
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
@@ -85,7 +74,7 @@ func TestInPlace(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.WriteFile(archivePath, data, 0o600)
-		os.WriteFile(archivePath, flipByte(data, len(data)-1000), 0o600)
+		os.WriteFile(archivePath, flipped(data, len(data)-1000), 0o600)
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place"), exitCorrupt, "as it was")
 		sameDigest(t, "failed in-place restore", digestLines(t, dir), before)
 		noRestoreState(t, dir)
@@ -132,7 +121,7 @@ func TestInPlace(t *testing.T) {
 	})
 }
 
-func flipByte(data []byte, at int) []byte {
+func flipped(data []byte, at int) []byte {
 	c := append([]byte(nil), data...)
 	c[at] ^= 0x40
 	return c
@@ -220,7 +209,7 @@ func TestRestoreUnderRunningContainer(t *testing.T) {
 		archivePath := filepath.Join(store, filepath.FromSlash(m.Archive))
 		data, _ := os.ReadFile(archivePath)
 		defer os.WriteFile(archivePath, data, 0o600)
-		os.WriteFile(archivePath, flipByte(data, len(data)/2), 0o600)
+		os.WriteFile(archivePath, flipped(data, len(data)/2), 0o600)
 		_, startedBefore := containerState(t, app)
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place", "--stop-containers"), exitCorrupt, "as it was")
 		running, started := containerState(t, app)

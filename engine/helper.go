@@ -180,11 +180,24 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	select {
 	case outErr = <-outDone:
 	case <-ctx.Done():
-		// Detach first: the daemon's kill waits for the container's streams
-		// to drain, and nobody reads them any more.
+		// Kill, and go on reading the helper's streams to their end while
+		// the kill runs (the daemon's kill waits for them to drain): its
+		// last events say how far it got (a restore's switch may have
+		// begun, or ended). Bounded, in case whoever takes its stdout is
+		// stuck; then detach.
+		killed := make(chan struct{})
+		go func() { e.kill(ctx, id); close(killed) }()
+		drained := false
+		select {
+		case <-outDone:
+			drained = true
+		case <-time.After(drainTimeout):
+		}
 		att.Close()
-		e.kill(ctx, id)
-		<-outDone
+		<-killed
+		if !drained {
+			<-outDone
+		}
 		<-inDone
 		return ctx.Err()
 	}
@@ -253,6 +266,10 @@ func (e *Engine) removeContainer(ctx context.Context, id string) error {
 		}
 	}
 }
+
+// drainTimeout bounds how long an interrupted helper's last words are
+// waited for.
+const drainTimeout = 5 * time.Second
 
 // cleanupContext outlives the caller's cancellation: cleaning up after an
 // interrupt is exactly when it must still run.

@@ -266,7 +266,7 @@ func volumeError(ctx context.Context, tg target, runErr error, events *agent.Eve
 	switch events.Kind() {
 	case agent.KindNotEmpty:
 		if tg.created {
-			return fmt.Errorf("%w: volume %s, created with driver %s and options %q for this restore, already holds data: those options name storage that exists apart from the volume (the snapshot's own volume, perhaps), which volbak did not touch; restore into a plain new volume (without --keep-driver-opts or such --driver-opt)", ErrNotEmpty, name, tg.vol.Driver, optString(tg.vol.Options))
+			return fmt.Errorf("%w: volume %s, created for this restore with driver %s and options %q, was not empty: those options name storage that exists apart from the volume (the snapshot's own volume's, perhaps), which volbak did not touch; restore into a plain new volume (without --keep-driver-opts or such --driver-opt)", ErrNotEmpty, name, tg.vol.Driver, optString(tg.vol.Options))
 		}
 		if strings.Contains(msg, "written into it while") {
 			return fmt.Errorf("%w: something wrote into volume %s while the snapshot was restored, so it was not switched in: stop what writes there, and restore again", ErrNotEmpty, name)

@@ -212,7 +212,7 @@ func finish(root, id string, j journal, warn func(path, msg string)) error {
 			return err
 		}
 		for _, n := range names {
-			if n == lostFound && keepLostFound(root, newFd, warn) {
+			if n == lostFound && keepLostFound(root, rootFd, newFd, warn) {
 				continue
 			}
 			if err := failpoint("in " + n); err != nil {
@@ -313,19 +313,23 @@ func moveAside(root string, rootFd int, id string) error {
 	return unix.Fsync(oldFd)
 }
 
-// keepLostFound decides for the archive's lost+found: it goes in only
-// where the target has none; the target's own stays as it is, and the
-// archive's is dropped with a warning if it held anything (it is still in
-// the snapshot).
-func keepLostFound(root string, newFd int, warn func(path, msg string)) bool {
+// keepLostFound decides for the archive's lost+found: it goes in where
+// the target has none, or only an empty one (nothing is lost, and the
+// snapshot's comes back whole); a lost+found holding files stays as it
+// is, and the archive's is dropped with a warning (it is still in the
+// snapshot).
+func keepLostFound(root string, rootFd, newFd int, warn func(path, msg string)) bool {
 	if _, err := os.Lstat(filepath.Join(root, lostFound)); errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if emptyDir(filepath.Join(root, lostFound)) && unix.Unlinkat(rootFd, lostFound, unix.AT_REMOVEDIR) == nil {
 		return false
 	}
 	if fd, err := openDir(newFd, lostFound); err == nil {
 		staged, _ := fdNames(fd)
 		unix.Close(fd)
 		if len(staged) > 0 {
-			warn(lostFound, fmt.Sprintf("the target has a lost+found of its own, which was kept; the snapshot's lost+found (%d entries) was not restored", len(staged)))
+			warn(lostFound, fmt.Sprintf("the target's lost+found holds files and was kept; the snapshot's lost+found (%d entries) was not restored", len(staged)))
 		}
 	}
 	return true

@@ -189,16 +189,7 @@ wait:
 			}
 		}
 	}
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		}
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return result{out.String(), errb.String(), code}
+	return result{out.String(), errb.String(), exitCodeOf(t, err)}
 }
 
 // Guards: a failed restore into an existing non-empty volume (a small

@@ -243,24 +243,19 @@ func TestLostFound(t *testing.T) {
 	}
 
 	// An empty one gives way to the archive's, and none at all too.
-	root = t.TempDir()
-	os.Mkdir(filepath.Join(root, lostFound), 0o700)
-	s, _ = Begin(root, false)
-	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
-	if _, err := s.Commit(nil, CommitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err != nil {
-		t.Fatal(err)
-	}
-	root = t.TempDir()
-	s, _ = Begin(root, false)
-	tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
-	if _, err := s.Commit(nil, CommitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err != nil {
-		t.Fatal(err)
+	for _, has := range []bool{true, false} {
+		root = t.TempDir()
+		if has {
+			os.Mkdir(filepath.Join(root, lostFound), 0o700)
+		}
+		s, _ = Begin(root, false)
+		tree(t, s.Dir(), map[string]string{"lost+found/#9": "archived"})
+		if _, err := s.Commit(nil, CommitOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "lost+found/#9")); err != nil {
+			t.Fatalf("target had a lost+found: %v: %v", has, err)
+		}
 	}
 
 	// A file named lost+found is data like any other, and so is a link.

@@ -206,7 +206,6 @@ func runExtract(args []string, stdin io.Reader, em *emitter) error {
 	fl.Int64Var(&job.Entries, "entries", 0, "entries the archive must hold")
 	fl.Int64Var(&job.Bytes, "bytes", 0, "uncompressed bytes the archive must hold")
 	fl.BoolVar(&job.SpaceCheck, "space-check", false, "refuse a target without room for the snapshot")
-	fl.BoolVar(&job.Durable, "sync", false, "sync the target's filesystem before reporting done")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -214,18 +213,19 @@ func runExtract(args []string, stdin io.Reader, em *emitter) error {
 	job.Ready = func() { em.emit(Event{Event: "ready"}) }
 	job.Recovered = func(r stage.Report) { em.emit(Event{Event: "note", Message: r.String()}) }
 	job.Switching = func() { em.emit(Event{Event: "switching"}) }
+	// Done as soon as the snapshot is in place: the controller may start
+	// the stopped containers while the replaced contents are removed.
+	job.Switched = func(st archive.Stats) {
+		em.emit(Event{Event: "done", Entries: st.Entries, Bytes: st.Bytes, Warnings: st.Warnings})
+	}
 	// Drain the stream in big gulps from a big pipe: the shim then writes
 	// ahead instead of waking us every 64 KiB. Together (neither alone) they
 	// took a 1 GiB restore from 3.4 s to 3.0 s.
 	if f, ok := stdin.(*os.File); ok {
 		unix.FcntlInt(f.Fd(), unix.F_SETPIPE_SZ, 1<<20) // best effort: a pipe, and allowed
 	}
-	st, err := stage.Run(*root, bufio.NewReaderSize(stdin, 1<<20), job)
-	if err != nil {
-		return err
-	}
-	em.emit(Event{Event: "done", Entries: st.Entries, Bytes: st.Bytes, Warnings: st.Warnings})
-	return nil
+	_, err := stage.Run(*root, bufio.NewReaderSize(stdin, 1<<20), job)
+	return err
 }
 
 // runRecover clears what a dead restore left in the target: it finishes a

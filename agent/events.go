@@ -16,6 +16,9 @@ type Events struct {
 	// OnNote is called for what the helper did besides its job (clearing
 	// what a dead restore left).
 	OnNote func(msg string)
+	// OnDone is called when the final report arrives (the helper may go
+	// on tidying up after it).
+	OnDone func()
 
 	Progress atomic.Int64 // uncompressed bytes the helper has handled
 	Estimate atomic.Int64 // the helper's estimate of the total, 0 if none
@@ -81,6 +84,9 @@ func (e *Events) handle(line []byte) {
 	case "done":
 		e.Progress.Store(ev.Bytes)
 		e.done = &ev
+		if e.OnDone != nil {
+			e.OnDone()
+		}
 	case "error":
 		e.err, e.kind = ev.Message, ev.Kind
 	}

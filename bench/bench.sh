@@ -326,15 +326,6 @@ for ((i = 1; i <= REPS; i++)); do
 	BEST[vb_restore_inplace]=$(min "${BEST[vb_restore_inplace]:-}" "$WALL")
 	RSS[vb_restore_inplace]=$(max "${RSS[vb_restore_inplace]:-}" "$(rss_kib "$WORK/time.out")")
 done
-
-# What the final sync of the target costs, once.
-DST_NOSYNC=volbakbench-dst-nosync
-prep_restore
-log "volbak restore --no-sync (1 rep)"
-run_timed "volbak-restore-nosync" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
-	"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_NOSYNC" -q --no-sync
-BEST[vb_restore_nosync]=$WALL
-log "  ${WALL}s"
 # Remote storage: the same volume to S3 (versitygw) and SFTP (sshd) on
 # loopback, compared with volbak's own local-storage runs above.
 REMOTE_FID=""
@@ -462,7 +453,6 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	fmt_row "volbak backup --level default" vb_backup_def base_backup
 	fmt_row "baseline restore (zstd -dc \| busybox tar -x)" base_restore base_restore
 	fmt_row "volbak restore" vb_restore base_restore
-	fmt_row "volbak restore --no-sync (1 rep)" vb_restore_nosync base_restore
 	fmt_row "volbak restore --force over a previous copy (in place)" vb_restore_inplace base_restore
 	echo
 	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s.$SPARSE_NOTE"

@@ -38,9 +38,9 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 	_, err = stage.Run(dir, src, stage.Job{
 		Replace: opts.Replace,
 		Entries: m.Files, Bytes: m.Uncompressed,
-		SpaceCheck: !opts.NoSpaceCheck, Durable: !opts.NoSync,
-		Warn:  warn,
-		Ready: func() { ready = true },
+		SpaceCheck: !opts.NoSpaceCheck,
+		Warn:       warn,
+		Ready:      func() { ready = true },
 	})
 	if err == nil {
 		return nil

@@ -66,8 +66,6 @@ type Options struct {
 	KeepDriverOpts bool
 	// NoSpaceCheck skips the check that the target has room.
 	NoSpaceCheck bool
-	// NoSync skips syncing the target's filesystem at the end.
-	NoSync bool
 	// Labels are merged over the snapshot's; Driver and DriverOpts, if set,
 	// replace the snapshot's. Only for a volume the restore creates.
 	Labels     map[string]string

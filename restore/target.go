@@ -85,29 +85,50 @@ func optString(o map[string]string) string {
 // while another volume mounts the same storage.
 func checkTarget(ctx context.Context, eng Engine, v engine.Volume, opts Options) error {
 	if opts.StoragePath != "" {
-		paths := []string{v.Mountpoint}
-		if existingStorage(v.Driver, v.Options) && filepath.IsAbs(v.Options["device"]) {
-			paths = append(paths, v.Options["device"])
-		}
-		for _, p := range paths {
-			if p != "" && overlaps(p, opts.StoragePath) {
+		for _, p := range hostPaths(v) {
+			if overlaps(p, opts.StoragePath) {
 				return fmt.Errorf("%w: volume %s (%s) and the storage %s overlap: restoring would write over the snapshots being read; restore into another volume", ErrRefused, v.Name, p, opts.StoragePath)
 			}
 		}
 	}
-	if !opts.Replace || !existingStorage(v.Driver, v.Options) {
+	if !opts.Replace {
 		return nil
 	}
+	// Replacing moves the whole tree aside: never a tree another volume
+	// mounts, wholly or in part (a bind of a directory inside this one, or
+	// of one that holds it).
 	all, err := eng.Volumes(ctx)
 	if err != nil {
 		return err
 	}
 	for _, o := range all {
-		if o.Name != v.Name && sameStorage(o, v) {
-			return fmt.Errorf("%w: volume %s mounts the same storage as volume %s (%s): volbak will not replace data another volume uses; restore into a plain new volume instead", ErrRefused, v.Name, o.Name, optString(v.Options))
+		if o.Name == v.Name {
+			continue
+		}
+		shared := sameStorage(o, v)
+		for _, a := range hostPaths(v) {
+			for _, b := range hostPaths(o) {
+				shared = shared || overlaps(a, b)
+			}
+		}
+		if shared {
+			return fmt.Errorf("%w: volume %s shares storage with volume %s (%s): volbak will not replace data another volume uses; restore into a plain new volume instead", ErrRefused, v.Name, o.Name, optString(o.Options))
 		}
 	}
 	return nil
+}
+
+// hostPaths are the host directories a volume's data lives in: its
+// mountpoint, and the directory a bind mounts.
+func hostPaths(v engine.Volume) []string {
+	var out []string
+	if v.Mountpoint != "" {
+		out = append(out, v.Mountpoint)
+	}
+	if existingStorage(v.Driver, v.Options) && filepath.IsAbs(v.Options["device"]) {
+		out = append(out, v.Options["device"])
+	}
+	return out
 }
 
 // overlaps reports whether a and b are the same directory or one holds the

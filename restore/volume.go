@@ -9,10 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/restore/stage"
 	"github.com/volbak/volbak/snapshot"
 )
 
@@ -40,22 +43,31 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	// consistent: whether the containers volbak stopped may run on the
 	// volume again: not while a switch is half done.
 	consistent := true
+	restart := func() error { return nil }
 	if stopped != nil {
+		names := engine.Names(stopped.Containers())
+		restart = sync.OnceValue(func() error {
+			if err := stopped.Restart(ctx); err != nil {
+				return err
+			}
+			log.Info("started the stopped containers again", "target", name, "containers", names)
+			return nil
+		})
 		defer func() {
-			names := engine.Names(stopped.Containers())
 			if !consistent {
 				err = fmt.Errorf("%w; the containers volbak stopped (%s) were left stopped, since volume %s is between its old and new contents: run the same restore again, then start them", err, names, name)
 				return
 			}
-			if rerr := stopped.Restart(ctx); rerr != nil {
+			if rerr := restart(); rerr != nil {
 				err = errors.Join(err, rerr)
-				return
 			}
-			log.Info("started the stopped containers again", "target", name, "containers", names)
 		}()
 	}
 
 	events := &agent.Events{OnWarning: warn, OnNote: func(msg string) { log.Warn(msg, "target", name) }}
+	// The snapshot is in place as soon as the helper reports done: the
+	// containers need not wait for it to remove what was replaced.
+	events.OnDone = func() { restart() }
 	args := []string{"agent", "extract", "--root", engine.MountPoint,
 		"--entries", strconv.FormatInt(m.Files, 10), "--bytes", strconv.FormatInt(m.Uncompressed, 10)}
 	if opts.Replace {
@@ -66,9 +78,6 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	}
 	if !opts.NoSpaceCheck {
 		args = append(args, "--space-check")
-	}
-	if !opts.NoSync {
-		args = append(args, "--sync")
 	}
 	runErr := eng.Run(ctx, engine.Helper{
 		Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite,
@@ -87,48 +96,54 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		return nil
 	}
 	cause := volumeError(ctx, tg, runErr, events, opts)
-	if !events.WasReady() {
-		// Refused, or never started: nothing was written. Or an interrupt
-		// ended the helper after it began staging and before its "ready"
-		// was read (no input was sent): clear what it made.
-		if !tg.created {
-			if ctx.Err() != nil {
-				if _, _, err := recoverVolume(ctx, eng, name, false, log); err != nil {
-					log.Warn("could not check the volume for a staging directory the interrupted helper may have made; the next volbak restore or backup of it clears one", "target", name, "error", err)
-				}
-			}
+	if !events.WasReady() && events.Kind() != "" {
+		// The helper checked the target and refused it: it wrote nothing.
+		switch k := events.Kind(); {
+		case !tg.created:
 			return fmt.Errorf("%w (volume %s was not changed%s)", cause, name, cleared(events))
-		}
-		if k := events.Kind(); tg.plain && (k == agent.KindBusy || k == agent.KindNotEmpty) {
-			// Made at the same moment by another restore, which is using
-			// it or has filled it: not this one's to remove.
+		case tg.plain && (k == agent.KindBusy || k == agent.KindNotEmpty):
+			// Made at the same moment by another restore into the same
+			// name, which is using it or has filled it: not this one's.
 			return fmt.Errorf("%w (volume %s was not changed)", cause, name)
 		}
 		return removeCreated(ctx, eng, tg, cause)
 	}
-	finished, empty, err := recoverVolume(ctx, eng, name, opts.Replace, log)
+	// Otherwise the helper may have written: it began, or an interrupt
+	// ended it after it made its staging directory and before its "ready"
+	// was read. Clear what it left; finish its switch if that had begun.
+	finished, empty, err := recoverVolume(ctx, eng, name, events.Switching(), log)
 	switch {
-	case err != nil:
-		err = fmt.Errorf("%w; and what it left in volume %s could not be cleared (%v): run the same restore again, which clears it first", cause, name, err)
-		if events.Switching() {
-			consistent = false
-		}
-		if tg.created {
-			err = fmt.Errorf("%w (volume %s, created for this restore, was kept)", err, name)
-		}
-		return err
-	case finished || events.Switching():
+	case err == nil && (finished || events.Switching()):
 		// Past every check and into the switch when it was cut short; the
 		// switch is finished now (or was, just before the end): the
 		// snapshot is in place, as asked.
 		log.Warn("the restore was cut short during its final switch, which is finished: the volume holds the snapshot", "target", name, "cause", cause)
 		return nil
-	case tg.created && (empty || !tg.plain):
-		return removeCreated(ctx, eng, tg, cause)
+	case err != nil && !events.WasReady():
+		// Never got as far as reading its input (a helper that could not
+		// start, an early interrupt): at most an empty staging directory
+		// is left, which the next restore or backup clears.
+		if tg.created {
+			return removeCreatedIfEmpty(ctx, eng, tg, cause, false)
+		}
+		log.Warn("could not check the volume for a staging directory the helper may have made; the next volbak restore or backup of it clears one", "target", name, "error", err)
+		return fmt.Errorf("%w (volume %s was not changed)", cause, name)
+	case err != nil:
+		// What it wrote could not be cleared: never let the stopped
+		// containers run on that.
+		consistent = false
+		err = fmt.Errorf("%w; and what it left in volume %s could not be cleared (%v): run the same restore again, which clears it first", cause, name, err)
+		if tg.created {
+			err = fmt.Errorf("%w (volume %s, created for this restore, was kept)", err, name)
+		}
+		return err
 	case tg.created:
-		return fmt.Errorf("%w (volume %s, created for this restore, holds data that another restore put there at the same moment, and was kept)", cause, name)
+		return removeCreatedIfEmpty(ctx, eng, tg, cause, empty)
 	}
-	return fmt.Errorf("%w (volume %s is as it was: what this restore staged in it was removed)", cause, name)
+	if !events.WasReady() {
+		return fmt.Errorf("%w (volume %s was not changed%s)", cause, name, cleared(events))
+	}
+	return fmt.Errorf("%w (volume %s is as it was: what this restore staged in it was removed%s)", cause, name, cleared(events))
 }
 
 // prepare finds or creates the target volume, refuses what must not be
@@ -195,6 +210,20 @@ func stopUsers(ctx context.Context, eng Engine, name string, opts Options, log *
 	return stopped, nil
 }
 
+// removeCreatedIfEmpty removes a plain volume this restore created,
+// after it failed with cause, once it is known to hold nothing (creating
+// is idempotent: another restore into the same name at the same moment
+// may have filled it): empty says so, else its mountpoint is looked at,
+// where this process can see it. Other volumes go as removeCreated says.
+func removeCreatedIfEmpty(ctx context.Context, eng Engine, tg target, cause error, empty bool) error {
+	if tg.plain && !empty {
+		if err := stage.Empty(tg.vol.Mountpoint); err != nil {
+			return fmt.Errorf("%w (volume %s, created for this restore, was kept: it may hold another restore's data, or could not be checked: %v)", cause, tg.name, err)
+		}
+	}
+	return removeCreated(ctx, eng, tg, cause)
+}
+
 // removeCreated removes a volume this restore created, after it failed
 // with cause. A volume of another driver is kept: removing it may delete
 // storage that was not this restore's.
@@ -206,7 +235,10 @@ func removeCreated(ctx context.Context, eng Engine, tg target, cause error) erro
 	// A local volume's removal unmounts what it mounts (a bind, a device)
 	// and removes only its own directory; the daemon refuses while mounted.
 	if rerr := eng.RemoveVolume(ctx, tg.name); rerr != nil {
-		return fmt.Errorf("%w; and volume %s, created for this restore, could not be removed: remove it by hand (docker volume rm %s): %v", cause, tg.name, tg.name, rerr)
+		if cerrdefs.IsConflict(rerr) {
+			return fmt.Errorf("%w (volume %s, created for this restore, was kept: a container is using it, perhaps another restore into the same name)", cause, tg.name)
+		}
+		return fmt.Errorf("%w; and volume %s, created for this restore, could not be removed (%v): check it holds nothing you need, then docker volume rm %s", cause, tg.name, rerr, tg.name)
 	}
 	return fmt.Errorf("%w (volume %s, created for this restore, was removed)", cause, tg.name)
 }
@@ -225,6 +257,9 @@ func cleared(events *agent.Events) string {
 // passed), the switch is finished, and finished says so; empty says the
 // volume then holds nothing but an unfinished restore's mark.
 func recoverVolume(ctx context.Context, eng Engine, name string, replace bool, log *slog.Logger) (finished, empty bool, err error) {
+	// replace: this restore's own switch began, and is a replacing one
+	// or not; either way it is finished. Otherwise a replacing switch an
+	// earlier run began is left alone: this one never got to replace.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recoverTimeout)
 	defer cancel()
 	events := &agent.Events{OnWarning: func(path, msg string) { log.Warn(msg, "path", path) }}

@@ -330,9 +330,7 @@ A lost+found with files in it is never removed.
 A restore into a volume that a running container uses is refused, naming
 the containers; --stop-containers stops them, restores, and starts them
 again, whatever happens. The restored data is synced to disk before it is
-switched in (--no-sync skips that for an empty or new target: a power cut
-soon after may then lose what was restored; a replacing restore always
-syncs, since its switch removes the old contents).
+switched in, so a power cut never leaves a restored tree of empty files.
 
 When several hosts back the same volume name up into STORAGE, the latest
 needs --host NAME (an id alone is enough).
@@ -417,7 +415,6 @@ needs --host NAME (an id alone is enough).
 	f.BoolVar(&o.StopContainers, "stop-containers", false, "stop running containers that use the target volume, and start them again afterwards")
 	f.BoolVar(&o.KeepDriverOpts, "keep-driver-opts", false, "recreate driver options that mount existing storage (bind, device, NFS) instead of dropping them")
 	f.BoolVar(&o.NoSpaceCheck, "no-space-check", false, "skip the check that the target has room for the snapshot")
-	f.BoolVar(&o.NoSync, "no-sync", false, "do not sync an empty or new target before reporting success (a replacing restore always syncs)")
 	f.StringArrayVar(&labels, "label", nil, "KEY=VALUE label for the new volume, over the snapshot's (repeatable)")
 	f.StringVar(&driver, "driver", "", "volume driver for the new volume instead of the snapshot's")
 	f.StringArrayVar(&driverOpts, "driver-opt", nil, "KEY=VALUE driver option with --driver (repeatable)")

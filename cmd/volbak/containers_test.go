@@ -76,6 +76,12 @@ func (e *buildError) Error() string { return e.out }
 // removed when the test ends.
 func appContainer(t *testing.T, vol string) (id string) {
 	t.Helper()
+	return appContainerWith(t, vol, false)
+}
+
+// appContainerWith is appContainer, started with --rm if autoRemove.
+func appContainerWith(t *testing.T, vol string, autoRemove bool) (id string) {
+	t.Helper()
 	ctx := context.Background()
 	res, err := dc.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name: randName("app"),
@@ -83,8 +89,9 @@ func appContainer(t *testing.T, vol string) (id string) {
 			// busybox sleep dies at once on SIGTERM: a quick stop.
 			StopTimeout: ptr(2)},
 		HostConfig: &container.HostConfig{
-			Mounts:    []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/data"}},
-			LogConfig: container.LogConfig{Type: "none"},
+			Mounts:     []mount.Mount{{Type: mount.TypeVolume, Source: vol, Target: "/data"}},
+			LogConfig:  container.LogConfig{Type: "none"},
+			AutoRemove: autoRemove,
 		},
 	})
 	if err != nil {

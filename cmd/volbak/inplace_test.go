@@ -235,16 +235,32 @@ func TestRestoreUnderRunningContainer(t *testing.T) {
 		mutate2 := filepath.Join(bigDir, "after")
 		os.WriteFile(mutate2, nil, 0o644)
 		beforeBig := digestLines(t, bigDir)
+		_, startedBefore := containerState(t, app)
 		interrupt(t, syscall.SIGINT, func() bool {
 			staged, _ := filepath.Glob(filepath.Join(bigDir, ".volbak-restore-*.new", "data", "d01"))
 			return len(staged) > 0
 		}, "restore", big, "--from", bigStore, "--in-place", "--stop-containers")
 		// Started again before volbak exits: no waiting.
-		if running, _ := containerState(t, app); !running {
-			t.Fatal("an interrupted restore left the container stopped")
+		if running, started := containerState(t, app); !running || started == startedBefore {
+			t.Fatalf("container not stopped and started again (running %v)", running)
 		}
 		sameDigest(t, "interrupted restore", digestLines(t, bigDir), beforeBig)
 	})
+}
+
+// A container started with --rm would be removed by stopping it: volbak
+// refuses rather than stop it.
+func TestAutoRemoveContainerRefused(t *testing.T) {
+	vol, dir := newVolume(t, nil, edgeAndData(1<<20))
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	app := appContainerWith(t, vol, true)
+	before := digestLines(t, dir)
+	mustFail(t, volbak(t, "restore", vol, "--from", store, "--in-place", "--stop-containers"), 1, "--rm")
+	if running, _ := containerState(t, app); !running {
+		t.Fatal("the --rm container was stopped")
+	}
+	sameDigest(t, "refused restore", digestLines(t, dir), before)
 }
 
 // The space check refuses, with the figures, a target that cannot take
@@ -267,4 +283,72 @@ func TestRestoreSpaceCheck(t *testing.T) {
 		t.Fatal("a failed restore left the volume it created")
 	}
 	t.Logf("both in %s", time.Since(start))
+}
+
+// --to-dir without root: owners cannot come back (a warning says so), a
+// target directory the user does not own keeps its own mode (warned, not
+// a failed switch), and a snapshot directory that is read-only refuses
+// the restore before anything is switched.
+func TestToDirAsNonRoot(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error {
+		os.MkdirAll(filepath.Join(d, "sub"), 0o755)
+		return os.WriteFile(filepath.Join(d, "sub", "f"), []byte("x"), 0o644)
+	})
+	base, err := os.MkdirTemp("", prefix+"nonroot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(base)
+	os.Chmod(base, 0o777)
+	store := filepath.Join(base, "store")
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	filepath.Walk(store, func(p string, info os.FileInfo, err error) error {
+		if err == nil {
+			os.Chmod(p, info.Mode().Perm()|0o555)
+		}
+		return nil
+	})
+	asNobody := func(args ...string) result {
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		return volbakCmd(t, cmd)
+	}
+	t.Run("new directory", func(t *testing.T) {
+		r := mustOK(t, asNobody("restore", vol, "--from", store, "--to-dir", filepath.Join(base, "new")))
+		if !strings.Contains(r.stderr, "owners not restored") {
+			t.Fatalf("no warning about owners: %s", r)
+		}
+		if data, err := os.ReadFile(filepath.Join(base, "new", "sub", "f")); err != nil || string(data) != "x" {
+			t.Fatalf("not restored: %v", err)
+		}
+	})
+	t.Run("a root-owned shared directory", func(t *testing.T) {
+		shared := filepath.Join(base, "shared")
+		os.Mkdir(shared, 0o777)
+		os.Chmod(shared, 0o777)
+		r := mustOK(t, asNobody("restore", vol, "--from", store, "--to-dir", shared))
+		if !strings.Contains(r.stderr, "target itself not restored") {
+			t.Fatalf("no warning about the target's own mode: %s", r)
+		}
+		noRestoreState(t, shared)
+	})
+	t.Run("read-only directory in the snapshot", func(t *testing.T) {
+		ro, _ := newVolume(t, nil, func(d string) error {
+			os.MkdirAll(filepath.Join(d, "ro"), 0o755)
+			os.WriteFile(filepath.Join(d, "ro", "f"), nil, 0o644)
+			return os.Chmod(filepath.Join(d, "ro"), 0o555)
+		})
+		mustOK(t, volbak(t, "backup", ro, "--to", store))
+		filepath.Walk(store, func(p string, info os.FileInfo, err error) error {
+			if err == nil {
+				os.Chmod(p, info.Mode().Perm()|0o555)
+			}
+			return nil
+		})
+		dir := filepath.Join(base, "ro-target")
+		mustFail(t, asNobody("restore", ro, "--from", store, "--to-dir", dir), 1, "run volbak as root")
+		if _, err := os.Stat(dir); err == nil {
+			t.Fatal("a refused restore left the directory it made")
+		}
+	})
 }

@@ -191,7 +191,8 @@ func volbakCmd(t *testing.T, cmd *exec.Cmd) result {
 	t.Helper()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	return result{out.String(), errb.String(), exitCodeOf(t, cmd.Run())}
+	code := exitCodeOf(t, cmd.Run())
+	return result{out.String(), errb.String(), code}
 }
 
 // exitCodeOf is a finished volbak's exit code, 128+N for a signal N.

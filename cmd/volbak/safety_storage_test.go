@@ -203,7 +203,7 @@ func checkExistingStorage(t *testing.T, opts map[string]string, aliases []string
 		target := randName("kept")
 		t.Cleanup(func() { removeVolume(target) })
 		r := volbak(t, "restore", orig, "--from", store, "--to-volume", target, "--keep-driver-opts", "--force")
-		mustFail(t, r, exitFailed, "mounts the same storage as volume "+orig)
+		mustFail(t, r, exitFailed, "shares storage with volume "+orig)
 		if volumeExists(target) {
 			t.Fatal("a refused restore left a volume")
 		}
@@ -229,7 +229,7 @@ func checkExistingStorage(t *testing.T, opts map[string]string, aliases []string
 			target := randName("kept")
 			t.Cleanup(func() { removeVolume(target) })
 			r := volbak(t, "restore", orig, "--from", store, "--to-volume", target, "--keep-driver-opts", "--force")
-			mustFail(t, r, exitFailed, "mounts the same storage as volume "+other)
+			mustFail(t, r, exitFailed, "shares storage with volume "+other)
 			if volumeExists(target) {
 				t.Fatal("a refused restore left a volume")
 			}

@@ -12,15 +12,22 @@ import (
 
 // Report says what Recover did.
 type Report struct {
-	Finished int // switches a dead run had begun, now complete
-	Removed  int // staging and old directories removed
-	Unmarked int // stale marks of unfinished restores removed from used volumes
+	Finished   int // switches a dead run had begun, now complete
+	RolledBack int // switches a dead run had begun, undone (the old entries could not all be moved aside)
+	Removed    int // staging and old directories removed
+	Unmarked   int // stale marks of unfinished restores removed from used volumes
+	// Pending counts replacing switches a dead run began, left alone: only
+	// a replacing run finishes them.
+	Pending int
 }
 
 func (r Report) String() string {
 	var parts []string
 	if r.Finished > 0 {
 		parts = append(parts, fmt.Sprintf("finished %d switch(es) to a restored snapshot that an interrupted run had begun", r.Finished))
+	}
+	if r.RolledBack > 0 {
+		parts = append(parts, fmt.Sprintf("undid %d switch(es) that an interrupted run had begun and could not finish", r.RolledBack))
 	}
 	if r.Removed > 0 {
 		parts = append(parts, fmt.Sprintf("removed %d staging director(ies) an interrupted restore left", r.Removed))
@@ -31,22 +38,34 @@ func (r Report) String() string {
 	return strings.Join(parts, "; ")
 }
 
+// changed reports whether Recover changed anything.
+func (r Report) changed() bool { return r.Finished+r.RolledBack+r.Removed+r.Unmarked > 0 }
+
 // Recover clears what dead runs left at root (with the exclusive lock
 // held). A journaled switch is finished: every check had passed before
 // its journal was written. A replacing one, though, moves the old
-// contents aside, so it is finished only by a replacing run (replace);
-// otherwise Recover returns ErrSwitchPending and touches nothing.
-// Staging directories of runs that never reached their switch are
-// removed; with replace, so is an old directory no journal names. A mark
-// of an unfinished restore goes once the volume holds data of its own.
-func Recover(root string, replace bool, warn func(path, msg string)) (Report, error) {
+// contents aside, so it is finished only with finishReplacing (a run that
+// replaces the contents itself); otherwise it is left alone, with all its
+// state, and counted as Pending. Staging directories of runs that never
+// reached their switch are removed. A mark of an unfinished restore goes
+// once the volume holds data of its own.
+func Recover(root string, finishReplacing bool, warn func(path, msg string)) (Report, error) {
+	return recoverAt(root, finishReplacing, "", warn)
+}
+
+// recoverAt is Recover, sparing the state of the live run keep.
+func recoverAt(root string, finishReplacing bool, keep string, warn func(path, msg string)) (Report, error) {
+	if warn == nil {
+		warn = func(string, string) {}
+	}
 	var rep Report
 	st, err := scan(root)
 	if err != nil {
 		return rep, err
 	}
+	pending := map[string]bool{}
 	for _, e := range st.entries {
-		if e.kind != kindSwap {
+		if e.kind != kindSwap || e.id == keep {
 			continue
 		}
 		j, err := readJournal(root, e.id)
@@ -56,32 +75,41 @@ func Recover(root string, replace bool, warn func(path, msg string)) (Report, er
 		if err != nil {
 			return rep, err
 		}
-		if j.Replace && !replace {
-			return rep, fmt.Errorf("%w: %s holds a switch that an interrupted restore with --force or --in-place began, and only such a restore finishes it (it moves the old contents aside)", ErrSwitchPending, root)
-		}
-		if j.Phase == kindOld && !realDir(root, name(e.id, kindNew), st.dev) {
+		if !realDir(root, name(e.id, kindNew), st.dev) {
 			return rep, fmt.Errorf("%w: the journal %s has no staging directory beside it, which volbak never leaves; inspect %s and remove the %s%s.* entries by hand", ErrForeign, name(e.id, kindSwap), root, Prefix, e.id)
 		}
-		if err := finish(root, e.id, j, warn); err != nil {
-			return rep, fmt.Errorf("finish the switch an interrupted restore began: %w", err)
+		if j.Replace && !finishReplacing {
+			pending[e.id] = true
+			rep.Pending++
+			continue
 		}
-		rep.Finished++
+		switch err := finish(root, e.id, j, warn); {
+		case errors.Is(err, errRolledBack):
+			rep.RolledBack++
+		case err != nil:
+			return rep, fmt.Errorf("finish the switch an interrupted restore began: %w", err)
+		default:
+			sweep(root, e.id, j, warn)
+			rep.Finished++
+		}
 	}
 	if st, err = scan(root); err != nil {
 		return rep, err
 	}
 	for _, e := range st.entries {
+		if pending[e.id] || e.id == keep {
+			continue
+		}
 		n := name(e.id, e.kind)
 		p := filepath.Join(root, n)
 		var err error
 		switch e.kind {
 		case kindNew, kindOld:
-			if e.kind == kindOld && !replace {
-				continue // the contents a switch replaced: a replacing run removes them
-			}
+			// (An old directory without its journal holds what a finished
+			// switch replaced: a crash cut its removal short.)
 			switch {
 			case realDir(root, n, st.dev):
-				err = os.RemoveAll(p)
+				removeState(root, n, warn)
 				rep.Removed++
 			case isRealDir(p):
 				warn(n, "is a mount point; left alone")
@@ -100,7 +128,7 @@ func Recover(root string, replace bool, warn func(path, msg string)) (Report, er
 			return rep, fmt.Errorf("remove %s: %w", n, err)
 		}
 	}
-	if rep != (Report{}) {
+	if rep.changed() {
 		return rep, syncDir(root)
 	}
 	return rep, nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
 	"github.com/volbak/volbak/archive"
 )
@@ -22,19 +24,18 @@ type Job struct {
 	Entries, Bytes int64
 	// SpaceCheck refuses a target whose filesystem cannot take Bytes more.
 	SpaceCheck bool
-	// Durable makes the restored tree durable before it is switched in.
-	// A replacing restore is always made durable: its switch removes the
-	// old contents.
-	Durable bool
-	Warn    func(path, msg string)
+	Warn       func(path, msg string)
 	// Ready is called once the target was checked and may be written:
 	// before it, nothing was touched, and the archive need not be read.
 	Ready func()
 	// Recovered is told what was cleared of a dead run's state.
 	Recovered func(Report)
 	// Switching is called once the switch is journaled: from then on the
-	// target is never "as it was", whatever happens.
+	// target is never "as it was", whatever happens. Switched is called
+	// once it holds the snapshot, before the replaced contents are
+	// removed (which takes a while, and needs nobody to wait).
 	Switching func()
+	Switched  func(archive.Stats)
 }
 
 // Run restores the archive r into root: lock, clear what dead runs left,
@@ -50,12 +51,18 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		return archive.Stats{}, err
 	}
 	defer unlock()
-	rep, err := Recover(root, job.Replace, warn)
+	// A replacing switch a dead run began is left for this run's own
+	// switch to finish, once its archive has passed every check: if this
+	// one fails, the target stays as it was, pending switch and all.
+	rep, err := Recover(root, false, warn)
 	if err != nil {
 		return archive.Stats{}, err
 	}
-	if rep != (Report{}) && job.Recovered != nil {
+	if rep.changed() && job.Recovered != nil {
 		job.Recovered(rep)
+	}
+	if rep.Pending > 0 && !job.Replace {
+		return archive.Stats{}, fmt.Errorf("%w: %s holds a switch that an interrupted restore with --force or --in-place began; only a restore that replaces the contents finishes it", ErrSwitchPending, root)
 	}
 	if !job.Replace {
 		if err := Empty(root); err != nil {
@@ -75,11 +82,13 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		job.Ready()
 	}
 	var rootHdr *tar.Header
+	stopFlush := flushBehind(root)
 	st, err := archive.Extract(r, s.Dir(), archive.ExtractOptions{
 		Warn:     warn,
 		Root:     func(h *tar.Header) { rootHdr = h },
 		Reserved: Reserved,
 	})
+	stopFlush()
 	if err == nil && (job.Entries > 0 && st.Entries != job.Entries || job.Bytes > 0 && st.Bytes != job.Bytes) {
 		err = fmt.Errorf("%w: it holds %d entries in %d bytes, the manifest says %d in %d", archive.ErrCorrupt, st.Entries, st.Bytes, job.Entries, job.Bytes)
 	}
@@ -89,7 +98,11 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		}
 		return st, err
 	}
-	journaled, err := s.Commit(rootHdr, CommitOptions{Replace: job.Replace, Sync: job.Durable || job.Replace, Warn: warn, Journaled: job.Switching})
+	switched := func() {}
+	if job.Switched != nil {
+		switched = func() { job.Switched(st) }
+	}
+	journaled, err := s.Commit(rootHdr, CommitOptions{Replace: job.Replace, Warn: warn, Journaled: job.Switching, Switched: switched})
 	if !journaled {
 		if aerr := s.Abort(); aerr != nil {
 			err = errors.Join(err, fmt.Errorf("and the staging directory could not be removed: %w", aerr))
@@ -100,4 +113,34 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		return st, fmt.Errorf("%w: switching to the restored contents stopped midway (%w); run the same restore again: it finishes the switch first", ErrSwitch, err)
 	}
 	return st, nil
+}
+
+// flushBehind writes the filesystem's dirty data back, over and over,
+// while the archive is extracted, so that the sync before the switch
+// finds little left to write: the disk works beside the extraction
+// instead of after it. (The kernel would start only once a tenth of the
+// memory is dirty.)
+func flushBehind(root string) (stop func()) {
+	if os.Getenv("VOLBAK_NO_FLUSH_BEHIND") != "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				syncfs(root)
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-ended
+	}
 }

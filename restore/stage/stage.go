@@ -28,6 +28,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,10 +129,9 @@ func Lock(root string, exclusive bool) (unlock func(), err error) {
 
 // Check reports what a backup must know before it archives root (with the
 // shared lock held): ErrSwitchPending for a replacing switch a dead run
-// began, ErrLeftovers for state Recover clears without replacing
-// anything, ErrIncomplete for a volume a restore created and never filled,
-// else nil (what remains, an old directory a journal no longer names, is
-// not archived).
+// began, ErrForeign for a journal volbak did not write, ErrLeftovers for
+// state Recover clears without replacing anything, ErrIncomplete for a
+// volume a restore created and never filled, else nil.
 func Check(root string) error {
 	st, err := scan(root)
 	if err != nil {
@@ -141,11 +141,15 @@ func Check(root string) error {
 	for _, e := range st.entries {
 		switch e.kind {
 		case kindSwap:
-			if j, err := readJournal(root, e.id); err != nil || j.Replace {
+			j, err := readJournal(root, e.id)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrForeign, err)
+			}
+			if j.Replace {
 				return fmt.Errorf("%w (%s)", ErrSwitchPending, name(e.id, kindSwap))
 			}
 			out = ErrLeftovers
-		case kindNew, kindSwapTmp:
+		case kindNew, kindSwapTmp, kindOld:
 			out = ErrLeftovers
 		case kindIncomplete:
 			if st.data {
@@ -280,6 +284,17 @@ func (s *Stage) path(kind string) string { return filepath.Join(s.root, name(s.i
 // Abort removes what the restore staged; the target is as it was. The
 // incomplete mark of a fresh volume stays.
 func (s *Stage) Abort() error {
+	if err := os.RemoveAll(s.Dir()); err == nil || os.Geteuid() == 0 {
+		return err
+	}
+	// Without root, a read-only directory of the snapshot keeps what is
+	// in it: this run made them all, so it may open them up.
+	filepath.WalkDir(s.Dir(), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(p, 0o700)
+		}
+		return nil
+	})
 	return os.RemoveAll(s.Dir())
 }
 

@@ -85,18 +85,21 @@ func TestCrashAtEveryStepOfTheSwitch(t *testing.T) {
 			calls++
 			if calls == k {
 				at = step
-				return errCrash
+				panic(errCrash) // the process dies here
 			}
 			return nil
 		}
-		_, err = s.Commit(rootHdr, CommitOptions{Replace: true})
+		crashed := func() (crashed bool) {
+			defer func() { crashed = recover() == errCrash }()
+			if _, err := s.Commit(rootHdr, CommitOptions{Replace: true}); err != nil {
+				t.Fatalf("step %d: %v", k, err)
+			}
+			return false
+		}()
 		failpoint = func(string) error { return nil }
-		if err == nil {
+		if !crashed {
 			steps = k - 1
 			break
-		}
-		if !errors.Is(err, errCrash) {
-			t.Fatalf("step %d: %v", k, err)
 		}
 		if _, err := Recover(root, true, nil); err != nil {
 			t.Fatalf("recover after a crash at %q: %v", at, err)
@@ -118,6 +121,37 @@ func TestCrashAtEveryStepOfTheSwitch(t *testing.T) {
 	}
 	if steps < 8 {
 		t.Fatalf("only %d steps were interrupted", steps)
+	}
+}
+
+// A move that fails while the old entries go aside (a full directory, a
+// refused rename) puts them back: the switch never happened, and says so.
+func TestFailedMoveAsideRollsBack(t *testing.T) {
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	before := digest(t, root)
+	s, _ := Begin(root, false)
+	tree(t, s.Dir(), newFiles)
+	n := 0
+	failpoint = func(step string) error {
+		if strings.HasPrefix(step, "aside ") {
+			if n++; n == 2 {
+				return unix.ENOSPC
+			}
+		}
+		return nil
+	}
+	defer func() { failpoint = func(string) error { return nil } }()
+	journaled, err := s.Commit(rootHdr, CommitOptions{Replace: true})
+	if journaled || !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("journaled %v, %v", journaled, err)
+	}
+	s.Abort()
+	if got := digest(t, root); !sameLines(got, before) {
+		t.Fatalf("not rolled back:\n%v", got)
+	}
+	if err := Check(root); err != nil {
+		t.Fatalf("state left: %v", err)
 	}
 }
 
@@ -368,8 +402,8 @@ func TestReservedNamesNotRestored(t *testing.T) {
 
 // State in volbak's names is trusted only as far as it cannot hurt: a
 // journal anyone could plant never moves data aside for a run that was
-// not told to replace it, never acts without a real staging directory,
-// and never follows a link out of the target.
+// not told to replace it (nor is its state removed), never acts without a
+// real staging directory, and never follows a link out of the target.
 func TestPlantedState(t *testing.T) {
 	victim := t.TempDir()
 	tree(t, victim, map[string]string{"precious": "x"})
@@ -408,8 +442,13 @@ func TestPlantedState(t *testing.T) {
 			tree(t, root, oldFiles)
 			before := digest(t, root)
 			c.plant(root)
-			_, err := Recover(root, c.replace, nil)
-			if c.want != nil && !errors.Is(err, c.want) || c.want == nil && err == nil {
+			rep, err := Recover(root, c.replace, nil)
+			if errors.Is(c.want, ErrSwitchPending) {
+				// Left alone, and counted: the caller decides.
+				if err != nil || rep.Pending != 1 {
+					t.Fatalf("got %+v, %v; want one pending switch", rep, err)
+				}
+			} else if c.want != nil && !errors.Is(err, c.want) || c.want == nil && err == nil {
 				t.Fatalf("got %v, want %v", err, c.want)
 			}
 			if got := digest(t, root); !containsAll(got, before) {
@@ -515,5 +554,110 @@ func TestRootXattrsKept(t *testing.T) {
 	n, err := unix.Getxattr(root, "user.volbak.bin", got)
 	if err != nil || !bytes.Equal(got[:n], val) {
 		t.Fatalf("root xattr %x, %v; want %x", got[:n], err, val)
+	}
+}
+
+// A mount point anywhere in the old tree, not only at its top, refuses a
+// replacing switch before its journal: removing the old tree would cross
+// into another filesystem.
+func TestNestedMountPointRefused(t *testing.T) {
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	mnt := filepath.Join(root, "old-dir", "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mnt, unix.MNT_DETACH)
+	os.WriteFile(filepath.Join(mnt, "theirs"), []byte("another filesystem's"), 0o644)
+	s, _ := Begin(root, false)
+	tree(t, s.Dir(), newFiles)
+	journaled, err := s.Commit(nil, CommitOptions{Replace: true})
+	if journaled || !errors.Is(err, ErrCannotSwitch) {
+		t.Fatalf("journaled %v, %v", journaled, err)
+	}
+	s.Abort()
+	if data, err := os.ReadFile(filepath.Join(mnt, "theirs")); err != nil || string(data) != "another filesystem's" {
+		t.Fatalf("the mounted filesystem lost its file: %v", err)
+	}
+}
+
+// A replacing restore leaves a switch a dead run began alone until its
+// own archive has passed every check: if it fails, the target is as it
+// was, pending switch and all; if it succeeds, the target is its snapshot.
+func TestReplacingRunOverAPendingSwitch(t *testing.T) {
+	src := t.TempDir()
+	tree(t, src, newFiles)
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := digest(t, src)
+	plant := func(root string) {
+		os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old","replace":true}`), 0o600)
+		os.Mkdir(filepath.Join(root, name(deadID, kindOld)), 0o700)
+		os.Mkdir(filepath.Join(root, name(deadID, kindNew)), 0o700)
+		os.WriteFile(filepath.Join(root, name(deadID, kindNew), "dead-runs"), nil, 0o644)
+	}
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	plant(root)
+	before := digest(t, root)
+	job := Job{Replace: true, Entries: st.Entries, Bytes: st.Bytes}
+	if _, err := Run(root, bytes.NewReader(flip(buf.Bytes())), job); !errors.Is(err, archive.ErrCorrupt) {
+		t.Fatalf("got %v", err)
+	}
+	if got := digest(t, root); !sameLines(got, before) {
+		t.Fatalf("a failed replacing run touched the pending switch or the old contents:\n%v", got)
+	}
+	if _, err := Run(root, bytes.NewReader(buf.Bytes()), job); err != nil {
+		t.Fatal(err)
+	}
+	if got := digest(t, root); !sameLines(got, want) {
+		t.Fatalf("got\n%v\nwant\n%v", got, want)
+	}
+	// A plain run is refused such a target outright.
+	root = t.TempDir()
+	plant(root)
+	if _, err := Run(root, bytes.NewReader(buf.Bytes()), Job{Entries: st.Entries, Bytes: st.Bytes}); !errors.Is(err, ErrSwitchPending) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A name taken in the target while the staged entries move in: a
+// replacing switch puts it aside with the old entries; a plain one keeps
+// it and drops the snapshot's entry with a warning. Either way the switch
+// ends.
+func TestNameTakenDuringTheSwitch(t *testing.T) {
+	for _, replace := range []bool{true, false} {
+		root := t.TempDir()
+		if replace {
+			tree(t, root, oldFiles)
+		}
+		s, _ := Begin(root, false)
+		tree(t, s.Dir(), map[string]string{"a": "new a", "b": "new b"})
+		failpoint = func(step string) error {
+			if step == "in b" {
+				os.WriteFile(filepath.Join(root, "b"), []byte("intruder"), 0o644)
+			}
+			return nil
+		}
+		var warned []string
+		_, err := s.Commit(nil, CommitOptions{Replace: replace, Warn: func(p, m string) { warned = append(warned, p) }})
+		failpoint = func(string) error { return nil }
+		if err != nil {
+			t.Fatalf("replace %v: %v", replace, err)
+		}
+		data, _ := os.ReadFile(filepath.Join(root, "b"))
+		switch {
+		case replace && string(data) != "new b":
+			t.Fatalf("replacing: b is %q", data)
+		case !replace && (string(data) != "intruder" || len(warned) != 1):
+			t.Fatalf("plain: b is %q, warnings %v", data, warned)
+		}
+		if err := Check(root); err != nil {
+			t.Fatalf("replace %v: %v", replace, err)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// journal is the switch's state on disk.
+// journal is the switch's state on disk. Phase comes first: setPhase
+// overwrites its three letters in place, so that changing it allocates
+// nothing on a filesystem that may be full by then.
 type journal struct {
 	// Phase: "old" while the old entries move aside, "new" while the
 	// staged ones move in.
@@ -25,6 +28,8 @@ type journal struct {
 	Replace bool      `json:"replace"`
 	Root    *rootMeta `json:"root,omitempty"`
 }
+
+const phaseAt = len(`{"phase":"`)
 
 // rootMeta is the archive's root entry, applied to the target's root last.
 // Xattr values are bytes (base64 in JSON): a JSON string would mangle a
@@ -67,91 +72,132 @@ func (m *rootMeta) header() *tar.Header {
 	return h
 }
 
+// CommitOptions: see Commit.
+type CommitOptions struct {
+	Replace bool // move the old contents aside (else the target must be empty)
+	Warn    func(path, msg string)
+	// Journaled is called once the journal is written; Switched once the
+	// switch is complete, before the replaced contents are removed.
+	Journaled, Switched func()
+}
+
+// errRolledBack: moving the old entries aside failed, and they were put
+// back: the switch did not happen.
+var errRolledBack = errors.New("the switch was rolled back")
+
 // Commit switches root to the staged tree. Before anything changes it
-// checks that the switch can run to its end (refusing with
-// ErrCannotSwitch), that a non-replacing target is still empty, and,
-// with sync, makes the staged tree durable. Then it writes the journal
-// (journaled is true from here on: the switch is finished by this call or,
-// after a crash, by Recover) and moves the entries.
-//
-// Without sync, a power cut soon after may lose what was restored; a
-// caller that replaces contents must sync, or the same cut could lose the
-// old contents too (already removed) along with the new (never written).
+// finishes a switch a dead replacing run began (this one replaces all
+// anyway, and its own tree has passed every check), checks that the
+// switch can run to its end (refusing with ErrCannotSwitch), that a
+// non-replacing target is still empty, and makes the staged tree durable.
+// Then it writes the journal (journaled is true from here on: the switch
+// is finished by this call or, after a crash, by Recover) and moves the
+// entries. A failure while the old entries move aside puts them back, and
+// journaled is false again.
 func (s *Stage) Commit(rootHdr *tar.Header, o CommitOptions) (journaled bool, err error) {
-	replace, sync := o.Replace, o.Sync
-	if err := preflight(s.root, s.Dir(), replace); err != nil {
+	warn := o.Warn
+	if warn == nil {
+		warn = func(string, string) {}
+	}
+	if o.Replace {
+		if _, err := recoverAt(s.root, true, s.id, warn); err != nil {
+			return false, err
+		}
+	}
+	if err := preflight(s.root, s.Dir(), o.Replace); err != nil {
 		return false, err
 	}
-	if !replace {
+	if !o.Replace {
 		// Checked at the start too; something may have written into the
 		// target while the archive streamed. Never move it aside.
 		if err := Empty(s.root); err != nil {
 			return false, fmt.Errorf("%w: something was written into it while the snapshot was restored", err)
 		}
+	} else if err := os.Mkdir(s.path(kindOld), 0o700); err != nil {
+		// Made before the journal: after it, the switch allocates as
+		// little as it can.
+		return false, fmt.Errorf("make %s: %w", name(s.id, kindOld), err)
 	}
-	if sync {
-		// One sync of the whole filesystem costs less than one fsync a
-		// file; the switch's renames are made durable one by one after.
-		if err := syncfs(s.root); err != nil {
-			return false, err
-		}
+	// The staged data reaches the disk before the journal does: a power
+	// cut must never leave a switched-in tree of empty files. One sync of
+	// the filesystem costs less than an fsync a file.
+	if err := syncfs(s.root); err != nil {
+		return false, err
 	}
 	if err := failpoint("journal"); err != nil {
 		return false, err
 	}
-	j := journal{Phase: kindOld, Replace: replace, Root: metaOf(rootHdr)}
+	j := journal{Phase: kindOld, Replace: o.Replace, Root: metaOf(rootHdr)}
 	if err := writeJournal(s.root, s.id, j); err != nil {
 		return false, err
 	}
 	if o.Journaled != nil {
 		o.Journaled()
 	}
-	return true, finish(s.root, s.id, j, o.Warn)
-}
-
-// CommitOptions: see Commit.
-type CommitOptions struct {
-	Replace bool // move the old contents aside (else the target must be empty)
-	Sync    bool // make the staged tree durable before the journal
-	Warn    func(path, msg string)
-	// Journaled is called once the journal is written.
-	Journaled func()
+	err = finish(s.root, s.id, j, warn)
+	if errors.Is(err, errRolledBack) {
+		return false, err
+	}
+	if err != nil {
+		return true, err
+	}
+	if o.Switched != nil {
+		o.Switched()
+	}
+	sweep(s.root, s.id, j, warn)
+	return true, nil
 }
 
 // preflight refuses a switch that would stop midway: an old entry that
-// is a mount point or immutable cannot be moved aside, and without root a
-// directory that is not writable cannot be moved to a new parent.
+// is immutable, or a mount point anywhere in the old tree (it cannot be
+// moved, and removing the old tree would cross into it), or without root
+// a directory that cannot be moved or a sticky root; and a root that is
+// immutable or append-only.
 func preflight(root, newDir string, replace bool) error {
 	asRoot := os.Geteuid() == 0
-	check := func(dir, n string) error {
+	var rs unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, root, 0, unix.STATX_MODE|unix.STATX_UID, &rs); err != nil {
+		return err
+	}
+	if rs.Attributes&(unix.STATX_ATTR_IMMUTABLE|unix.STATX_ATTR_APPEND) != 0 {
+		return fmt.Errorf("%w: %s is immutable or append-only (chattr -i/-a it first)", ErrCannotSwitch, root)
+	}
+	if !asRoot && unix.Access(root, unix.W_OK) != nil {
+		return fmt.Errorf("%w: %s is not writable", ErrCannotSwitch, root)
+	}
+	euid := uint32(os.Geteuid())
+	sticky := !asRoot && rs.Mode&unix.S_ISVTX != 0 && rs.Uid != euid
+	check := func(dir, n string, old bool) error {
 		var sx unix.Statx_t
-		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(dir, n), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_MODE, &sx); err != nil {
+		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(dir, n), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_TYPE|unix.STATX_MODE|unix.STATX_UID, &sx); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrCannotSwitch, n, err)
 		}
 		switch {
-		case sx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0:
-			return fmt.Errorf("%w: %s is a mount point, which cannot be moved: unmount it, or restore elsewhere", ErrCannotSwitch, n)
 		case sx.Attributes&(unix.STATX_ATTR_IMMUTABLE|unix.STATX_ATTR_APPEND) != 0:
 			return fmt.Errorf("%w: %s is immutable or append-only (chattr -i/-a it first)", ErrCannotSwitch, n)
+		case old && sticky && sx.Uid != euid:
+			return fmt.Errorf("%w: %s belongs to another user in a sticky directory, so it cannot be moved aside without root: run volbak as root", ErrCannotSwitch, n)
 		case !asRoot && sx.Mode&unix.S_IFMT == unix.S_IFDIR && unix.Access(filepath.Join(dir, n), unix.W_OK) != nil:
 			return fmt.Errorf("%w: directory %s is not writable (mode %04o), and moving a directory needs that without root: run volbak as root", ErrCannotSwitch, n, sx.Mode&0o7777)
 		}
 		return nil
-	}
-	if !asRoot && unix.Access(root, unix.W_OK) != nil {
-		return fmt.Errorf("%w: %s is not writable", ErrCannotSwitch, root)
 	}
 	staged, err := readNames(newDir)
 	if err != nil {
 		return err
 	}
 	for _, n := range staged {
-		if err := check(newDir, n); err != nil {
+		if err := check(newDir, n, false); err != nil {
 			return err
 		}
 	}
 	if !replace {
 		return nil
+	}
+	if mnts, err := mountsUnder(root); err != nil {
+		return err
+	} else if len(mnts) > 0 {
+		return fmt.Errorf("%w: %s is a mount point inside the target: volbak will not move aside or remove another filesystem's data; unmount it first", ErrCannotSwitch, mnts[0])
 	}
 	names, err := readNames(root)
 	if err != nil {
@@ -161,11 +207,51 @@ func preflight(root, newDir string, replace bool) error {
 		if Reserved(n) || n == lostFound && isRealDir(filepath.Join(root, n)) {
 			continue
 		}
-		if err := check(root, n); err != nil {
+		if err := check(root, n, true); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// mountsUnder lists the mount points strictly inside dir, as this
+// process's mount namespace sees them.
+func mountsUnder(dir string) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read the mount table: %w", err)
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if p := unescapeMount(f[4]); strings.HasPrefix(p, prefix) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // finish completes the journaled switch id at root, from whatever point a
@@ -173,55 +259,37 @@ func preflight(root, newDir string, replace bool) error {
 // says which move is under way, so that an entry already moved in is never
 // moved aside again. Directories are opened without following links, and
 // entries renamed relative to them, so a link planted in the target's
-// root cannot redirect a move.
+// root cannot redirect a move. The staging directory exists as long as
+// the journal does.
 func finish(root, id string, j journal, warn func(path, msg string)) error {
-	if warn == nil {
-		warn = func(string, string) {}
-	}
 	rootFd, err := openDir(unix.AT_FDCWD, root)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(rootFd)
 	newFd, err := openDir(rootFd, name(id, kindNew))
-	if err != nil && !(errors.Is(err, unix.ENOENT) && j.Phase == kindNew) {
+	if err != nil {
 		return fmt.Errorf("open the staging directory: %w", err)
 	}
-	if err == nil {
-		defer unix.Close(newFd)
-	} else {
-		newFd = -1
-	}
+	defer unix.Close(newFd)
 	if j.Phase == kindOld {
 		if j.Replace {
 			if err := moveAside(root, rootFd, id); err != nil {
-				return err
+				if rerr := rollBack(rootFd, id); rerr != nil {
+					return fmt.Errorf("%w; and putting the old entries back failed: %v", err, rerr)
+				}
+				return fmt.Errorf("%w: %w", errRolledBack, err)
 			}
 		}
-		j.Phase = kindNew
 		if err := failpoint("phase"); err != nil {
 			return err
 		}
-		if err := writeJournal(root, id, j); err != nil {
+		if err := setPhase(root, id, kindNew); err != nil {
 			return err
 		}
 	}
-	if newFd >= 0 {
-		names, err := fdNames(newFd)
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			if n == lostFound && keepLostFound(root, rootFd, newFd, warn) {
-				continue
-			}
-			if err := failpoint("in " + n); err != nil {
-				return err
-			}
-			if err := move(newFd, n, rootFd, n); err != nil {
-				return fmt.Errorf("move restored entry %s into place: %w", n, err)
-			}
-		}
+	if err := moveIn(root, rootFd, newFd, id, j, warn); err != nil {
+		return err
 	}
 	if err := unix.Fsync(rootFd); err != nil {
 		return err
@@ -251,48 +319,49 @@ func finish(root, id string, j journal, warn func(path, msg string)) error {
 			}
 		}
 	}
-	if err := failpoint("cleanup"); err != nil {
-		return err
-	}
-	// What is left is the restore's own: the emptied staging directory
-	// (or a lost+found it did not place) and the replaced contents. A
-	// failure to remove them leaves junk, not a half switch: warn only.
-	for _, kind := range []string{kindNew, kindOld} {
-		p := filepath.Join(root, name(id, kind))
-		if err := os.RemoveAll(p); err != nil {
-			warn(name(id, kind), fmt.Sprintf("could not be removed (%v): remove it by hand", err))
-		}
-	}
 	if err := failpoint("unjournal"); err != nil {
 		return err
 	}
 	if err := unix.Unlinkat(rootFd, name(id, kindSwap), 0); err != nil && !errors.Is(err, unix.ENOENT) {
 		return err
 	}
-	if j.Root != nil {
-		if !asRoot {
-			if err := archive.SetMeta(root, j.Root.header(), warn); err != nil {
-				return err
-			}
-		}
-		// Removing the state changed root's times: set them last.
-		if err := archive.SetTimes(root, j.Root.header()); err != nil {
-			return err
-		}
-	}
 	return unix.Fsync(rootFd)
 }
 
-// moveAside moves every old entry into the old directory, which is made
-// (or, after a crash, found) as a real directory on root's filesystem.
-func moveAside(root string, rootFd int, id string) error {
-	old := name(id, kindOld)
-	if err := unix.Mkdirat(rootFd, old, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("make %s: %w", old, err)
+// sweep removes what a finished switch leaves: the replaced contents and
+// the emptied staging directory, then gives root its times (every change
+// inside root changes them). It only warns: what fails here leaves junk or
+// a wrong time, never a half switch, and the next recovery removes the
+// junk. (A crash here loses the root's times, and without root its mode:
+// the one window the journal cannot cover, since removing it changes the
+// root.)
+func sweep(root, id string, j journal, warn func(path, msg string)) {
+	removeState(root, name(id, kindOld), warn)
+	removeState(root, name(id, kindNew), warn)
+	if j.Root == nil {
+		return
 	}
-	oldFd, err := openDir(rootFd, old)
+	if os.Geteuid() != 0 {
+		if err := archive.SetMeta(root, j.Root.header(), warn); err != nil {
+			warn(".", fmt.Sprintf("the snapshot's mode and owner for the target itself not restored: %v", err))
+		}
+	}
+	if err := archive.SetTimes(root, j.Root.header()); err != nil {
+		warn(".", fmt.Sprintf("the snapshot's times for the target itself not restored: %v", err))
+	}
+	syncDir(root)
+}
+
+// moveAside moves every old entry into the old directory, made before
+// the journal (or, after a crash, found) as a real directory (never a
+// link: openDir does not follow one).
+func moveAside(root string, rootFd int, id string) error {
+	if err := unix.Mkdirat(rootFd, name(id, kindOld), 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("make %s: %w", name(id, kindOld), err)
+	}
+	oldFd, err := openDir(rootFd, name(id, kindOld))
 	if err != nil {
-		return fmt.Errorf("open %s: %w", old, err)
+		return fmt.Errorf("open %s: %w", name(id, kindOld), err)
 	}
 	defer unix.Close(oldFd)
 	names, err := fdNames(rootFd)
@@ -311,6 +380,110 @@ func moveAside(root string, rootFd int, id string) error {
 		}
 	}
 	return unix.Fsync(oldFd)
+}
+
+// rollBack puts the old entries back and ends the journal: the switch
+// never happened. Root's directory still has the room they took.
+func rollBack(rootFd int, id string) error {
+	oldFd, err := openDir(rootFd, name(id, kindOld))
+	if errors.Is(err, unix.ENOENT) {
+		return unix.Unlinkat(rootFd, name(id, kindSwap), 0) // nothing was moved
+	}
+	if err != nil {
+		return err
+	}
+	names, err := fdNames(oldFd)
+	if err == nil {
+		for _, n := range names {
+			if err = move(oldFd, n, rootFd, n); err != nil {
+				err = fmt.Errorf("put %s back: %w", n, err)
+				break
+			}
+		}
+	}
+	unix.Close(oldFd)
+	if err != nil {
+		return err
+	}
+	if err := unix.Fsync(rootFd); err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(rootFd, name(id, kindSwap), 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return err
+	}
+	unix.Unlinkat(rootFd, name(id, kindOld), unix.AT_REMOVEDIR)
+	return unix.Fsync(rootFd)
+}
+
+// moveIn moves the staged entries into place. A name taken meanwhile (a
+// writer that ignored the stopped containers, a container restarted after
+// a crash) goes aside with the old entries when the switch replaces them;
+// otherwise it is kept, and the snapshot's entry of that name is dropped
+// with a warning. A full disk when replacing frees the old entries first:
+// they are given up by then.
+func moveIn(root string, rootFd, newFd int, id string, j journal, warn func(path, msg string)) error {
+	names, err := fdNames(newFd)
+	if err != nil {
+		return err
+	}
+	freed := false
+	for _, n := range names {
+		if n == lostFound && keepLostFound(root, rootFd, newFd, warn) {
+			continue
+		}
+		if err := failpoint("in " + n); err != nil {
+			return err
+		}
+		err := move(newFd, n, rootFd, n)
+		if errors.Is(err, unix.ENOSPC) && j.Replace && !freed {
+			removeState(root, name(id, kindOld), warn)
+			freed = true
+			err = move(newFd, n, rootFd, n)
+		}
+		if errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOTEMPTY) {
+			if !j.Replace {
+				warn(n, "was written into the target while the restore switched, and was kept; the snapshot's entry of that name was not restored")
+				continue
+			}
+			err = setAside(rootFd, n, id)
+			if err == nil {
+				err = move(newFd, n, rootFd, n)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("move restored entry %s into place: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// setAside moves root's n, which took a staged entry's name during the
+// switch, in with the old entries under a name of its own.
+func setAside(rootFd int, n, id string) error {
+	oldFd, err := openDir(rootFd, name(id, kindOld))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(oldFd)
+	for k := 1; ; k++ {
+		err := move(rootFd, n, oldFd, n+".written-during-restore-"+strconv.Itoa(k))
+		if !errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.ENOTEMPTY) {
+			return err
+		}
+	}
+}
+
+// removeState removes one of a restore's directories, unless another
+// filesystem is mounted inside it: that is never crossed into.
+func removeState(root, n string, warn func(path, msg string)) {
+	p := filepath.Join(root, n)
+	if mnts, err := mountsUnder(p); err != nil || len(mnts) > 0 {
+		warn(n, fmt.Sprintf("not removed: it holds a mount point (%v %v); unmount it, then remove it by hand", mnts, err))
+		return
+	}
+	if err := removeTree(p); err != nil {
+		warn(n, fmt.Sprintf("could not be removed (%v): remove it by hand", err))
+	}
 }
 
 // keepLostFound decides for the archive's lost+found: it goes in where
@@ -384,12 +557,32 @@ func writeJournal(root, id string, j journal) error {
 	tmp := filepath.Join(root, name(id, kindSwapTmp))
 	os.Remove(tmp)
 	if err := writeSynced(tmp, data); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("write the restore's journal: %w", err)
 	}
 	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("write the restore's journal: %w", err)
 	}
 	return syncDir(root)
+}
+
+// setPhase overwrites the journal's phase in place: three bytes within its
+// first sector, written whole or not at all, with no block to allocate.
+func setPhase(root, id, phase string) error {
+	f, err := os.OpenFile(filepath.Join(root, name(id, kindSwap)), os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := make([]byte, phaseAt)
+	if _, err := f.ReadAt(head, 0); err != nil || string(head) != `{"phase":"` {
+		return fmt.Errorf("%w: the journal %s does not start as volbak writes it", ErrForeign, name(id, kindSwap))
+	}
+	if _, err := f.WriteAt([]byte(phase), int64(phaseAt)); err != nil {
+		return err
+	}
+	return unix.Fdatasync(int(f.Fd()))
 }
 
 // readJournal reads the journal of switch id, which must be a regular
@@ -414,3 +607,57 @@ func readJournal(root, id string) (journal, error) {
 	}
 	return j, nil
 }
+
+// removeTree removes the directory tree at p (never following a link)
+// with several workers: a replaced tree of a gigabyte takes seconds to
+// unlink, most of it in the filesystem, which takes unlinks from several
+// threads at once. Its entries two levels down are the units of work.
+func removeTree(p string) error {
+	var units []string
+	top, err := readNames(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return os.RemoveAll(p)
+	}
+	for _, a := range top {
+		pa := filepath.Join(p, a)
+		if !isRealDir(pa) {
+			units = append(units, pa)
+			continue
+		}
+		inner, _ := readNames(pa)
+		for _, b := range inner {
+			units = append(units, filepath.Join(pa, b))
+		}
+	}
+	work := make(chan string)
+	errs := make(chan error, removeWorkers)
+	for range removeWorkers {
+		go func() {
+			var first error
+			for u := range work {
+				if err := os.RemoveAll(u); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, u := range units {
+		work <- u
+	}
+	close(work)
+	for range removeWorkers {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(p)
+}
+
+// removeWorkers: removing the benchmark's replaced 1 GiB tree (27k
+// entries) on 2 cores and ext4 took 3.3-3.5 s with 1 worker, 1.8-2.0 s
+// with 2, 1.6-1.7 s with 4 and 1.44-1.48 s with 8.
+const removeWorkers = 8

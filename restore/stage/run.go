@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"time"
 
 	"github.com/volbak/volbak/archive"
@@ -121,9 +120,6 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 // instead of after it. (The kernel would start only once a tenth of the
 // memory is dirty.)
 func flushBehind(root string) (stop func()) {
-	if os.Getenv("VOLBAK_NO_FLUSH_BEHIND") != "" {
-		return func() {}
-	}
 	done := make(chan struct{})
 	ended := make(chan struct{})
 	go func() {

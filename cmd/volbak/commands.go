@@ -324,12 +324,18 @@ replacing needs room for a second copy: the free space is checked first
 (--no-space-check skips that). A restore that fails, is interrupted or runs
 out of space leaves the old contents exactly as they were; one killed
 outright leaves a staging directory that the next volbak restore or backup
-of the target clears (or finishes the switch, if every check had passed).
-A lost+found with files in it is never removed.
+of the target clears, or a switch it had begun (every check had passed),
+which the next restore finishes: one that replaced contents is finished
+only by a restore with --force or --in-place, once its own snapshot has
+checked out, and a backup refuses the volume meanwhile. A mount point
+inside the target refuses --force: volbak never moves or removes another
+filesystem's data. A lost+found with files in it is never removed.
 
 A restore into a volume that a running container uses is refused, naming
 the containers; --stop-containers stops them, restores, and starts them
-again, whatever happens. The restored data is synced to disk before it is
+again as soon as the snapshot is in place, or when the restore failed
+(unless what it left could not be cleared: then they stay stopped, and
+the message names them). Containers started with --rm are refused. The restored data is synced to disk before it is
 switched in, so a power cut never leaves a restored tree of empty files.
 
 When several hosts back the same volume name up into STORAGE, the latest

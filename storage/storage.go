@@ -5,13 +5,36 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
 // ErrNotExist is what every backend returns, wrapped, for a key it does not
 // hold.
 var ErrNotExist = errors.New("not found")
+
+// ErrNotRegular is what a backend returns, wrapped, for a key that names
+// something other than a file (a FIFO, a device, a directory). Like a
+// permission denied (fs.ErrPermission), it is a fault of that key alone,
+// not of the storage: a listing goes on without it.
+var ErrNotRegular = errors.New("not a regular file")
+
+// SkippedError is what List returns, with every object it could list, when
+// it left out directories that this user may not read (a root-owned
+// lost+found, another account's directory). Callers that can go on
+// without them find it with errors.As; the others fail as on any error.
+type SkippedError struct {
+	Dirs []string // the directories left out, as keys ("lost+found")
+	Err  error    // why the first was left out
+}
+
+func (e *SkippedError) Error() string {
+	return fmt.Sprintf("could not read %s: %v", strings.Join(e.Dirs, ", "), e.Err)
+}
+
+func (e *SkippedError) Unwrap() error { return e.Err }
 
 // Object is one stored key.
 type Object struct {
@@ -26,10 +49,17 @@ type Storage interface {
 	// not at all: if r fails or ctx ends, nothing is left under key, nor
 	// listed. An existing key is replaced.
 	Put(ctx context.Context, key string, r io.Reader) error
-	// Open streams the object at key; a missing key gives ErrNotExist.
+	// Open streams the object at key; a missing key gives ErrNotExist, one
+	// this user may not read fs.ErrPermission, one that is not a file
+	// ErrNotRegular (all wrapped).
 	Open(ctx context.Context, key string) (io.ReadCloser, error)
 	// List returns the objects whose keys start with prefix, in key order.
-	// Unfinished Puts are not listed.
+	// Unfinished Puts are not listed. Keys are <volume>/<name>, or a bare
+	// <name> at the top: backends with directories look no deeper, and list
+	// one directory under one name only, as far as they can tell (links
+	// are followed to reach those two levels). Directories this user may
+	// not read are left out and named in a *SkippedError, returned with
+	// the rest.
 	List(ctx context.Context, prefix string) ([]Object, error)
 	// Delete removes key; a missing key gives ErrNotExist.
 	Delete(ctx context.Context, key string) error

@@ -147,21 +147,38 @@ func syncDir(dir string) error {
 	return nil
 }
 
+// Open opens the file at key. Something else under that name (a FIFO, a
+// device, a directory) is refused before it is opened: opening a FIFO
+// would wait for a writer, a device could act on being opened.
 func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	full, err := d.path(key)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(full)
+	if info, err := os.Stat(full); err == nil && !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotRegular)
+	}
+	// Non-blocking, should it have become a FIFO since: checked again below.
+	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotExist)
 		}
 		return nil, fmt.Errorf("open %s: %w", key, err)
 	}
+	if info, err := f.Stat(); err != nil || !info.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = storage.ErrNotRegular
+		}
+		return nil, fmt.Errorf("open %s: %w", key, err)
+	}
 	return f, nil
 }
 
+// List returns the objects under prefix (see walk for which, and how
+// links are followed). Directories this user may not read are left out,
+// and named in the *storage.SkippedError returned with the rest.
 func (d *Dir) List(ctx context.Context, prefix string) ([]storage.Object, error) {
 	var out []storage.Object
 	err := d.walk(prefix, func(key, _ string, info fs.FileInfo) error {
@@ -171,11 +188,23 @@ func (d *Dir) List(ctx context.Context, prefix string) ([]storage.Object, error)
 		out = append(out, storage.Object{Key: key, Size: info.Size(), ModTime: info.ModTime()})
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", prefix, err)
-	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	var skipped *storage.SkippedError
+	if errors.As(err, &skipped) {
+		return out, fmt.Errorf("list %s: %w", d.where(prefix), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", d.where(prefix), err)
+	}
 	return out, nil
+}
+
+// where names what a listing of prefix reads, for messages.
+func (d *Dir) where(prefix string) string {
+	if prefix == "" {
+		return d.root
+	}
+	return d.root + string(filepath.Separator) + filepath.FromSlash(prefix)
 }
 
 func (d *Dir) Delete(ctx context.Context, key string) error {

@@ -10,8 +10,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/storagetest"
+	"golang.org/x/sys/unix"
 )
 
 func TestConformance(t *testing.T) {
@@ -248,3 +251,124 @@ func get(t *testing.T, d *Dir, key string) []byte {
 type failing struct{ err error }
 
 func (f failing) Read([]byte) (int, error) { return 0, f.err }
+
+// keys lists prefix in d, as key names.
+func keys(t *testing.T, d *Dir, prefix string) string {
+	t.Helper()
+	objs, err := d.List(context.Background(), prefix)
+	if err != nil {
+		t.Fatalf("list %q: %v", prefix, err)
+	}
+	var out []string
+	for _, o := range objs {
+		out = append(out, o.Key)
+	}
+	return strings.Join(out, " ")
+}
+
+// A link to a real directory at the top, or to the root, lists nothing,
+// whatever the names' order: a link pgdata-old -> pgdata listed pgdata's
+// snapshots a second time, as pgdata-old's, and deleting them from there
+// deleted pgdata's. Two links to one directory elsewhere are both listed:
+// neither name is clearly the second.
+func TestOneDirectoryOneName(t *testing.T) {
+	d, _ := New(t.TempDir(), false)
+	elsewhere := t.TempDir()
+	put(t, d, "pgdata/a.json", "a")
+	for link, to := range map[string]string{
+		"pgdata-old": "pgdata",  // sorts after the real one
+		"aaa":        "pgdata",  // and before
+		"self":       ".",       // the root itself
+		"zz-out":     elsewhere, // a volume directory on another disk
+		"out-too":    elsewhere, // and a second link to it
+		"file-link":  "pgdata/a.json",
+	} {
+		if err := os.Symlink(to, filepath.Join(d.root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(elsewhere, "b.json"), []byte("b"), 0o600)
+	for prefix, want := range map[string]string{
+		"":            "file-link out-too/b.json pgdata/a.json zz-out/b.json",
+		"pgdata/":     "pgdata/a.json",
+		"pgdata-old/": "",
+		"aaa/":        "",
+		"self/":       "",
+		"zz-out/":     "zz-out/b.json",
+		"out-too/":    "out-too/b.json",
+		"p":           "pgdata/a.json",
+	} {
+		if got := keys(t, d, prefix); got != want {
+			t.Errorf("list %q: %q, want %q", prefix, got, want)
+		}
+	}
+}
+
+// Keys are <volume>/<name>: the walk goes two levels deep and no further,
+// whatever links lead elsewhere. A link to another storage made a sweep
+// remove that storage's temp file four levels down; a link to /usr read
+// all of it; a link to / failed on /proc.
+func TestWalkTwoLevels(t *testing.T) {
+	ctx := context.Background()
+	parent := t.TempDir()
+	a, b := filepath.Join(parent, "A"), filepath.Join(parent, "B")
+	deep := filepath.Join(b, "other", "deep", "er", tempPrefix+"999")
+	os.MkdirAll(filepath.Dir(deep), 0o700)
+	os.WriteFile(deep, []byte("someone else's upload"), 0o600)
+	old := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(deep, old, old)
+	os.MkdirAll(filepath.Join(a, "vol", "sub"), 0o700)
+	os.WriteFile(filepath.Join(a, "vol", "sub", "x.json"), nil, 0o600)
+	os.Symlink("../B", filepath.Join(a, "mirror-of-B"))
+	os.Symlink("/usr", filepath.Join(a, "usr"))
+	os.Symlink("/", filepath.Join(a, "rootfs"))
+	d, err := New(a, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := d.List(ctx, "")
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	for _, o := range objs {
+		if strings.Count(o.Key, "/") > 1 {
+			t.Errorf("listed %s, deeper than <volume>/<name>", o.Key)
+		}
+	}
+	if removed, err := d.RemoveStale(ctx, ""); err != nil || len(removed) != 0 {
+		t.Fatalf("sweep: %+v %v", removed, err)
+	}
+	if _, err := os.Stat(deep); err != nil {
+		t.Fatal("a sweep of A removed a temp file deep in B")
+	}
+}
+
+// Something that is not a file, under a name a listing shows, is refused
+// by Open at once (a FIFO would wait for a writer), as ErrNotRegular.
+func TestOpenNotRegular(t *testing.T) {
+	d, _ := New(t.TempDir(), false)
+	os.MkdirAll(filepath.Join(d.root, "vol", "dir.json"), 0o700)
+	if err := unix.Mkfifo(filepath.Join(d.root, "vol", "fifo.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := keys(t, d, "vol/"); got != "vol/fifo.json" {
+		t.Fatalf("list: %q, want the FIFO and not the directory", got)
+	}
+	for _, k := range []string{"vol/fifo.json", "vol/dir.json"} {
+		if _, err := d.Open(context.Background(), k); !errors.Is(err, storage.ErrNotRegular) {
+			t.Errorf("open %s: %v", k, err)
+		}
+	}
+}
+
+// A listing that fails says what it was listing: "list : open ..." did
+// not, when the prefix was empty.
+func TestListErrorSaysWhere(t *testing.T) {
+	d, _ := New(t.TempDir(), false)
+	os.Remove(d.root)
+	for prefix, says := range map[string]string{"": d.root + ": ", "vol/": d.root + "/vol/: "} {
+		if _, err := d.List(context.Background(), prefix); err == nil || !strings.HasPrefix(err.Error(), "list "+says) {
+			t.Errorf("list %q: %v", prefix, err)
+		}
+	}
+}

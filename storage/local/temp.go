@@ -158,6 +158,11 @@ func (d *Dir) sweep(ctx context.Context, prefix string, remove bool) ([]storage.
 		if !strings.HasPrefix(path.Base(key), tempPrefix) || !strings.HasPrefix(key, prefix) {
 			return nil
 		}
+		// Put makes its temp files as plain files: a link of that name is
+		// not one of them.
+		if lst, err := os.Lstat(full); err != nil || !lst.Mode().IsRegular() {
+			return nil
+		}
 		gone, err := abandoned(full, remove)
 		if err != nil {
 			return err
@@ -167,8 +172,10 @@ func (d *Dir) sweep(ctx context.Context, prefix string, remove bool) ([]storage.
 		}
 		return nil
 	})
-	if err != nil {
-		return out, fmt.Errorf("partial uploads under %s: %w", filepath.Join(d.root, filepath.FromSlash(prefix)), err)
+	// A directory this user may not read holds nothing it could judge.
+	var skipped *storage.SkippedError
+	if err != nil && !errors.As(err, &skipped) {
+		return out, fmt.Errorf("partial uploads under %s: %w", d.where(prefix), err)
 	}
 	return out, nil
 }

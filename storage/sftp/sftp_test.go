@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -22,9 +23,11 @@ import (
 	"time"
 
 	"github.com/volbak/volbak/internal/testsrv"
+	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/storagetest"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
+	"golang.org/x/sys/unix"
 )
 
 var srv *testsrv.SFTP
@@ -467,5 +470,65 @@ func TestStaleTempFiles(t *testing.T) {
 	}
 	if objs, err := st.List(ctx, ""); err != nil || len(objs) != 1 {
 		t.Fatalf("list after the sweep: %+v %v", objs, err)
+	}
+}
+
+// keys lists prefix in st, as key names.
+func keys(t *testing.T, st *Store, prefix string) string {
+	t.Helper()
+	objs, err := st.List(context.Background(), prefix)
+	if err != nil {
+		t.Fatalf("list %q: %v", prefix, err)
+	}
+	var out []string
+	for _, o := range objs {
+		out = append(out, o.Key)
+	}
+	return strings.Join(out, " ")
+}
+
+// As in a local directory: keys are <volume>/<name>, so the walk goes two
+// levels deep and no further; a link at the top is walked unless it leads
+// to the root or to a real directory at the top; something that is not a file is refused by Open before it is
+// opened (a FIFO held the server until a writer came).
+func TestWalk(t *testing.T) {
+	ctx := context.Background()
+	dir := remoteDir(t)
+	st := mustOpen(t, dir, true, keyOpts(t))
+	if err := st.Put(ctx, "pgdata/a.json", strings.NewReader("a")); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := remoteDir(t)
+	os.MkdirAll(filepath.Join(elsewhere, "deep", "er"), 0o700)
+	os.WriteFile(filepath.Join(elsewhere, "b.json"), []byte("b"), 0o600)
+	os.WriteFile(filepath.Join(elsewhere, "deep", "er", "c.json"), []byte("c"), 0o600)
+	for link, to := range map[string]string{
+		"pgdata-old": "pgdata", "aaa": "pgdata", "self": ".", "zz-out": elsewhere, "out-too": elsewhere,
+	} {
+		if err := os.Symlink(to, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mkfifo(filepath.Join(dir, "pgdata", "fifo.json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(dir, "pgdata", "dir.json"), 0o700)
+	for prefix, want := range map[string]string{
+		"":            "out-too/b.json pgdata/a.json pgdata/fifo.json zz-out/b.json",
+		"pgdata/":     "pgdata/a.json pgdata/fifo.json",
+		"pgdata-old/": "",
+		"aaa/":        "",
+		"self/":       "",
+		"zz-out/":     "zz-out/b.json",
+		"out-too/":    "out-too/b.json",
+	} {
+		if got := keys(t, st, prefix); got != want {
+			t.Errorf("list %q: %q, want %q", prefix, got, want)
+		}
+	}
+	for _, k := range []string{"pgdata/fifo.json", "pgdata/dir.json"} {
+		if _, err := st.Open(ctx, k); !errors.Is(err, storage.ErrNotRegular) {
+			t.Errorf("open %s: %v", k, err)
+		}
 	}
 }

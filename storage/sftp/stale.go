@@ -38,15 +38,21 @@ func (s *Store) sweep(ctx context.Context, prefix string, remove bool) ([]storag
 	cutoff := time.Now().Add(-staleAfter)
 	var out []storage.Object
 	err := s.walk(ctx, prefix, func(key string, st os.FileInfo) error {
-		if !strings.HasPrefix(path.Base(key), tempPrefix) || !st.ModTime().Before(cutoff) {
+		if !strings.HasPrefix(path.Base(key), tempPrefix) || !strings.HasPrefix(key, prefix) || !st.ModTime().Before(cutoff) {
+			return nil
+		}
+		c, err := s.conn(ctx)
+		if err != nil {
+			return err
+		}
+		// Put makes its temp files as plain files: a link of that name
+		// is not one of them.
+		full := path.Join(s.root, key)
+		if lst, err := c.sftp.Lstat(full); err != nil || !lst.Mode().IsRegular() {
 			return nil
 		}
 		if remove {
-			c, err := s.conn(ctx)
-			if err != nil {
-				return err
-			}
-			if err := c.sftp.Remove(path.Join(s.root, key)); err != nil {
+			if err := c.sftp.Remove(full); err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
 					return nil
 				}
@@ -56,8 +62,10 @@ func (s *Store) sweep(ctx context.Context, prefix string, remove bool) ([]storag
 		out = append(out, storage.Object{Key: key, Size: st.Size(), ModTime: st.ModTime()})
 		return nil
 	})
-	if err != nil {
-		return out, fmt.Errorf("partial uploads under %s: %w", s, err)
+	// A directory this user may not read holds nothing it could remove.
+	var skipped *storage.SkippedError
+	if err != nil && !errors.As(err, &skipped) {
+		return out, fmt.Errorf("partial uploads under %s: %w", s.where(prefix), err)
 	}
 	return out, nil
 }

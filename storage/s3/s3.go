@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -238,6 +239,12 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err != nil {
 		if isNotFound(err) {
 			return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotExist)
+		}
+		if errResp(err).Code == minio.AccessDenied {
+			// This key alone may be denied (a bucket policy on some
+			// keys): a listing goes on without it, as with a file this
+			// user may not read.
+			return nil, fmt.Errorf("%w: %w", fs.ErrPermission, s.explain("open "+key, err))
 		}
 		return nil, s.explain("open "+key, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"math/rand/v2"
 	"net"
@@ -639,5 +640,38 @@ func TestStorageClassSent(t *testing.T) {
 	defer mu.Unlock()
 	if classes["single"] != "GLACIER_IR" || classes["multipart"] != "GLACIER_IR" {
 		t.Fatalf("storage classes sent: %v", classes)
+	}
+}
+
+// An object the server denies (a bucket policy on some keys) is a
+// permission error of that object, which a listing can go on without;
+// any other failure is not.
+func TestOpenDenied(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fake/", "/fake":
+			fmt.Fprint(w, `<ListBucketResult><Name>fake</Name><IsTruncated>false</IsTruncated></ListBucketResult>`)
+		case "/fake/vol/denied.json":
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>`)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+			fmt.Fprint(w, `<Error><Code>InternalError</Code><Message>We encountered an internal error</Message></Error>`)
+		}
+	}))
+	defer ts.Close()
+	env := srv.Env()
+	delete(env, "AWS_ENDPOINT_URL")
+	st, err := openURL("s3://fake?endpoint="+ts.URL, false, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.Open(ctx, "vol/denied.json"); !errors.Is(err, fs.ErrPermission) {
+		t.Fatalf("a denied object: %v", err)
+	}
+	if _, err := st.Open(ctx, "vol/broken.json"); err == nil || errors.Is(err, fs.ErrPermission) {
+		t.Fatalf("a server error: %v", err)
 	}
 }

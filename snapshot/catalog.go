@@ -44,13 +44,20 @@ func (p *Problem) Error() string {
 
 func (p *Problem) Unwrap() error { return p.Err }
 
+// Name is how to name it on the command line: VOLUME@TIME-ID, which no
+// other manifest of the volume shares.
+func (p *Problem) Name() string { return p.Volume + "@" + nameOf(p.Key) }
+
 // Fix says what to do about it.
 func (p *Problem) Fix() string {
 	if errors.Is(p.Err, ErrNewerFormat) {
 		return "upgrade volbak to use it"
 	}
-	return fmt.Sprintf("'volbak delete %s@%s' removes it", p.Volume, p.ID)
+	return fmt.Sprintf("'volbak delete %s' removes it", p.Name())
 }
+
+// nameOf is a manifest key's name without .json: <UTC time>-<id>.
+func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched is an error, not a silent gap; one that can be
@@ -179,79 +186,8 @@ func parse(key string, data []byte) (Manifest, error) {
 	return m, nil
 }
 
-// Find picks one snapshot of volume: the one whose id starts with id, or
-// the latest if id is "" or "latest". host, if set, leaves out snapshots
-// made on other hosts; without it, "the latest" of a volume backed up from
-// several hosts is ambiguous and refused. A Problem the id names is
-// returned as the error, a *Problem.
-func (c Catalog) Find(volume, id, host string) (Manifest, error) {
-	var ms []Manifest
-	hosts := map[string]bool{}
-	for _, m := range c.Snapshots {
-		if m.Volume != volume {
-			continue
-		}
-		hosts[m.Host] = true
-		if host == "" || m.Host == host {
-			ms = append(ms, m)
-		}
-	}
-	on := ""
-	if host != "" {
-		on = fmt.Sprintf(" from host %q", host)
-	}
-	if id == "" || id == "latest" {
-		if host == "" && len(hosts) > 1 {
-			return Manifest{}, fmt.Errorf("volume %q has snapshots from %d hosts in %s (%s): choose one with --host NAME, or name a snapshot by its id",
-				volume, len(hosts), c.where, hostList(hosts))
-		}
-		if len(ms) == 0 {
-			return Manifest{}, fmt.Errorf("%w: no snapshots of volume %q%s in %s", ErrUnknown, volume, on, c.where)
-		}
-		return ms[len(ms)-1], nil
-	}
-	var hits []Manifest
-	hitHosts := map[string]bool{}
-	for _, m := range ms {
-		if strings.HasPrefix(m.ID, id) {
-			hits = append(hits, m)
-			hitHosts[m.Host] = true
-		}
-	}
-	var bad []*Problem
-	for i := range c.Problems {
-		p := &c.Problems[i]
-		if p.Volume == volume && strings.HasPrefix(p.ID, id) && (host == "" || p.Host == "" || p.Host == host) {
-			bad = append(bad, p)
-		}
-	}
-	switch n := len(hits) + len(bad); {
-	case n == 0:
-		return Manifest{}, fmt.Errorf("%w: %s@%s%s not in %s (see volbak list --from %s --volume %s)", ErrUnknown, volume, id, on, c.where, c.where, volume)
-	case n > 1 && len(hitHosts) > 1:
-		return Manifest{}, fmt.Errorf("snapshot id %q is ambiguous for volume %q: give more of it, or --host NAME (%s)", id, volume, hostList(hitHosts))
-	case n > 1:
-		return Manifest{}, fmt.Errorf("snapshot id %q is ambiguous for volume %q: give more of it", id, volume)
-	case len(bad) == 1:
-		return Manifest{}, bad[0]
-	}
-	return hits[0], nil
-}
-
-func hostList(hosts map[string]bool) string {
-	var names []string
-	for h := range hosts {
-		if h == "" {
-			h = `""`
-		}
-		names = append(names, h)
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
-}
-
 // Delete removes the manifest at key, exactly the one List found (a
-// Manifest's ManifestKey, a Problem's Key), then the archive beside it with
+// Target's Key: see FindToDelete for what it refuses), then the archive beside it with
 // the same base, if there is one. The manifest goes first, so that the
 // snapshot stops being listed before its archive goes. A key not named like
 // a manifest is refused.

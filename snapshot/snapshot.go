@@ -86,7 +86,8 @@ func Put(ctx context.Context, st storage.Storage, m Manifest) error {
 	return st.Put(ctx, m.Key(), strings.NewReader(string(data)+"\n"))
 }
 
-// ParseRef splits "volume@id" ("volume" alone means its latest snapshot).
+// ParseRef splits "volume@ref" ("volume" alone means its latest snapshot;
+// see Find for what ref may be).
 func ParseRef(ref string) (volume, id string) {
 	volume, id, _ = strings.Cut(ref, "@")
 	return volume, id

@@ -36,6 +36,7 @@ func snap(t *testing.T, st storage.Storage, vol, host, id string, hours int) Man
 	if err := st.Put(context.Background(), m.Archive, strings.NewReader("archive")); err != nil {
 		t.Fatal(err)
 	}
+	m.ManifestKey = m.Key()
 	return m
 }
 
@@ -160,7 +161,7 @@ func TestProblems(t *testing.T) {
 	}
 	var p *Problem
 	if _, err := c.Find("db", "0bad0001", ""); !errors.As(err, &p) || p.Key != "db/20260103T000000Z-0bad0001.json" ||
-		!strings.Contains(p.Fix(), "volbak delete db@0bad0001") {
+		!strings.Contains(p.Fix(), "volbak delete db@20260103T000000Z-0bad0001") {
 		t.Fatalf("a damaged manifest by its id: %v", err)
 	}
 	if _, err := c.Find("db", "0bad0002", ""); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") {
@@ -260,5 +261,65 @@ func TestParseRef(t *testing.T) {
 		if v != want[0] || id != want[1] {
 			t.Errorf("%q: %q %q", in, v, id)
 		}
+	}
+}
+
+// A bad neighbour with the same id (a copy under another time) blocks
+// neither the good snapshot named by its full id, for reading, nor itself,
+// named by TIME-ID; an id that is complete is never asked for more of.
+func TestSharedID(t *testing.T) {
+	st := store(t)
+	good := snap(t, st, "pgdata", "h", "abcd1234", 0)
+	rc, _ := st.Open(context.Background(), good.ManifestKey)
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	copied := "pgdata/20260102T050405Z-abcd1234.json" // says the time of the original
+	write(t, st, copied, string(data))
+	c := list(t, st, "pgdata")
+	if len(c.Snapshots) != 1 || len(c.Problems) != 1 {
+		t.Fatalf("list: %+v", c)
+	}
+	if p := c.Problems[0]; !strings.Contains(p.Fix(), "volbak delete pgdata@20260102T050405Z-abcd1234") {
+		t.Fatalf("fix: %s", p.Fix())
+	}
+	for _, ref := range []string{"abcd1234", "20260102T030405Z-abcd1234"} {
+		if m, err := c.Find("pgdata", ref, ""); err != nil || m.ManifestKey != good.ManifestKey {
+			t.Errorf("read pgdata@%s: %v", ref, err)
+		}
+	}
+	_, err := c.Find("pgdata", "abcd", "")
+	if err == nil || !strings.Contains(err.Error(), "give more of it") || !strings.Contains(err.Error(), "pgdata@20260102T050405Z-abcd1234") {
+		t.Fatalf("a prefix of the id: %v", err)
+	}
+	_, err = c.FindToDelete("pgdata", "abcd1234", "")
+	if err == nil || strings.Contains(err.Error(), "give more") || !strings.Contains(err.Error(), "VOLUME@TIME-ID") ||
+		!strings.Contains(err.Error(), "pgdata@20260102T030405Z-abcd1234") || !strings.Contains(err.Error(), "pgdata@20260102T050405Z-abcd1234") {
+		t.Fatalf("delete by the shared id: %v", err)
+	}
+	if tg, err := c.FindToDelete("pgdata", "20260102T050405Z-abcd1234", ""); err != nil || tg.Key != copied || tg.Problem == nil {
+		t.Fatalf("delete the copy by its name: %+v %v", tg, err)
+	}
+	if tg, err := c.FindToDelete("pgdata", "20260102T030405Z-abcd1234", ""); err != nil || tg.Key != good.ManifestKey || tg.Problem != nil {
+		t.Fatalf("delete the good one by its name: %+v %v", tg, err)
+	}
+}
+
+// delete VOL@latest deleted an older snapshot when the newest manifest was
+// passed over (from a newer volbak: a good snapshot); it now refuses,
+// naming it, and asks for a name.
+func TestDeleteLatestPassedOver(t *testing.T) {
+	st := store(t)
+	old := snap(t, st, "db", "h", "aaaa1111", 0)
+	write(t, st, "db/20260103T000000Z-bbbb2222.json", `{"format": 2, "id": "bbbb2222", "volume": "db", "host": "h"}`)
+	c := list(t, st, "db")
+	if m, err := c.Find("db", "latest", ""); err != nil || m.ID != old.ID || len(c.PassedOver(m, "")) != 1 {
+		t.Fatalf("read the latest: %v", err)
+	}
+	_, err := c.FindToDelete("db", "latest", "")
+	if err == nil || !strings.Contains(err.Error(), "db@20260103T000000Z-bbbb2222") || !strings.Contains(err.Error(), "volbak delete db@20260102T030405Z-aaaa1111") {
+		t.Fatalf("delete the latest: %v", err)
+	}
+	if tg, err := c.FindToDelete("db", old.ID, ""); err != nil || tg.Key != old.ManifestKey {
+		t.Fatalf("delete by id: %v", err)
 	}
 }

@@ -33,6 +33,10 @@ Snapshots are laid out the same in each:
 An archive without a manifest is an unfinished backup and is never listed.
 Secrets never go in the URL: see 'volbak help storage'.`
 
+const snapshotHelp = `SNAPSHOT is an id from list, any unique prefix of one, 'latest', or the
+manifest's name TIME-ID (pgdata@20261125T101010Z-3f9a1c2b, as list's warnings
+name manifests), which settles two manifests sharing one id.`
+
 func storageTopic() *cobra.Command {
 	return &cobra.Command{
 		Use:   "storage",
@@ -305,8 +309,8 @@ func restoreCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "restore VOLUME[@SNAPSHOT] --from STORAGE (--to-volume NAME | --in-place | --to-dir PATH)",
 		Short: "Restore a snapshot into a volume or a directory",
-		Long: `Restore a snapshot of VOLUME (its latest, or the one whose id starts with
-SNAPSHOT) into the volume NAME, into VOLUME itself (--in-place), or into a host
+		Long: `Restore a snapshot of VOLUME (its latest, or the one SNAPSHOT names)
+into the volume NAME, into VOLUME itself (--in-place), or into a host
 directory (--to-dir; no helper; owners need root).
 
 A missing volume is created with the snapshot's labels, driver and driver
@@ -340,6 +344,8 @@ switched in, so a power cut never leaves a restored tree of empty files.
 
 When several hosts back the same volume name up into STORAGE, the latest
 needs --host NAME (an id alone is enough).
+
+` + snapshotHelp + `
 
 ` + storageHelp,
 		Example: `  volbak restore pgdata --from /srv/backups --to-volume pgdata-restored
@@ -454,20 +460,19 @@ func (g *globals) findIn(ctx context.Context, from, vol, id, host string) (stora
 		}
 		return nil, snapshot.Manifest{}, err
 	}
-	g.passedOver(cat, id, host, m)
+	if latest(id) {
+		g.passedOver(cat, host, m)
+	}
 	return st, m, nil
 }
 
+func latest(id string) bool { return id == "" || id == "latest" }
+
 // passedOver warns of the manifests newer than m that cannot be used, when
 // m was found as the latest: lest it be taken for the newest backup.
-func (g *globals) passedOver(cat snapshot.Catalog, id, host string, m snapshot.Manifest) {
-	if id != "" && id != "latest" {
-		return
-	}
-	for _, p := range cat.Problems {
-		if p.Volume == m.Volume && p.Created.After(m.Created) && (host == "" || p.Host == "" || p.Host == host) {
-			fmt.Fprintf(g.stderr, "volbak: warning: passed over for %s@%s, the latest usable: %v; %s\n", m.Volume, m.ID, &p, p.Fix())
-		}
+func (g *globals) passedOver(cat snapshot.Catalog, host string, m snapshot.Manifest) {
+	for _, p := range cat.PassedOver(m, host) {
+		fmt.Fprintf(g.stderr, "volbak: warning: passed over for %s@%s, the latest usable: %v; %s\n", m.Volume, m.ID, &p, p.Fix())
 	}
 }
 
@@ -505,11 +510,13 @@ func verifyCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE",
 		Short: "Read a snapshot end to end and check it",
-		Long: `Read a snapshot (the latest of VOLUME, or the one whose id starts with
-SNAPSHOT) end to end without restoring it: its stored size and sha256, every
-zstd checksum, the tar structure, and the entry count and size in its manifest.
-Exit 0 only if all hold; 3 if the snapshot is corrupt. With snapshots of the
-volume from several hosts, the latest needs --host NAME.
+		Long: `Read a snapshot (the latest of VOLUME, or the one SNAPSHOT names) end to end
+without restoring it: its stored size and sha256, every zstd checksum, the tar
+structure, and the entry count and size in its manifest. Exit 0 only if all
+hold; 3 if the snapshot is corrupt. With snapshots of the volume from
+several hosts, the latest needs --host NAME.
+
+` + snapshotHelp + `
 
 ` + storageHelp,
 		Example: `  volbak verify pgdata --from /srv/backups
@@ -544,16 +551,23 @@ func deleteCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "delete VOLUME@SNAPSHOT --from STORAGE",
 		Short: "Delete one snapshot",
-		Long: `Delete the snapshot of VOLUME whose id starts with SNAPSHOT from STORAGE.
+		Long: `Delete the snapshot of VOLUME that SNAPSHOT names from STORAGE.
 The manifest goes first, then the archive: an interrupted delete leaves at
 worst an unlisted archive, never a listed snapshot without its archive.
-The id is required ('latest' names the newest): see volbak list. A manifest
-that list warns about is deleted the same way, by the id in its name, with
-the archive beside it if there is one. With snapshots of the volume from
-several hosts, 'latest' needs --host NAME.
+SNAPSHOT is required: see volbak list. A manifest that list warns about is
+deleted the same way, by the name list gives it, with the archive beside it
+if there is one.
+
+Deleting cannot be undone, so what is unclear is refused: a SNAPSHOT that
+names more than one manifest, and 'latest' when a newer manifest was passed
+over (one from a newer volbak is a good snapshot), or with snapshots of the
+volume from several hosts and no --host NAME.
+
+` + snapshotHelp + `
 
 ` + storageHelp,
 		Example: `  volbak delete pgdata@3f9a1c2b --from /srv/backups
+  volbak delete pgdata@20261125T101010Z-3f9a1c2b --from /srv/backups
   volbak delete pgdata@latest --from s3://bucket/prefix`,
 		Args: args(1, 1),
 		RunE: func(c *cobra.Command, a []string) error {
@@ -570,22 +584,18 @@ several hosts, 'latest' needs --host NAME.
 				return err
 			}
 			defer st.Close()
-			m, err := cat.Find(vol, id, host)
-			var p *snapshot.Problem
-			if errors.As(err, &p) {
-				if err := snapshot.Delete(ctx, st, p.Key); err != nil {
-					return err
-				}
-				fmt.Fprintf(g.stdout, "deleted %s (%v) from %s\n", p.Key, p.Err, st)
-				return nil
-			}
+			tg, err := cat.FindToDelete(vol, id, host)
 			if err != nil {
 				return err
 			}
-			g.passedOver(cat, id, host, m)
-			if err := snapshot.Delete(ctx, st, m.ManifestKey); err != nil {
+			if err := snapshot.Delete(ctx, st, tg.Key); err != nil {
 				return err
 			}
+			if p := tg.Problem; p != nil {
+				fmt.Fprintf(g.stdout, "deleted %s (%v) from %s\n", p.Key, p.Err, st)
+				return nil
+			}
+			m := tg.Snapshot
 			fmt.Fprintf(g.stdout, "deleted %s@%s (%s) from %s\n", m.Volume, m.ID, m.Created.Format(time.RFC3339), st)
 			return nil
 		},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"path"
 	"sort"
 	"strings"
@@ -22,13 +23,33 @@ const maxManifest = 1 << 20
 type Catalog struct {
 	Snapshots []Manifest // oldest first
 	Problems  []Problem  // in key order
-	where     string     // the storage, for messages
+	// Skipped are directories that could not be read and cannot hold
+	// snapshots (a root-owned lost+found), left out of the listing;
+	// SkipErr says why the first was.
+	Skipped []string
+	SkipErr error
+	where   string // the storage, for messages
 }
 
+// The kinds of Problem that are not plain damage, wrapped in its Err
+// (ErrNewerFormat is one too). They decide what a Problem advises, and
+// whether naming it is an error of a corrupt snapshot.
+var (
+	// ErrMisplaced: the manifest says another volume than the directory
+	// it is in: moved or copied there by hand, or the same file seen
+	// through a second name of that volume's directory.
+	ErrMisplaced = errors.New("in another volume's directory")
+	// ErrUnreadable: this user may not read it, or it is not a file.
+	ErrUnreadable = errors.New("cannot be read")
+	// ErrNoArchive: the archive beside it is not in the storage.
+	ErrNoArchive = errors.New("archive missing")
+)
+
 // Problem is a key named like a manifest that is not a usable snapshot: it
-// cannot be read as one, it comes from a newer volbak, or it says something
-// else than its key does (another volume, time or id, an archive elsewhere).
-// It is reported and can be deleted; it blocks no other snapshot.
+// cannot be read as one, it comes from a newer volbak, it says something
+// else than its key does (another volume, time or id, an archive
+// elsewhere), or its archive is missing. It is reported and blocks no
+// other snapshot.
 type Problem struct {
 	Key     string
 	Volume  string    // from the key's directory
@@ -48,45 +69,79 @@ func (p *Problem) Unwrap() error { return p.Err }
 // other manifest of the volume shares.
 func (p *Problem) Name() string { return p.Volume + "@" + nameOf(p.Key) }
 
+// Damaged reports whether it is a manifest or snapshot that is broken, as
+// opposed to one that is fine but elsewhere, newer, or not readable by
+// this user.
+func (p *Problem) Damaged() bool {
+	return !errors.Is(p.Err, ErrNewerFormat) && !errors.Is(p.Err, ErrMisplaced) && !errors.Is(p.Err, ErrUnreadable)
+}
+
 // Fix says what to do about it.
 func (p *Problem) Fix() string {
-	if errors.Is(p.Err, ErrNewerFormat) {
+	del := fmt.Sprintf("'volbak delete %s' removes it", p.Name())
+	switch {
+	case errors.Is(p.Err, ErrNewerFormat):
 		return "upgrade volbak to use it"
+	case errors.Is(p.Err, fs.ErrPermission):
+		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}
-	return fmt.Sprintf("'volbak delete %s' removes it", p.Name())
+	return del
 }
 
 // nameOf is a manifest key's name without .json: <UTC time>-<id>.
 func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
 
 // List reads the manifests of volume (of every volume if empty). A manifest
-// that cannot be fetched is an error, not a silent gap; one that can be
-// fetched but not used is a Problem.
+// that cannot be fetched for the storage's sake (a dropped connection, an
+// I/O error) is an error, not a silent gap; one that can be fetched but not
+// used, or that this user may not read, is a Problem. So is one whose
+// archive is not listed: a listed snapshot has its archive.
 func List(ctx context.Context, st storage.Storage, volume string) (Catalog, error) {
 	prefix := ""
 	if volume != "" {
 		prefix = volume + "/"
 	}
+	c := Catalog{where: st.String()}
 	objs, err := st.List(ctx, prefix)
-	if err != nil {
+	var skipped *storage.SkippedError
+	if errors.As(err, &skipped) {
+		for _, d := range skipped.Dirs {
+			if validVolume(d) {
+				return Catalog{}, fmt.Errorf("%w: the snapshots of volume %s cannot be listed by this user: make its directory readable, or list the others one by one with --volume", err, d)
+			}
+		}
+		c.Skipped, c.SkipErr = skipped.Dirs, skipped.Err
+	} else if err != nil {
 		return Catalog{}, err
 	}
-	c := Catalog{where: st.String()}
+	listed := map[string]bool{}
+	for _, o := range objs {
+		listed[o.Key] = true
+	}
 	for _, o := range objs {
 		vol, created, id, ok := parseKey(o.Key)
 		if !ok {
 			continue // not volbak's
 		}
-		data, err := fetch(ctx, st, o.Key)
-		if errors.Is(err, storage.ErrNotExist) {
-			continue // deleted since it was listed
+		problem := func(host string, err error) {
+			c.Problems = append(c.Problems, Problem{Key: o.Key, Volume: vol, ID: id, Created: created, Host: host, Err: err})
 		}
-		if err != nil {
+		data, err := fetch(ctx, st, o.Key)
+		switch {
+		case errors.Is(err, storage.ErrNotExist):
+			continue // deleted since it was listed
+		case errors.Is(err, fs.ErrPermission) || errors.Is(err, storage.ErrNotRegular):
+			problem("", &kinded{err.Error(), ErrUnreadable, err})
+			continue
+		case err != nil:
 			return Catalog{}, err
 		}
 		m, err := parse(o.Key, data)
+		if err == nil && !listed[m.Archive] {
+			err = &kinded{fmt.Sprintf("its archive %s is missing", m.Archive), ErrNoArchive, nil}
+		}
 		if err != nil {
-			c.Problems = append(c.Problems, Problem{Key: o.Key, Volume: vol, ID: id, Created: created, Host: m.Host, Err: err})
+			problem(m.Host, err)
 			continue
 		}
 		c.Snapshots = append(c.Snapshots, m)
@@ -105,6 +160,23 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		return a.ID < b.ID
 	})
 	return c, nil
+}
+
+// kinded is a message that unwraps to the kind of problem it describes,
+// and to its cause if it has one.
+type kinded struct {
+	msg   string
+	kind  error
+	cause error
+}
+
+func (k *kinded) Error() string { return k.msg }
+
+func (k *kinded) Unwrap() []error {
+	if k.cause == nil {
+		return []error{k.kind}
+	}
+	return []error{k.kind, k.cause}
 }
 
 // parseKey splits a manifest's key, <volume>/<UTC time>-<hex id>.json; ok
@@ -173,6 +245,8 @@ func parse(key string, data []byte) (Manifest, error) {
 	vol, created, id, _ := parseKey(key)
 	base := strings.TrimSuffix(key, ".json")
 	switch {
+	case m.Volume != vol && validVolume(m.Volume):
+		return m, &kinded{fmt.Sprintf("it says volume %q, not %q, the directory it is in", m.Volume, vol), ErrMisplaced, nil}
 	case m.Volume != vol:
 		return m, fmt.Errorf("it says volume %q, not %q, the directory it is in", m.Volume, vol)
 	case m.ID != id || m.Created.UTC().Format(timeLayout) != created.Format(timeLayout):

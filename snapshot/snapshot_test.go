@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,11 +164,14 @@ func TestProblems(t *testing.T) {
 	}
 	var p *Problem
 	if _, err := c.Find("db", "0bad0001", ""); !errors.As(err, &p) || p.Key != "db/20260103T000000Z-0bad0001.json" ||
-		!strings.Contains(p.Fix(), "volbak delete db@20260103T000000Z-0bad0001") {
+		!strings.Contains(p.Fix(), "volbak delete db@20260103T000000Z-0bad0001") || !p.Damaged() {
 		t.Fatalf("a damaged manifest by its id: %v", err)
 	}
-	if _, err := c.Find("db", "0bad0002", ""); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") {
+	if _, err := c.Find("db", "0bad0002", ""); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") || err.(*Problem).Damaged() {
 		t.Fatalf("a newer manifest: %v", err)
+	}
+	if _, err := c.Find("db", "bbbb2222", ""); !errors.Is(err, ErrMisplaced) || err.(*Problem).Damaged() {
+		t.Fatalf("another volume's manifest: %v", err)
 	}
 	if _, err := c.Find("db", "0bad", ""); err == nil || !strings.Contains(err.Error(), "ambiguous") {
 		t.Fatalf("a prefix of several problems: %v", err)
@@ -197,24 +203,57 @@ func TestProblems(t *testing.T) {
 	}
 }
 
-// A manifest that cannot be fetched (a network error, a permission) fails
-// the listing: only what was read and found wanting is a problem, never
-// something a retry could read.
-func TestUnreadableManifestIsAnError(t *testing.T) {
+// A manifest that cannot be fetched for the storage's sake (a dropped
+// connection, an I/O error) fails the listing: a retry could read it. One
+// that this user may not read, or that is not a file, is a problem of its
+// own: as uid 65534, one manifest with mode 0600 made list, verify of
+// another snapshot and delete of a third all fail.
+func TestUnreadableManifest(t *testing.T) {
 	st := store(t)
-	snap(t, st, "db", "h", "aaaa1111", 0)
-	boom := errors.New("connection reset")
-	if _, err := List(context.Background(), failingOpen{st, boom}, ""); !errors.Is(err, boom) {
-		t.Fatalf("list: %v", err)
+	good := snap(t, st, "db", "h", "aaaa1111", 0)
+	snap(t, st, "db", "h", "bbbb2222", 1)
+	other := "db/20260102T040405Z-bbbb2222.json"
+	for _, c := range []struct {
+		err     error
+		problem bool
+	}{
+		{errors.New("connection reset"), false},
+		{syscall.EIO, false},
+		{fs.ErrPermission, true},
+		{storage.ErrNotRegular, true},
+	} {
+		cat, err := List(context.Background(), failingOpen{st, other, c.err}, "")
+		if !c.problem {
+			if !errors.Is(err, c.err) {
+				t.Errorf("%v: list: %v", c.err, err)
+			}
+			continue
+		}
+		if err != nil || len(cat.Problems) != 1 || !errors.Is(cat.Problems[0].Err, ErrUnreadable) || cat.Problems[0].Damaged() {
+			t.Fatalf("%v: list: %+v %v", c.err, cat.Problems, err)
+		}
+		if m, err := cat.Find("db", good.ID, ""); err != nil || m.ID != good.ID {
+			t.Errorf("%v: the other snapshot: %v", c.err, err)
+		}
+		if p := cat.Problems[0]; (c.err == fs.ErrPermission) != strings.Contains(p.Fix(), "may not read") {
+			t.Errorf("%v: fix: %s", c.err, p.Fix())
+		}
 	}
 }
 
+// failingOpen fails to open one key with err.
 type failingOpen struct {
 	storage.Storage
+	key string
 	err error
 }
 
-func (f failingOpen) Open(context.Context, string) (io.ReadCloser, error) { return nil, f.err }
+func (f failingOpen) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	if key == f.key {
+		return nil, fmt.Errorf("open %s: %w", key, f.err)
+	}
+	return f.Storage.Open(ctx, key)
+}
 
 // One volume backed up from two hosts into one storage: "the latest" is
 // ambiguous without a host, and an id is not.
@@ -321,5 +360,55 @@ func TestDeleteLatestPassedOver(t *testing.T) {
 	}
 	if tg, err := c.FindToDelete("db", old.ID, ""); err != nil || tg.Key != old.ManifestKey {
 		t.Fatalf("delete by id: %v", err)
+	}
+}
+
+// A manifest whose archive is not in the storage is a problem, not a
+// snapshot: a listed snapshot has its archive. Asked for the latest with
+// no usable snapshot left, the newest problem says why.
+func TestArchiveMissing(t *testing.T) {
+	ctx := context.Background()
+	st := store(t)
+	m := snap(t, st, "db", "h", "aaaa1111", 0)
+	st.Delete(ctx, m.Archive)
+	c := list(t, st, "db")
+	if len(c.Snapshots) != 0 || len(c.Problems) != 1 || !errors.Is(c.Problems[0].Err, ErrNoArchive) || !c.Problems[0].Damaged() {
+		t.Fatalf("list: %+v", c)
+	}
+	var p *Problem
+	if _, err := c.Find("db", "", ""); !errors.Is(err, ErrUnknown) || !errors.As(err, &p) || !strings.Contains(err.Error(), "is missing") {
+		t.Fatalf("the latest: %v", err)
+	}
+	if _, err := c.FindToDelete("db", "latest", ""); err == nil || errors.As(err, &p) || !strings.Contains(err.Error(), "db@20260102T030405Z-aaaa1111") {
+		t.Fatalf("delete the latest: %v", err)
+	}
+}
+
+// skipping is a storage whose listing left directories out.
+type skipping struct {
+	storage.Storage
+	dirs []string
+}
+
+func (s skipping) List(ctx context.Context, prefix string) ([]storage.Object, error) {
+	objs, err := s.Storage.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	return objs, &storage.SkippedError{Dirs: s.dirs, Err: fs.ErrPermission}
+}
+
+// A directory that cannot be read and cannot be a volume's (a root-owned
+// lost+found) is left out of a listing, and said; one named like a volume
+// fails it, since its snapshots would silently be missing.
+func TestSkippedDirectories(t *testing.T) {
+	st := store(t)
+	snap(t, st, "db", "h", "aaaa1111", 0)
+	c, err := List(context.Background(), skipping{st, []string{"lost+found", ".snapshot"}}, "")
+	if err != nil || len(c.Snapshots) != 1 || len(c.Skipped) != 2 || !errors.Is(c.SkipErr, fs.ErrPermission) {
+		t.Fatalf("list: %+v %v", c, err)
+	}
+	if _, err := List(context.Background(), skipping{st, []string{"lost+found", "pgdata"}}, ""); err == nil || !strings.Contains(err.Error(), "--volume") {
+		t.Fatalf("an unreadable volume directory: %v", err)
 	}
 }

@@ -115,8 +115,9 @@ func TestDamagedManifests(t *testing.T) {
 		t.Fatal("delete touched a file that is not volbak's")
 	}
 
-	// The misplaced copy names vol's snapshot; deleting it by its own key
-	// leaves vol's snapshot whole.
+	// The misplaced copy names vol's snapshot, which is no corrupt one;
+	// deleting it by its own key leaves vol's snapshot whole.
+	mustFail(t, volbak(t, "verify", "othervol@"+good.ID, "--from", store), 1, "says volume")
 	mustOK(t, volbak(t, "delete", "othervol@"+good.ID, "--from", store))
 	if exists(store, misplaced) {
 		t.Fatal("the misplaced manifest is still there")

@@ -239,10 +239,13 @@ func listCmd(g *globals) *cobra.Command {
 that made it (the Docker daemon's name), time (UTC), stored size,
 uncompressed size and number of entries. Unfinished backups
 (archives without a manifest) are not listed. --json prints the manifests.
-A manifest that cannot be used (damaged, from a newer volbak, or saying
-another volume, time or id than its name) is not listed: a warning on
-stderr names it and how to remove it. Files that are not named like
-volbak's are ignored. Partial archives left by backups that were killed
+A manifest that cannot be used (damaged, from a newer volbak, unreadable by
+this user, saying another volume, time or id than its name, or whose archive
+is missing) is not listed: a warning on stderr names it and what to do about
+it (delete it, read it as its owner, upgrade volbak). Files that
+are not named like volbak's are ignored, and so is what lies deeper than
+VOLUME/FILE. A directory this user may not read that cannot be a volume's
+(a root-owned lost+found) is left out, with a warning. Partial archives left by backups that were killed
 (SIGKILL, the OOM killer) are counted in a warning; list removes nothing,
 the next backup to STORAGE does.
 
@@ -270,6 +273,10 @@ the next backup to STORAGE does.
 			defer func() {
 				for _, p := range cat.Problems {
 					fmt.Fprintf(g.stderr, "volbak: warning: %v; %s\n", &p, p.Fix())
+				}
+				if len(cat.Skipped) > 0 {
+					fmt.Fprintf(g.stderr, "volbak: warning: left out %s of %s, which this user may not read and which cannot be a volume's directory (%v)\n",
+						strings.Join(cat.Skipped, ", "), st, cat.SkipErr)
 				}
 				g.reportStale(c.Context(), st, volume)
 			}()
@@ -454,7 +461,7 @@ func (g *globals) findIn(ctx context.Context, from, vol, id, host string) (stora
 		var p *snapshot.Problem
 		if errors.As(err, &p) {
 			err = fmt.Errorf("%w; %s", err, p.Fix())
-			if !errors.Is(p, snapshot.ErrNewerFormat) {
+			if p.Damaged() { // not one that is elsewhere, newer, or another user's
 				err = fmt.Errorf("%w: %w", restore.ErrCorrupt, err)
 			}
 		}
@@ -513,8 +520,9 @@ func verifyCmd(g *globals) *cobra.Command {
 		Long: `Read a snapshot (the latest of VOLUME, or the one SNAPSHOT names) end to end
 without restoring it: its stored size and sha256, every zstd checksum, the tar
 structure, and the entry count and size in its manifest. Exit 0 only if all
-hold; 3 if the snapshot is corrupt. With snapshots of the volume from
-several hosts, the latest needs --host NAME.
+hold; 3 if the snapshot is corrupt (1 if its manifest is another volume's,
+from a newer volbak, or unreadable by this user). With snapshots of the
+volume from several hosts, the latest needs --host NAME.
 
 ` + snapshotHelp + `
 

@@ -153,6 +153,11 @@ func TestReadFailures(t *testing.T) {
 	t.Run("manifest without archive", func(t *testing.T) {
 		os.Rename(archive, archive+".away")
 		defer os.Rename(archive+".away", archive)
+		// Not listed: a listed snapshot has its archive.
+		r := mustOK(t, volbak(t, "list", "--from", store, "--json"))
+		if len(decodeList(t, r)) != 0 || !strings.Contains(r.stderr, "archive "+m.Archive+" is missing") {
+			t.Fatalf("list: %s", r)
+		}
 		mustFail(t, volbak(t, "verify", vol, "--from", store), 3, "missing")
 		target := randName("target")
 		mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-volume", target), 3, "missing")

@@ -1,13 +1,16 @@
 package main
 
 // End-to-end tests of how snapshots are named and found when two
-// manifests share an id, and when the newest manifest is passed over.
+// manifests share an id, when the newest manifest is passed over, and when
+// this user may not read everything.
 
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -72,4 +75,61 @@ func TestSharedIDAndPassedOver(t *testing.T) {
 	if exists(store, good.Archive) || !exists(store, newer.Key()) {
 		t.Fatal("delete by name removed the wrong snapshot")
 	}
+}
+
+// asNobody runs volbak as uid 65534.
+func asNobody(t *testing.T, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return volbakCmd(t, cmd)
+}
+
+// One file this user may not read blocked every snapshot: as uid 65534,
+// one manifest with mode 0600 made list, verify of a good snapshot and
+// delete of another all fail, and a root-owned lost+found in the storage
+// failed the whole list. Now the manifest is a warning of its own, the
+// lost+found is left out with a warning; only a volume's directory that
+// cannot be read fails the list that would miss its snapshots.
+func TestUnreadableByThisUser(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(1<<20))
+	store, err := os.MkdirTemp("", prefix+"store-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(store)
+	var ms []snapshot.Manifest
+	for range 3 {
+		ms = append(ms, backupOne(t, vol, store))
+	}
+	filepath.Walk(store, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.IsDir() {
+			os.Chmod(p, 0o777)
+		} else if err == nil {
+			os.Chmod(p, 0o644)
+		}
+		return nil
+	})
+	hidden := ms[1]
+	os.Chmod(filepath.Join(store, hidden.Key()), 0o600)
+	lost := filepath.Join(store, "lost+found")
+	os.Mkdir(lost, 0o700)
+	os.WriteFile(filepath.Join(lost, "#1234"), []byte("recovered"), 0o600)
+
+	r := mustOK(t, asNobody(t, "list", "--from", store))
+	says(t, r, hidden.Key(), "may not read", "left out lost+found")
+	if strings.Contains(r.stdout, hidden.ID) || !strings.Contains(r.stdout, ms[0].ID) || !strings.Contains(r.stdout, ms[2].ID) {
+		t.Fatalf("list: %s", r)
+	}
+	says(t, mustOK(t, asNobody(t, "verify", vol+"@"+ms[0].ID, "--from", store)), ms[0].ID+" ok")
+	mustFail(t, asNobody(t, "verify", vol+"@"+hidden.ID, "--from", store), 1, "may not read")
+	mustOK(t, asNobody(t, "delete", vol+"@"+ms[2].ID, "--from", store))
+	if exists(store, ms[2].Key()) || !exists(store, hidden.Key()) {
+		t.Fatal("delete as another user did not remove exactly its snapshot")
+	}
+
+	other := filepath.Join(store, prefix+"othervol")
+	os.Mkdir(other, 0o700)
+	mustFail(t, asNobody(t, "list", "--from", store), 1, "--volume")
+	mustOK(t, asNobody(t, "list", "--from", store, "--volume", vol))
 }

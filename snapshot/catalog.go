@@ -57,6 +57,13 @@ type Problem struct {
 	Created time.Time // from the key's name
 	Host    string    // as the manifest says, if it could be read
 	Err     error
+	// Owner is the volume a misplaced manifest says it belongs to (Err is
+	// ErrMisplaced); Twin, that Owner's directory holds a manifest of the
+	// same name: a copy, or this very file seen through a second name (a
+	// link, a bind mount, a filesystem that ignores case), which deleting
+	// here would delete there.
+	Owner string
+	Twin  bool
 }
 
 func (p *Problem) Error() string {
@@ -82,6 +89,12 @@ func (p *Problem) Fix() string {
 	switch {
 	case errors.Is(p.Err, ErrNewerFormat):
 		return "upgrade volbak to use it"
+	case errors.Is(p.Err, ErrMisplaced) && p.Twin:
+		return fmt.Sprintf("%s/ holds a manifest of the same name, so this is a copy of it or the same file under a second name "+
+			"(a link, a bind mount, a filesystem that ignores case); volbak will not delete it, lest that delete %s's snapshot: "+
+			"if it is a copy, remove %s and %s by hand", p.Owner, p.Owner, p.Key, archiveOf(p.Key))
+	case errors.Is(p.Err, ErrMisplaced):
+		return fmt.Sprintf("it is %s's: move it and %s into %s/ rather than delete it", p.Owner, archiveOf(p.Key), p.Owner)
 	case errors.Is(p.Err, fs.ErrPermission):
 		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}
@@ -90,6 +103,9 @@ func (p *Problem) Fix() string {
 
 // nameOf is a manifest key's name without .json: <UTC time>-<id>.
 func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
+
+// archiveOf is the key of the archive beside a manifest's.
+func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ".tar.zst" }
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched for the storage's sake (a dropped connection, an
@@ -142,6 +158,13 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		}
 		if err != nil {
 			problem(m.Host, err)
+			if errors.Is(err, ErrMisplaced) {
+				p := &c.Problems[len(c.Problems)-1]
+				p.Owner = m.Volume
+				if p.Twin, err = twin(ctx, st, p); err != nil {
+					return Catalog{}, err
+				}
+			}
 			continue
 		}
 		c.Snapshots = append(c.Snapshots, m)
@@ -160,6 +183,24 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		return a.ID < b.ID
 	})
 	return c, nil
+}
+
+// twin reports whether the directory of the volume a misplaced manifest
+// says holds a manifest of the same name. It is asked by name, not looked
+// up in a listing: a listing shows one directory under one name as far as
+// the storage can tell, and twin is there for when it cannot.
+func twin(ctx context.Context, st storage.Storage, p *Problem) (bool, error) {
+	rc, err := st.Open(ctx, p.Owner+"/"+path.Base(p.Key))
+	switch {
+	case err == nil:
+		rc.Close()
+		return true, nil
+	case errors.Is(err, storage.ErrNotExist):
+		return false, nil
+	case errors.Is(err, fs.ErrPermission) || errors.Is(err, storage.ErrNotRegular):
+		return true, nil // something is there under that name
+	}
+	return false, err
 }
 
 // kinded is a message that unwraps to the kind of problem it describes,

@@ -55,7 +55,10 @@ type Target struct {
 // stricter. A ref that names more than one manifest is refused, even a
 // usable snapshot beside problems. The latest is refused when a newer
 // manifest was passed over (from a newer volbak, it is a good snapshot,
-// and the pick would not be the newest), and is never a Problem.
+// and the pick would not be the newest), and is never a Problem. A
+// manifest that says another volume, whose directory holds a manifest of
+// the same name, is refused: it may be that very file under a second
+// name, and deleting it would delete the other volume's snapshot.
 func (c Catalog) FindToDelete(volume, ref, host string) (Target, error) {
 	if latest(ref) {
 		m, err := c.latest(volume, host)
@@ -85,7 +88,11 @@ func (c Catalog) FindToDelete(volume, ref, host string) (Target, error) {
 	case len(hits) == 1:
 		return Target{Key: hits[0].ManifestKey, Snapshot: hits[0]}, nil
 	}
-	return Target{Key: bad[0].Key, Problem: bad[0]}, nil
+	p := bad[0]
+	if errors.Is(p.Err, ErrMisplaced) && p.Twin {
+		return Target{}, fmt.Errorf("not deleting %s: %v; %s", p.Key, p.Err, p.Fix())
+	}
+	return Target{Key: p.Key, Problem: p}, nil
 }
 
 // PassedOver returns the manifests of m's volume newer than m that are not

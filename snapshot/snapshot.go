@@ -5,10 +5,10 @@
 //	<volume>/<UTC time>-<id>.json      its manifest, written last
 //
 // An archive without its manifest is an unfinished upload: never listed,
-// never restored. A key named like a manifest that cannot be read, or that
-// says something else than its name, is a Problem: reported, deletable, and
-// no obstacle to the other snapshots. Any other key is not volbak's and is
-// ignored.
+// never restored. A key named like a manifest that cannot be read, that
+// says something else than its name, or whose archive is missing, is a
+// Problem: reported with what to do about it, and no obstacle to the other
+// snapshots. Any other key is not volbak's and is ignored.
 package snapshot
 
 import (

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"path"
 	"strings"
 	"syscall"
 	"testing"
@@ -130,7 +131,7 @@ func TestProblems(t *testing.T) {
 	problems := map[string][2]string{ // key: content, what the problem says
 		"db/20260103T000000Z-0bad0001.json": {"{not json", "not valid JSON"},
 		"db/20260103T000000Z-0bad0002.json": {`{"format": 99, "id": "0bad0002", "volume": "db", "host": "far"}`, "newer volbak"},
-		"db/20260102T030405Z-bbbb2222.json": {string(rawOther), `says volume "web"`}, // web's manifest in db/
+		"db/20260102T030405Z-bbbb2222.json": {string(rawOther), `says volume "web"`}, // a copy of web's manifest in db/
 		"db/20260102T030405Z-0bad0003.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0003", other.Archive }), "names archive"},
 		"db/20260102T030405Z-0bad0005.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0006", "db/20260102T030405Z-0bad0006.tar.zst" }), "not what its name says"},
 		"db/20260105T000000Z-0bad0007.json": {lie(func(m *Manifest) { m.ID, m.Archive = "0bad0007", "db/20260105T000000Z-0bad0007.tar.zst" }), "not what its name says"},
@@ -170,15 +171,23 @@ func TestProblems(t *testing.T) {
 	if _, err := c.Find("db", "0bad0002", ""); !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.(*Problem).Fix(), "upgrade") || err.(*Problem).Damaged() {
 		t.Fatalf("a newer manifest: %v", err)
 	}
-	if _, err := c.Find("db", "bbbb2222", ""); !errors.Is(err, ErrMisplaced) || err.(*Problem).Damaged() {
-		t.Fatalf("another volume's manifest: %v", err)
-	}
 	if _, err := c.Find("db", "0bad", ""); err == nil || !strings.Contains(err.Error(), "ambiguous") {
 		t.Fatalf("a prefix of several problems: %v", err)
 	}
 
-	// Delete takes exactly the key found, and the archive beside it: web's
-	// manifest, copied into db/, goes from db/ only.
+	// The copy of web's manifest in db/ is web's, and web/ holds one of the
+	// same name: it may be that very file seen through a second name, so
+	// delete refuses it, and no advice says otherwise.
+	if _, err := c.Find("db", "bbbb2222", ""); !errors.As(err, &p) || !errors.Is(err, ErrMisplaced) || p.Damaged() ||
+		p.Owner != "web" || !p.Twin || strings.Contains(p.Fix(), "volbak delete") {
+		t.Fatalf("a copy of another volume's manifest: %v (%s)", err, p.Fix())
+	}
+	if _, err := c.FindToDelete("db", "bbbb2222", ""); err == nil || !strings.Contains(err.Error(), "not deleting") {
+		t.Fatalf("delete of a copy of another volume's manifest: %v", err)
+	}
+
+	// Delete takes exactly the key given, and the archive beside it: web's
+	// manifest, copied into db/ and removed by hand, goes from db/ only.
 	if err := Delete(ctx, st, "db/20260102T030405Z-bbbb2222.json"); err != nil {
 		t.Fatal(err)
 	}
@@ -303,6 +312,111 @@ func TestParseRef(t *testing.T) {
 	}
 }
 
+// move moves a snapshot's manifest and archive by hand into dir/.
+func move(t *testing.T, st storage.Storage, m Manifest, dir string) string {
+	t.Helper()
+	ctx := context.Background()
+	to := dir + "/" + path.Base(m.ManifestKey)
+	for _, k := range [][2]string{{m.ManifestKey, to}, {m.Archive, archiveOf(to)}} {
+		rc, err := st.Open(ctx, k[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		write(t, st, k[1], string(data))
+		if err := st.Delete(ctx, k[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return to
+}
+
+// A manifest moved into another volume's directory belongs where it says:
+// the advice is to move it back, not to delete it (which would delete the
+// only copy of that snapshot), and naming it is not an error of a corrupt
+// snapshot.
+func TestMisplaced(t *testing.T) {
+	st := store(t)
+	m := snap(t, st, "pgdata", "h", "bbbb2222", 0)
+	key := move(t, st, m, "pgdata-old")
+	c := list(t, st, "")
+	if len(c.Snapshots) != 0 || len(c.Problems) != 1 {
+		t.Fatalf("list: %+v", c)
+	}
+	p := c.Problems[0]
+	if p.Key != key || p.Owner != "pgdata" || p.Twin || p.Damaged() || !errors.Is(&p, ErrMisplaced) {
+		t.Fatalf("problem: %+v", p)
+	}
+	if fix := p.Fix(); !strings.Contains(fix, "move it and pgdata-old/20260102T030405Z-bbbb2222.tar.zst into pgdata/") || strings.Contains(fix, "volbak delete") {
+		t.Fatalf("fix: %s", fix)
+	}
+	// Deleting it knowingly, by its name, is allowed: nothing else holds it.
+	if tg, err := c.FindToDelete("pgdata-old", "20260102T030405Z-bbbb2222", ""); err != nil || tg.Key != key || tg.Problem == nil {
+		t.Fatalf("delete a misplaced manifest that has no twin: %+v %v", tg, err)
+	}
+}
+
+// caseless is a storage that ignores case in directory names, as a server
+// on a filesystem that does: DATA/x is data/x.
+type caseless struct{ storage.Storage }
+
+func (c caseless) List(ctx context.Context, prefix string) ([]storage.Object, error) {
+	objs, err := c.Storage.List(ctx, lowerDir(prefix))
+	for i := range objs {
+		objs[i].Key = prefix + strings.TrimPrefix(objs[i].Key, lowerDir(prefix))
+	}
+	return objs, err
+}
+
+func (c caseless) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	return c.Storage.Open(ctx, lowerDir(key))
+}
+
+func lowerDir(key string) string {
+	dir, name, _ := strings.Cut(key, "/")
+	return strings.ToLower(dir) + "/" + name
+}
+
+// One directory seen under two names (here a filesystem that ignores
+// case; a bind mount or an SFTP link alike): the manifests under the
+// second name say the first, whose directory holds the same names, so
+// delete refuses them on every backend.
+func TestSecondNameNotDeleted(t *testing.T) {
+	st := caseless{store(t)}
+	snap(t, st, "data", "h", "aaaa1111", 0)
+	c := list(t, st, "DATA")
+	if len(c.Problems) != 1 || !c.Problems[0].Twin || c.Problems[0].Owner != "data" {
+		t.Fatalf("list DATA: %+v", c)
+	}
+	for _, ref := range []string{"aaaa1111", "20260102T030405Z-aaaa1111"} {
+		if _, err := c.FindToDelete("DATA", ref, ""); err == nil || !strings.Contains(err.Error(), "lest that delete data's snapshot") {
+			t.Errorf("delete DATA@%s: %v", ref, err)
+		}
+	}
+}
+
+// A manifest whose archive is not in the storage is a problem, not a
+// snapshot: a listed snapshot has its archive. Asked for the latest with
+// no usable snapshot left, the newest problem says why.
+func TestArchiveMissing(t *testing.T) {
+	ctx := context.Background()
+	st := store(t)
+	m := snap(t, st, "db", "h", "aaaa1111", 0)
+	st.Delete(ctx, m.Archive)
+	c := list(t, st, "db")
+	if len(c.Snapshots) != 0 || len(c.Problems) != 1 || !errors.Is(c.Problems[0].Err, ErrNoArchive) || !c.Problems[0].Damaged() {
+		t.Fatalf("list: %+v", c)
+	}
+	var p *Problem
+	if _, err := c.Find("db", "", ""); !errors.Is(err, ErrUnknown) || !errors.As(err, &p) || !strings.Contains(err.Error(), "is missing") {
+		t.Fatalf("the latest: %v", err)
+	}
+	if _, err := c.FindToDelete("db", "latest", ""); err == nil || errors.As(err, &p) || !strings.Contains(err.Error(), "db@20260102T030405Z-aaaa1111") {
+		t.Fatalf("delete the latest: %v", err)
+	}
+}
+
 // A bad neighbour with the same id (a copy under another time) blocks
 // neither the good snapshot named by its full id, for reading, nor itself,
 // named by TIME-ID; an id that is complete is never asked for more of.
@@ -360,27 +474,6 @@ func TestDeleteLatestPassedOver(t *testing.T) {
 	}
 	if tg, err := c.FindToDelete("db", old.ID, ""); err != nil || tg.Key != old.ManifestKey {
 		t.Fatalf("delete by id: %v", err)
-	}
-}
-
-// A manifest whose archive is not in the storage is a problem, not a
-// snapshot: a listed snapshot has its archive. Asked for the latest with
-// no usable snapshot left, the newest problem says why.
-func TestArchiveMissing(t *testing.T) {
-	ctx := context.Background()
-	st := store(t)
-	m := snap(t, st, "db", "h", "aaaa1111", 0)
-	st.Delete(ctx, m.Archive)
-	c := list(t, st, "db")
-	if len(c.Snapshots) != 0 || len(c.Problems) != 1 || !errors.Is(c.Problems[0].Err, ErrNoArchive) || !c.Problems[0].Damaged() {
-		t.Fatalf("list: %+v", c)
-	}
-	var p *Problem
-	if _, err := c.Find("db", "", ""); !errors.Is(err, ErrUnknown) || !errors.As(err, &p) || !strings.Contains(err.Error(), "is missing") {
-		t.Fatalf("the latest: %v", err)
-	}
-	if _, err := c.FindToDelete("db", "latest", ""); err == nil || errors.As(err, &p) || !strings.Contains(err.Error(), "db@20260102T030405Z-aaaa1111") {
-		t.Fatalf("delete the latest: %v", err)
 	}
 }
 

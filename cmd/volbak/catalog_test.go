@@ -59,9 +59,11 @@ func says(t *testing.T, r result, what ...string) {
 
 // A damaged manifest, strays, and a manifest copied into another volume's
 // directory: list warns and goes on, the good snapshot stays usable by id
-// and as the latest, the damaged one is refused by id and deleted by it;
-// deleting the misplaced copy removes the copy, not the snapshot it
-// describes.
+// and as the latest, the damaged one is refused by id (exit 3) and deleted
+// by the name list gives it. The copy is refused by delete (the original's
+// directory holds a manifest of that name: it could be that very file under
+// a second name), naming it is no corrupt snapshot (exit 1), and once it is
+// removed by hand, as advised, no warning is left.
 func TestDamagedManifests(t *testing.T) {
 	vol, src := newVolume(t, nil, edgeAndData(1<<20))
 	store := t.TempDir()
@@ -81,7 +83,10 @@ func TestDamagedManifests(t *testing.T) {
 
 	badName := vol + "@20990101T000000Z-0bad0001"
 	r := mustOK(t, volbak(t, "list", "--from", store))
-	says(t, r, good.ID, bad+".json", "volbak delete "+badName, misplaced, "volbak delete othervol@"+strings.TrimSuffix(filepath.Base(good.Key()), ".json"))
+	says(t, r, good.ID, bad+".json", "volbak delete "+badName, misplaced, "will not delete it")
+	if strings.Contains(r.stderr, "volbak delete othervol@") {
+		t.Fatalf("list advises deleting a copy that could be the original under a second name: %s", r)
+	}
 	if strings.Contains(r.stderr, "notes.json") || strings.Contains(r.stderr, "stray") {
 		t.Fatalf("a key that is not volbak's was reported: %s", r)
 	}
@@ -115,15 +120,17 @@ func TestDamagedManifests(t *testing.T) {
 		t.Fatal("delete touched a file that is not volbak's")
 	}
 
-	// The misplaced copy names vol's snapshot, which is no corrupt one;
-	// deleting it by its own key leaves vol's snapshot whole.
-	mustFail(t, volbak(t, "verify", "othervol@"+good.ID, "--from", store), 1, "says volume")
-	mustOK(t, volbak(t, "delete", "othervol@"+good.ID, "--from", store))
-	if exists(store, misplaced) {
-		t.Fatal("the misplaced manifest is still there")
+	// The misplaced copy names vol's snapshot, whose directory holds a
+	// manifest of the same name: delete refuses it; reading it is no
+	// corrupt snapshot; removed by hand, vol's snapshot is whole.
+	mustFail(t, volbak(t, "delete", "othervol@"+good.ID, "--from", store), 1, "not deleting")
+	mustFail(t, volbak(t, "verify", "othervol@"+good.ID, "--from", store), 1, "will not delete it")
+	if !exists(store, misplaced) {
+		t.Fatal("the refused delete removed the copy")
 	}
+	os.Remove(filepath.Join(store, filepath.FromSlash(misplaced)))
 	if !exists(store, good.Key()) || !exists(store, good.Archive) {
-		t.Fatal("deleting a misplaced copy removed the snapshot it describes")
+		t.Fatal("the snapshot a misplaced copy describes is gone")
 	}
 	r = mustOK(t, volbak(t, "list", "--from", store))
 	if strings.Contains(r.stderr, "warning") {

@@ -242,12 +242,13 @@ uncompressed size and number of entries. Unfinished backups
 A manifest that cannot be used (damaged, from a newer volbak, unreadable by
 this user, saying another volume, time or id than its name, or whose archive
 is missing) is not listed: a warning on stderr names it and what to do about
-it (delete it, read it as its owner, upgrade volbak). Files that
-are not named like volbak's are ignored, and so is what lies deeper than
-VOLUME/FILE. A directory this user may not read that cannot be a volume's
-(a root-owned lost+found) is left out, with a warning. Partial archives left by backups that were killed
-(SIGKILL, the OOM killer) are counted in a warning; list removes nothing,
-the next backup to STORAGE does.
+it (delete it, read it as its owner, move it into the volume it says,
+upgrade volbak). Files that are not named like volbak's are ignored, and so
+is what lies deeper than VOLUME/FILE. A directory this user may not read
+that cannot be a volume's (a root-owned lost+found) is left out, with a
+warning. Partial archives left by backups that were killed (SIGKILL, the OOM
+killer) are counted in a warning; list removes nothing, the next backup to
+STORAGE does.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups
@@ -567,9 +568,12 @@ deleted the same way, by the name list gives it, with the archive beside it
 if there is one.
 
 Deleting cannot be undone, so what is unclear is refused: a SNAPSHOT that
-names more than one manifest, and 'latest' when a newer manifest was passed
-over (one from a newer volbak is a good snapshot), or with snapshots of the
-volume from several hosts and no --host NAME.
+names more than one manifest; 'latest' when a newer manifest was passed over
+(one from a newer volbak is a good snapshot), or with snapshots of the
+volume from several hosts and no --host NAME; and a manifest that says
+another volume whose directory holds one of the same name (a copy, or the
+same file through a link, a bind mount or a filesystem that ignores case:
+deleting it could delete the other volume's snapshot).
 
 ` + snapshotHelp + `
 

@@ -1,8 +1,9 @@
 package main
 
-// End-to-end tests of how snapshots are named and found when two
-// manifests share an id, when the newest manifest is passed over, and when
-// this user may not read everything.
+// End-to-end tests of how snapshots are named and found when the storage
+// shows one directory under two names, when two manifests share an id,
+// when the newest manifest is passed over, and when this user may not
+// read everything.
 
 import (
 	"encoding/json"
@@ -20,6 +21,87 @@ import (
 // nameOf is how list's warnings name a snapshot: VOLUME@TIME-ID.
 func nameOf(m snapshot.Manifest) string {
 	return m.Volume + "@" + strings.TrimSuffix(filepath.Base(m.Key()), ".json")
+}
+
+// Following a warning's advice deleted another volume's good snapshot:
+// with a link pgdata-old -> pgdata in the storage, list showed pgdata's
+// manifest under pgdata-old as "says volume pgdata ... 'volbak delete
+// pgdata-old@...' removes it", and that removed pgdata's. A link to a
+// volume's directory now lists nothing, locally and over SFTP; a bind
+// mount, which cannot be told from a second real directory, lists it, and
+// delete refuses it there; a manifest moved by hand into another
+// directory is advised back where it belongs, and is a snapshot again once
+// it is.
+func TestSecondNameOfAVolumeDirectory(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(1<<20))
+	store := t.TempDir()
+	m := backupOne(t, vol, store)
+	intact := func() {
+		t.Helper()
+		if !exists(store, m.Key()) || !exists(store, m.Archive) {
+			t.Fatal("the snapshot's manifest or archive is gone")
+		}
+	}
+
+	old := vol + "-old"
+	if err := os.Symlink(vol, filepath.Join(store, old)); err != nil {
+		t.Fatal(err)
+	}
+	r := mustOK(t, volbak(t, "list", "--from", store))
+	if strings.Contains(r.stderr, old) || strings.Count(r.stdout, m.ID) != 1 {
+		t.Fatalf("list shows the volume's directory under its link's name too: %s", r)
+	}
+	for _, ref := range []string{m.ID, strings.TrimPrefix(nameOf(m), vol+"@")} {
+		mustFail(t, volbak(t, "delete", old+"@"+ref, "--from", store), 1, "not in")
+	}
+	intact()
+
+	sr := sftpRemote(t)
+	mustOK(t, sr.run(t, "backup", vol, "--to", sr.url))
+	if err := os.Symlink(vol, filepath.Join(sr.dir, old)); err != nil {
+		t.Fatal(err)
+	}
+	r = mustOK(t, sr.run(t, "list", "--from", sr.url))
+	if strings.Contains(r.stderr, old) {
+		t.Fatalf("list over SFTP shows the volume's directory under its link's name: %s", r)
+	}
+
+	bind := filepath.Join(store, vol+"-bind")
+	os.Mkdir(bind, 0o700)
+	if err := syscall.Mount(filepath.Join(store, vol), bind, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(bind, syscall.MNT_DETACH)
+	r = mustOK(t, volbak(t, "list", "--from", store))
+	says(t, r, vol+"-bind/", "will not delete it")
+	if strings.Contains(r.stderr, "volbak delete "+vol+"-bind@") {
+		t.Fatalf("list advises deleting through the bind mount: %s", r)
+	}
+	mustFail(t, volbak(t, "delete", vol+"-bind@"+m.ID, "--from", store), 1, "not deleting")
+	mustFail(t, volbak(t, "verify", vol+"-bind@"+m.ID, "--from", store), 1, "says volume")
+	intact()
+	syscall.Unmount(bind, syscall.MNT_DETACH)
+	os.Remove(bind)
+
+	// Moved by hand into another directory: the advice is to move it back.
+	moved := backupOne(t, vol, store)
+	other := prefix + "other"
+	os.Mkdir(filepath.Join(store, other), 0o700)
+	for _, k := range []string{moved.Key(), moved.Archive} {
+		if err := os.Rename(filepath.Join(store, k), filepath.Join(store, other, filepath.Base(k))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = mustOK(t, volbak(t, "list", "--from", store))
+	says(t, r, "into "+vol+"/ rather than delete it")
+	for _, k := range []string{moved.Key(), moved.Archive} {
+		os.Rename(filepath.Join(store, other, filepath.Base(k)), filepath.Join(store, k))
+	}
+	r = mustOK(t, volbak(t, "list", "--from", store))
+	if strings.Contains(r.stderr, "warning") || !strings.Contains(r.stdout, moved.ID) {
+		t.Fatalf("moved back, it is not a snapshot again: %s", r)
+	}
+	intact()
 }
 
 // A bad neighbour with the same id (a copy under another time) blocked

@@ -218,9 +218,25 @@ func removeHelpersOf(t *testing.T, vol string) {
 	}
 }
 
+// age makes files look unmodified for two hours, as a leftover must be
+// before a sweep takes it.
+func age(t *testing.T, paths ...string) {
+	t.Helper()
+	old := time.Now().Add(-2 * time.Hour)
+	for _, p := range paths {
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // A backup killed outright leaves its partial archive; list counts it and
 // leaves it; the next backup removes it, while the temp file of a backup
-// still running in another process stays, and that backup succeeds.
+// still running in another process stays (its lock says so, however old
+// it looks), and that backup succeeds. A leftover modified within the hour
+// stays too: a lock is not always there to tell (an NFS mount with
+// local_lock=flock, an older volbak). One the sweeper may not open for
+// writing, it cannot judge, and leaves without failing.
 func TestKilledBackupLeftovers(t *testing.T) {
 	big, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 384<<20, 5) })
 	small, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 1<<20, 6) })
@@ -238,6 +254,10 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	if len(left) != 1 {
 		t.Fatalf("after SIGKILL: temp files %v, want the one partial archive", left)
 	}
+	if r := mustOK(t, volbak(t, "list", "--from", store)); strings.Contains(r.stderr, "partial") {
+		t.Fatalf("a leftover of the last minutes is counted as stale: %s", r)
+	}
+	age(t, left...)
 	r := mustOK(t, volbak(t, "list", "--from", store))
 	says(t, r, "1 partial archive", "next backup")
 	r = mustOK(t, volbak(t, "list", "--from", store, "--json"))
@@ -267,8 +287,12 @@ func TestKilledBackupLeftovers(t *testing.T) {
 		t.Fatalf("temp files of the stopped backup: %v", live)
 	}
 	// One more leftover, as a killed backup leaves it: nobody holds it.
+	// And one written within the hour, which nobody holds either.
 	dead := filepath.Join(store, big, ".volbak-tmp-0123456789")
 	os.WriteFile(dead, make([]byte, 4096), 0o600)
+	fresh := filepath.Join(store, big, ".volbak-tmp-fresh")
+	os.WriteFile(fresh, make([]byte, 100), 0o600)
+	age(t, live[0], dead)
 	r = mustOK(t, volbak(t, "list", "--from", store))
 	says(t, r, "1 partial archive (4.0 KiB)")
 
@@ -280,6 +304,10 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	if _, err := os.Stat(live[0]); err != nil {
 		t.Fatalf("the running backup's temp file was removed: %v", err)
 	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Fatal("a leftover modified within the hour was removed")
+	}
+	os.Remove(fresh)
 
 	running.Process.Signal(syscall.SIGCONT)
 	if err := running.Wait(); err != nil {
@@ -294,6 +322,18 @@ func TestKilledBackupLeftovers(t *testing.T) {
 		t.Fatal("the backups are not both listed")
 	}
 	mustOK(t, volbak(t, "verify", big, "--from", store))
+
+	// On a read-only mount the sweeper cannot open a leftover for writing
+	// to lock it (on NFS it must): it leaves it, and list does not fail.
+	ro := mountTmpfs(t, "size=1m")
+	put(t, ro, small+"/.volbak-tmp-0123", "partial")
+	age(t, filepath.Join(ro, small, ".volbak-tmp-0123"))
+	if err := syscall.Mount("", ro, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	if r := mustOK(t, volbak(t, "list", "--from", ro)); strings.Contains(r.stderr, "warning") {
+		t.Fatalf("list of a read-only storage: %s", r)
+	}
 }
 
 // One storage named several ways is written once, and volbak says so.

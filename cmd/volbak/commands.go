@@ -247,8 +247,9 @@ upgrade volbak). Files that are not named like volbak's are ignored, and so
 is what lies deeper than VOLUME/FILE. A directory this user may not read
 that cannot be a volume's (a root-owned lost+found) is left out, with a
 warning. Partial archives left by backups that were killed (SIGKILL, the OOM
-killer) are counted in a warning; list removes nothing, the next backup to
-STORAGE does.
+killer) are counted in a warning once no backup holds them and they have gone
+unmodified for an hour (a day over SFTP); list removes nothing, the next
+backup to STORAGE does.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups

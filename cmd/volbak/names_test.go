@@ -197,9 +197,17 @@ func TestUnreadableByThisUser(t *testing.T) {
 	lost := filepath.Join(store, "lost+found")
 	os.Mkdir(lost, 0o700)
 	os.WriteFile(filepath.Join(lost, "#1234"), []byte("recovered"), 0o600)
+	// Another user's leftover, which this one may not open to lock it: it
+	// cannot be judged, and is neither counted nor a failure.
+	leftover := filepath.Join(store, vol, ".volbak-tmp-0123")
+	os.WriteFile(leftover, []byte("partial"), 0o600)
+	age(t, leftover)
 
 	r := mustOK(t, asNobody(t, "list", "--from", store))
 	says(t, r, hidden.Key(), "may not read", "left out lost+found")
+	if strings.Contains(r.stderr, "partial") {
+		t.Fatalf("list counts a leftover it cannot judge: %s", r)
+	}
 	if strings.Contains(r.stdout, hidden.ID) || !strings.Contains(r.stdout, ms[0].ID) || !strings.Contains(r.stdout, ms[2].ID) {
 		t.Fatalf("list: %s", r)
 	}

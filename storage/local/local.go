@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/volbak/volbak/storage"
 	"golang.org/x/sys/unix"
@@ -23,6 +24,10 @@ const tempPrefix = ".volbak-tmp-"
 // Dir is a storage.Storage in a local directory.
 type Dir struct {
 	root string
+	// lock is flock(2) and now time.Now; tests put the locks of other
+	// filesystems (NFS), and later times, in their place.
+	lock func(fd int, how int) error
+	now  func() time.Time
 }
 
 var _ storage.Storage = (*Dir)(nil)
@@ -66,7 +71,7 @@ func New(root string, create bool) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage directory %s: %w", abs, err)
 	}
-	return &Dir{root: real}, nil
+	return &Dir{root: real, lock: unix.Flock, now: time.Now}, nil
 }
 
 func (d *Dir) String() string { return d.root }

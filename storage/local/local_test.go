@@ -180,7 +180,8 @@ func TestStaleTempFiles(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- d.Put(ctx, "vol/live", pr) }()
 	pw.Write(make([]byte, 4096))
-	other, _ := New(d.root, false) // as another process would open it
+	other, _ := New(d.root, false) // as another process would open it, an hour later
+	other.now = func() time.Time { return time.Now().Add(2 * staleAge) }
 	stale, err := other.Stale(ctx, "")
 	if err != nil || len(stale) != 1 || stale[0].Key != "vol/"+tempPrefix+"123" || stale[0].Size != 1000 {
 		t.Fatalf("stale: %+v %v", stale, err)
@@ -225,8 +226,85 @@ func TestStaleTempFiles(t *testing.T) {
 	}
 	close(stop)
 	<-swept
-	if stale, _ := d.Stale(ctx, ""); len(stale) != 0 {
+	if stale, _ := other.Stale(ctx, ""); len(stale) != 0 {
 		t.Fatalf("stale after the Puts: %+v", stale)
+	}
+}
+
+// A temp file no process holds is still left alone until it has gone
+// unmodified for an hour: an NFS mount with local_lock=flock or nolock
+// keeps locks on one client, and a volbak before the locks took none, so
+// a live upload can be unlocked as far as the sweeper can see.
+func TestSweepWaitsAnHour(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	os.MkdirAll(filepath.Join(d.root, "vol"), 0o700)
+	os.WriteFile(filepath.Join(d.root, "vol", tempPrefix+"1"), []byte("x"), 0o600)
+	for after, want := range map[time.Duration]int{0: 0, staleAge - time.Minute: 0, staleAge + time.Minute: 1} {
+		d.now = func() time.Time { return time.Now().Add(after) }
+		if stale, err := d.Stale(ctx, ""); err != nil || len(stale) != want {
+			t.Errorf("%v later: %+v %v, want %d", after, stale, err, want)
+		}
+	}
+}
+
+// nfsLock is flock as NFS emulates it, with a POSIX lock: an exclusive
+// one needs a descriptor open for writing, else EBADF.
+func nfsLock(fd, how int) error {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	if how&unix.LOCK_EX != 0 && fl&unix.O_ACCMODE == unix.O_RDONLY {
+		return unix.EBADF
+	}
+	return unix.Flock(fd, how)
+}
+
+// On NFS the sweeper opened temp files read-only to lock them, and every
+// sweep failed with EBADF. It opens them read-write: a dead upload goes,
+// a live one stays.
+func TestSweepOnNFS(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	d.lock = nfsLock
+	os.MkdirAll(filepath.Join(d.root, "vol"), 0o700)
+	dead := filepath.Join(d.root, "vol", tempPrefix+"123")
+	os.WriteFile(dead, make([]byte, 1000), 0o600)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- d.Put(ctx, "vol/live", pr) }()
+	pw.Write(make([]byte, 4096))
+
+	other, _ := New(d.root, false)
+	other.lock = nfsLock
+	other.now = func() time.Time { return time.Now().Add(2 * staleAge) }
+	removed, err := other.RemoveStale(ctx, "")
+	if err != nil || len(removed) != 1 || removed[0].Key != "vol/"+tempPrefix+"123" {
+		t.Fatalf("sweep: %+v %v", removed, err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("the running Put lost its temp file: %v", err)
+	}
+}
+
+// A filesystem that gives no locks at all (no lock daemon: ENOLCK;
+// EOPNOTSUPP): a backup goes on without one rather than fail, and a sweep,
+// which cannot tell a live upload by its lock, waits a day.
+func TestNoLocks(t *testing.T) {
+	ctx := context.Background()
+	for _, errno := range []error{unix.ENOLCK, unix.EOPNOTSUPP} {
+		d, _ := New(t.TempDir(), false)
+		d.lock = func(int, int) error { return errno }
+		put(t, d, "vol/a", "a")
+		os.WriteFile(filepath.Join(d.root, "vol", tempPrefix+"1"), []byte("x"), 0o600)
+		for after, want := range map[time.Duration]int{2 * staleAge: 0, staleUnlocked + time.Minute: 1} {
+			d.now = func() time.Time { return time.Now().Add(after) }
+			if stale, err := d.Stale(ctx, ""); err != nil || len(stale) != want {
+				t.Errorf("%v: %v later: %+v %v, want %d", errno, after, stale, err, want)
+			}
+		}
 	}
 }
 
@@ -315,7 +393,7 @@ func TestWalkTwoLevels(t *testing.T) {
 	deep := filepath.Join(b, "other", "deep", "er", tempPrefix+"999")
 	os.MkdirAll(filepath.Dir(deep), 0o700)
 	os.WriteFile(deep, []byte("someone else's upload"), 0o600)
-	old := time.Now().Add(-48 * time.Hour)
+	old := time.Now().Add(-2 * staleUnlocked)
 	os.Chtimes(deep, old, old)
 	os.MkdirAll(filepath.Join(a, "vol", "sub"), 0o700)
 	os.WriteFile(filepath.Join(a, "vol", "sub", "x.json"), nil, 0o600)

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/volbak/volbak/storage"
 	"golang.org/x/sys/unix"
@@ -20,9 +21,7 @@ import (
 // descriptor of the file would drop it). The kernel drops the lock when
 // the process ends, however it ends (SIGKILL, the OOM killer), so a temp
 // file that someone else can lock has no Put left to finish it: it is a
-// killed backup's, and RemoveStale may take it. No clock or process id is
-// trusted; a backup that runs for days, or in another container sharing
-// the directory, keeps its lock.
+// killed backup's, and RemoveStale may take it.
 //
 // The one gap, between creating the file and locking it, is closed by the
 // writer: a sweeper removes a file only while holding its lock, so once
@@ -30,9 +29,29 @@ import (
 // locked, no sweeper can take it anymore; if the path is gone, a sweeper
 // got there first, and the writer starts over with a new file.
 //
-// volbak before this scheme did not lock its temp files: a backup by such
-// a volbak into the same directory at the same time could lose its temp
-// file to a sweep, and fail (never commit a partial archive).
+// A lock is not always there to prove a writer alive: a volbak before this
+// scheme did not lock; an NFS mount with local_lock=flock or nolock keeps
+// locks on one client, unseen by another; and a writer whose filesystem
+// refuses locks (ENOLCK with no lock daemon, EOPNOTSUPP) goes on without
+// one rather than fail the backup. So a temp file is also left alone until
+// it has gone unmodified for staleAge: a running Put writes all the time,
+// and one that has not written for an hour is not coming back. The age
+// is judged by this host's clock against the file's mtime, which NFS sets
+// by the server's: a skew of minutes still leaves a wide margin.
+//
+// The sweeper opens the file read-write to lock it: NFS emulates flock
+// with POSIX locks, and refuses an exclusive one on a file opened only for
+// reading (EBADF). A file it may not open so (another user's, or on a
+// read-only mount) it cannot judge, and leaves. Where no lock can be had
+// at all, age is the only evidence, and it must be a day, as over SFTP.
+
+// staleAge is how long a temp file must have gone unmodified before a
+// sweep removes it, even when no process holds its lock; staleUnlocked,
+// when the filesystem gives no locks to tell.
+const (
+	staleAge      = time.Hour
+	staleUnlocked = 24 * time.Hour
+)
 
 // attempts bounds the retries against sweepers and failed Puts removing what
 // this Put was about to use; each needs another process to act within
@@ -59,7 +78,7 @@ func (d *Dir) createTemp(dir string) (f *os.File, made []string, err error) {
 			}
 			return nil, nil, err
 		}
-		if err := lockAsCreated(f); err != nil {
+		if err := d.lockAsCreated(f); err != nil {
 			f.Close()
 			os.Remove(f.Name())
 			d.removeMade(made)
@@ -76,9 +95,11 @@ func (d *Dir) createTemp(dir string) (f *os.File, made []string, err error) {
 
 var errSwept = errors.New("temp file swept before it was locked")
 
-// lockAsCreated locks f, and checks that its path still names it.
-func lockAsCreated(f *os.File) error {
-	if err := flock(f, unix.LOCK_EX); err != nil {
+// lockAsCreated locks f, and checks that its path still names it. Where
+// the filesystem has no locks to give, it goes on without one: the age a
+// sweep also requires protects the file (see staleAge).
+func (d *Dir) lockAsCreated(f *os.File) error {
+	if err := d.flock(f, unix.LOCK_EX); err != nil && !noLocks(err) {
 		return fmt.Errorf("lock %s: %w", f.Name(), err)
 	}
 	if !samePath(f, f.Name()) {
@@ -87,9 +108,14 @@ func lockAsCreated(f *os.File) error {
 	return nil
 }
 
-func flock(f *os.File, how int) error {
+// noLocks are the errors of a filesystem that gives no locks at all.
+func noLocks(err error) bool {
+	return errors.Is(err, unix.ENOLCK) || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+func (d *Dir) flock(f *os.File, how int) error {
 	for {
-		err := unix.Flock(int(f.Fd()), how)
+		err := d.lock(int(f.Fd()), how)
 		if err != unix.EINTR {
 			return err
 		}
@@ -136,13 +162,15 @@ func (d *Dir) removeMade(made []string) {
 	}
 }
 
-// Stale returns the temp files under prefix that no running Put holds.
+// Stale returns the temp files under prefix that no running Put holds and
+// that have gone unmodified for staleAge.
 func (d *Dir) Stale(ctx context.Context, prefix string) ([]storage.Object, error) {
 	return d.sweep(ctx, prefix, false)
 }
 
 // RemoveStale removes the temp files under prefix that no running Put
-// holds, each while holding its lock.
+// holds and that have gone unmodified for staleAge, each while holding its
+// lock.
 func (d *Dir) RemoveStale(ctx context.Context, prefix string) ([]storage.Object, error) {
 	return d.sweep(ctx, prefix, true)
 }
@@ -160,10 +188,10 @@ func (d *Dir) sweep(ctx context.Context, prefix string, remove bool) ([]storage.
 		}
 		// Put makes its temp files as plain files: a link of that name is
 		// not one of them.
-		if lst, err := os.Lstat(full); err != nil || !lst.Mode().IsRegular() {
+		if lst, err := os.Lstat(full); err != nil || !lst.Mode().IsRegular() || !d.old(lst, staleAge) {
 			return nil
 		}
-		gone, err := abandoned(full, remove)
+		gone, err := d.abandoned(full, remove)
 		if err != nil {
 			return err
 		}
@@ -180,25 +208,36 @@ func (d *Dir) sweep(ctx context.Context, prefix string, remove bool) ([]storage.
 	return out, nil
 }
 
+// old reports whether a temp file has gone unmodified for age.
+func (d *Dir) old(info fs.FileInfo, age time.Duration) bool {
+	return d.now().Sub(info.ModTime()) >= age
+}
+
 // abandoned reports whether the temp file at p has no live writer, and
 // with remove, removes it under the lock that proves it.
-func abandoned(p string, remove bool) (bool, error) {
-	f, err := os.Open(p)
+func (d *Dir) abandoned(p string, remove bool) (bool, error) {
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) || errors.Is(err, unix.EROFS) {
 			return false, nil // renamed or removed by its writer; or not ours to judge
 		}
 		return false, err
 	}
 	defer f.Close()
-	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		if err == unix.EWOULDBLOCK {
+	age := staleAge
+	if err := d.flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		switch {
+		case err == unix.EWOULDBLOCK:
 			return false, nil // its Put is running
+		case !noLocks(err):
+			return false, fmt.Errorf("lock %s: %w", p, err)
 		}
-		return false, fmt.Errorf("lock %s: %w", p, err)
+		age = staleUnlocked // no lock to tell: age alone
 	}
-	if !samePath(f, p) {
-		return false, nil // renamed into place by a Put that just finished
+	// Written to since it was first looked at (by a writer without a
+	// lock), or renamed into place by a Put that just finished.
+	if info, err := f.Stat(); err != nil || !d.old(info, age) || !samePath(f, p) {
+		return false, nil
 	}
 	if remove {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -407,7 +407,10 @@ func TestSymlinkedStorage(t *testing.T) {
 }
 
 // A failed backup leaves no empty volume directory behind, and never
-// removes one that was there before.
+// removes one that was there before: when the archive does not fit, and
+// when it was committed and the manifest then failed (the undo removed
+// the archive, not the directory); locally and over SFTP, where the
+// directories a Put made were never removed.
 func TestFailedBackupLeavesNoDirectory(t *testing.T) {
 	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 16<<20, 3) })
 	small := mountTmpfs(t, "size=4m")
@@ -419,5 +422,26 @@ func TestFailedBackupLeavesNoDirectory(t *testing.T) {
 	mustFail(t, volbak(t, "backup", vol, "--to", small), 1, "is full")
 	if !exists(small, vol) {
 		t.Fatal("a failed backup removed a volume directory it did not make")
+	}
+
+	// Three inodes: the root, the volume's directory and the archive;
+	// none left for the manifest.
+	noManifest := mountTmpfs(t, "size=64m,nr_inodes=3")
+	mustFail(t, volbak(t, "backup", vol, "--to", noManifest), 1, "write manifest")
+	if names, _ := os.ReadDir(noManifest); len(names) != 0 {
+		t.Fatalf("a backup whose manifest failed left %v", names)
+	}
+
+	for opts, says := range map[string]string{"size=4m": ".tar.zst", "size=64m,nr_inodes=3": "write manifest"} {
+		sr := sftpRemote(t)
+		os.Mkdir(sr.dir, 0o700)
+		if err := syscall.Mount("tmpfs", sr.dir, "tmpfs", 0, opts); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Unmount(sr.dir, syscall.MNT_DETACH)
+		mustFail(t, sr.run(t, "backup", vol, "--to", sr.url), 1, says)
+		if names, _ := os.ReadDir(sr.dir); len(names) != 0 {
+			t.Fatalf("a failed backup over SFTP (%s) left %v", opts, names)
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/volbak/volbak/storage"
@@ -28,6 +29,9 @@ type Dir struct {
 	// filesystems (NFS), and later times, in their place.
 	lock func(fd int, how int) error
 	now  func() time.Time
+
+	mu   sync.Mutex
+	made map[string]bool // directories this Dir's Puts made (see Delete)
 }
 
 var _ storage.Storage = (*Dir)(nil)
@@ -95,7 +99,8 @@ func (d *Dir) path(key string) (string, error) {
 // place, then syncs the directory: after Put returns, the object survives a
 // crash; before, only a temp file that List ignores can be left, and the
 // next RemoveStale takes it once this process is gone (see temp.go).
-// Directories Put made for the key are removed again if it fails.
+// Directories Put made for the key are removed again if it fails, or if
+// this Dir deletes what it put there (see Delete).
 func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	full, err := d.path(key)
 	if err != nil {
@@ -137,6 +142,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		os.Remove(full)
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	d.remember(made)
 	return nil
 }
 
@@ -212,6 +218,11 @@ func (d *Dir) where(prefix string) string {
 	return d.root + string(filepath.Separator) + filepath.FromSlash(prefix)
 }
 
+// Delete removes key. A directory that a Put of this same Dir made for
+// it goes too, once empty: a backup that committed its archive and then
+// failed to write the manifest deletes the archive, and leaves no empty
+// volume directory behind. A directory made before, by anyone else, or by
+// another run, stays, empty or not.
 func (d *Dir) Delete(ctx context.Context, key string) error {
 	full, err := d.path(key)
 	if err != nil {
@@ -223,6 +234,7 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 		}
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
+	d.removeMadeAbove(filepath.Dir(full))
 	return nil
 }
 

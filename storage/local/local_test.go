@@ -450,3 +450,37 @@ func TestListErrorSaysWhere(t *testing.T) {
 		}
 	}
 }
+
+// A backup whose archive was committed and whose manifest then failed
+// deletes the archive: the volume directory its Put made goes with it,
+// once empty. One made before, or by another Dir (another run), stays.
+func TestDeleteRemovesWhatPutMade(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	put(t, d, "vol/archive", "a")
+	if err := d.Delete(ctx, "vol/archive"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(d.root, "vol")); err == nil {
+		t.Fatal("the directory the Put made outlived what it put there")
+	}
+
+	put(t, d, "two/a", "a")
+	put(t, d, "two/b", "b")
+	d.Delete(ctx, "two/a")
+	if _, err := os.Stat(filepath.Join(d.root, "two")); err != nil {
+		t.Fatal("a directory that still holds an object was removed")
+	}
+
+	os.Mkdir(filepath.Join(d.root, "kept"), 0o700)
+	put(t, d, "kept/a", "a")
+	d.Delete(ctx, "kept/a")
+	other, _ := New(d.root, false)
+	put(t, d, "theirs/a", "a")
+	other.Delete(ctx, "theirs/a")
+	for _, dir := range []string{"kept", "theirs"} {
+		if _, err := os.Stat(filepath.Join(d.root, dir)); err != nil {
+			t.Errorf("%s/ was removed by a Delete of a Dir whose Put did not make it", dir)
+		}
+	}
+}

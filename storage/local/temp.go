@@ -162,6 +162,31 @@ func (d *Dir) removeMade(made []string) {
 	}
 }
 
+// remember notes the directories a Put made, for Delete.
+func (d *Dir) remember(made []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.made == nil {
+		d.made = map[string]bool{}
+	}
+	for _, p := range made {
+		d.made[p] = true
+	}
+}
+
+// removeMadeAbove removes dir and its parents while a Put of this Dir
+// made them and they are empty (rmdir, as in removeMade).
+func (d *Dir) removeMadeAbove(dir string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for p := dir; d.made[p] && p != d.root; p = filepath.Dir(p) {
+		if unix.Rmdir(p) != nil {
+			return
+		}
+		delete(d.made, p)
+	}
+}
+
 // Stale returns the temp files under prefix that no running Put holds and
 // that have gone unmodified for staleAge.
 func (d *Dir) Stale(ctx context.Context, prefix string) ([]storage.Object, error) {

@@ -53,6 +53,7 @@ type Store struct {
 	mu     sync.Mutex
 	cur    *conn
 	closed bool
+	made   map[string]bool // directories this Store's Puts made (see Delete)
 }
 
 var _ storage.Storage = (*Store)(nil)
@@ -235,7 +236,9 @@ func (s *Store) path(key string) (string, error) {
 
 // Put writes to a temp file beside the target, syncs it where the server
 // can, and renames it into place: before Put returns, only a temp file that
-// List ignores can be left.
+// List ignores can be left. Directories Put made for the key are removed
+// again if it fails, or if this Store deletes what it put there (see
+// Delete).
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	full, err := s.path(key)
 	if err != nil {
@@ -246,11 +249,8 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	dir := path.Dir(full)
-	if err := c.sftp.MkdirAll(dir); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
 	tmp := path.Join(dir, tempPrefix+randomHex())
-	f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+	f, made, err := s.createTemp(c, dir, tmp)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -261,6 +261,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 				f.Close()
 			}
 			c.sftp.Remove(tmp)
+			s.removeMade(c, made)
 		}
 	}()
 	// Snapshots are private, as the local backend keeps them; a server
@@ -299,7 +300,85 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	if err != nil {
 		return fmt.Errorf("put %s: rename: %w", key, err)
 	}
+	s.remember(made)
 	return nil
+}
+
+// createTemp makes dir if missing and the temp file tmp in it; made are
+// the directories it made, deepest first. A failed Put elsewhere may
+// remove a directory it had made just as this one is to be used: it is
+// made again.
+func (s *Store) createTemp(c *conn, dir, tmp string) (f *pkgsftp.File, made []string, err error) {
+	for range 3 {
+		made, err = s.mkdirAll(c, dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		f, err = c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		if err == nil {
+			return f, made, nil
+		}
+		s.removeMade(c, made)
+		if !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+	}
+	return nil, nil, err
+}
+
+// mkdirAll is MkdirAll, returning the directories it made (deepest first)
+// so that a failed Put can remove them again.
+func (s *Store) mkdirAll(c *conn, dir string) ([]string, error) {
+	var missing []string
+	for p := dir; p != s.root && p != path.Dir(p); p = path.Dir(p) {
+		if _, err := c.sftp.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		missing = append(missing, p)
+	}
+	if err := c.sftp.MkdirAll(dir); err != nil {
+		return nil, err
+	}
+	return missing, nil
+}
+
+// removeMade removes the directories a failed Put made, if they are empty
+// (rmdir: a directory another Put is writing into stays, and so does a
+// link put there meanwhile).
+func (s *Store) removeMade(c *conn, made []string) {
+	for _, p := range made {
+		if c.sftp.RemoveDirectory(p) != nil {
+			return
+		}
+	}
+}
+
+// remember notes the directories a Put made, for Delete.
+func (s *Store) remember(made []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.made == nil {
+		s.made = map[string]bool{}
+	}
+	for _, p := range made {
+		s.made[p] = true
+	}
+}
+
+// removeMadeAbove removes dir and its parents while a Put of this Store
+// made them and they are empty.
+func (s *Store) removeMadeAbove(c *conn, dir string) {
+	for p := dir; p != s.root; p = path.Dir(p) {
+		s.mu.Lock()
+		made := s.made[p]
+		s.mu.Unlock()
+		if !made || c.sftp.RemoveDirectory(p) != nil {
+			return
+		}
+		s.mu.Lock()
+		delete(s.made, p)
+		s.mu.Unlock()
+	}
 }
 
 func randomHex() string {
@@ -682,6 +761,10 @@ func readDir(ctx context.Context, c *conn, dir string) ([]os.FileInfo, error) {
 	return entries, nil
 }
 
+// Delete removes key. A directory that a Put of this same Store made for
+// it goes too, once empty (as in a local directory: a backup whose
+// manifest failed after its archive was committed leaves no empty volume
+// directory); one made before, or by anyone else, stays.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	full, err := s.path(key)
 	if err != nil {
@@ -706,5 +789,6 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		}
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
+	s.removeMadeAbove(c, path.Dir(full))
 	return nil
 }

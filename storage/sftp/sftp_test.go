@@ -532,3 +532,43 @@ func TestWalk(t *testing.T) {
 		}
 	}
 }
+
+// A failed Put removes the directories it made (MkdirAll was never
+// undone); a Put whose object this same Store deletes again removes them
+// too, once empty. Directories made before, or by another Store, stay.
+func TestPutMadeDirectories(t *testing.T) {
+	ctx := context.Background()
+	dir := remoteDir(t)
+	st := mustOpen(t, dir, true, keyOpts(t))
+	boom := errors.New("source failed")
+	if err := st.Put(ctx, "vol/x", io.MultiReader(strings.NewReader("abc"), failing{boom})); !errors.Is(err, boom) {
+		t.Fatal(err)
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 0 {
+		t.Fatalf("a failed Put left %v", names)
+	}
+	if err := st.Put(ctx, "vol/archive", strings.NewReader("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete(ctx, "vol/archive"); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := os.ReadDir(dir); len(names) != 0 {
+		t.Fatalf("the directory a Put made outlived what it put there: %v", names)
+	}
+	os.Mkdir(filepath.Join(dir, "kept"), 0o700)
+	st.Put(ctx, "kept/x", failing{boom})
+	st.Put(ctx, "kept/a", strings.NewReader("a"))
+	st.Delete(ctx, "kept/a")
+	st.Put(ctx, "theirs/a", strings.NewReader("a"))
+	mustOpen(t, dir, false, keyOpts(t)).Delete(ctx, "theirs/a")
+	for _, d := range []string{"kept", "theirs"} {
+		if _, err := os.Stat(filepath.Join(dir, d)); err != nil {
+			t.Errorf("%s/ was removed by a Delete whose Store did not make it", d)
+		}
+	}
+}
+
+type failing struct{ err error }
+
+func (f failing) Read([]byte) (int, error) { return 0, f.err }

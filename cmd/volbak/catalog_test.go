@@ -344,15 +344,28 @@ func TestSameDestinationTwice(t *testing.T) {
 	if err := os.Symlink(store, link); err != nil {
 		t.Fatal(err)
 	}
-	r := mustOK(t, volbak(t, "backup", vol, "--to", store, "--to", store+"/", "--to", "file://"+store, "--to", link))
+	// A bind mount of it, which no path tells (written twice, counted as
+	// two copies, before).
+	bind := t.TempDir()
+	if err := syscall.Mount(store, bind, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(bind, syscall.MNT_DETACH)
+	r := mustOK(t, volbak(t, "backup", vol, "--to", store, "--to", store+"/", "--to", "file://"+store, "--to", link, "--to", bind))
 	if n := strings.Count(r.stdout, vol+"@"); n != 1 {
 		t.Fatalf("%d snapshots reported, want 1: %s", n, r)
 	}
-	if n := strings.Count(r.stderr, "same storage"); n != 3 {
-		t.Fatalf("%d duplicates reported, want 3: %s", n, r)
+	if n := strings.Count(r.stderr, "same storage"); n != 4 {
+		t.Fatalf("%d duplicates reported, want 4: %s", n, r)
 	}
-	if n := len(list(t, store, vol)); n != 1 {
-		t.Fatalf("%d snapshots in the store, want 1", n)
+	// Two directories are two storages, whatever else.
+	other := t.TempDir()
+	r = mustOK(t, volbak(t, "backup", vol, "--to", store, "--to", other))
+	if strings.Count(r.stdout, vol+"@") != 2 || strings.Contains(r.stderr, "same storage") {
+		t.Fatalf("two directories were taken for one: %s", r)
+	}
+	if n := len(list(t, store, vol)); n != 2 {
+		t.Fatalf("%d snapshots in the store, want 2 (one per backup)", n)
 	}
 
 	s3r, sftpr := s3Remote(t), sftpRemote(t)

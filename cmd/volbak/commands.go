@@ -110,8 +110,8 @@ is created. With several --to, each volume is read once and the one stream
 goes to every destination; a destination that fails does not stop the others,
 each is reported, and volbak exits 1 if any failed. A slow destination slows
 the backup rather than filling memory. Two --to that name the same storage
-(the same directory once symlinks are resolved, the same URL) are written
-once, and volbak says so. Each volume is read by its own helper container, with the volume
+(the same directory once symlinks are resolved, or through a bind mount;
+the same URL) are written once, and volbak says so. Each volume is read by its own helper container, with the volume
 mounted read-only, no network and only the capability to read every file.
 The volume is not stopped: stop what writes to it first for a consistent
 snapshot. A file that changes while read is archived consistently (cut at the
@@ -148,8 +148,9 @@ less CPU), default, better, best (much slower).
 			// A destination that cannot be reached is reported and skipped:
 			// an offsite outage must not cost the local backup.
 			var sts []storage.Storage
+			var named []string // the --to that named each of sts
 			var openErrs []error
-			named := map[string]string{} // storage → the first --to that named it
+		next:
 			for _, d := range to {
 				st, err := g.open(ctx, d, true)
 				if err != nil {
@@ -160,16 +161,18 @@ less CPU), default, better, best (much slower).
 					continue
 				}
 				// Two names of one storage (X and X/, a path and its
-				// file:// URL, a symlink) would hold the snapshot twice
-				// over and count it as two copies.
-				if first, dup := named[st.String()]; dup {
-					fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(first), st)
-					st.Close()
-					continue
+				// file:// URL, a symlink, a bind mount) would hold the
+				// snapshot twice over and count it as two copies.
+				for i, prev := range sts {
+					if dest.Same(prev, st) {
+						fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(named[i]), prev)
+						st.Close()
+						continue next
+					}
 				}
-				named[st.String()] = d
 				defer st.Close()
 				sts = append(sts, st)
+				named = append(named, d)
 			}
 			if len(sts) == 0 {
 				return errors.Join(openErrs...)

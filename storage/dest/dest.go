@@ -64,6 +64,19 @@ func Open(ctx context.Context, dest string, opts Options) (storage.Storage, erro
 	return nil, fmt.Errorf("storage URL %s: unknown scheme %q (volbak stores to a directory, file://, s3:// or sftp://)", Redact(dest), u.Scheme)
 }
 
+// Same reports whether a and b are one storage: the same canonical name
+// (storage.Storage's String), or two local directories that are one
+// directory under paths no name tells apart (a bind mount). Two storages
+// that are not one never answer true.
+func Same(a, b storage.Storage) bool {
+	if a.String() == b.String() {
+		return true
+	}
+	da, ok := a.(*local.Dir)
+	db, ok2 := b.(*local.Dir)
+	return ok && ok2 && da.SameDir(db)
+}
+
 // Redact returns a destination fit to print: a password in the URL is
 // masked, whatever else is wrong with it, and so is the value of any query
 // parameter volbak does not know to be harmless (someone may have written

@@ -84,6 +84,35 @@ func (d *Dir) String() string { return d.root }
 // target does not overlap the storage it reads.
 func (d *Dir) Path() string { return d.root }
 
+// SameDir reports whether d and o are one directory under two paths that
+// no path tells apart (a bind mount of one at the other): their roots have
+// the same device and inode, and a file made in one is seen in the other.
+// Both must agree: taking two directories for one would write a backup
+// once where two copies were asked for. For writable storage only (a
+// backup's), as it makes a file; one it cannot make answers false.
+func (d *Dir) SameDir(o *Dir) bool {
+	a, err := os.Stat(d.root)
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(o.root)
+	if err != nil || !os.SameFile(a, b) {
+		return false
+	}
+	f, err := os.CreateTemp(d.root, tempPrefix+"same-*")
+	if err != nil {
+		return false
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	here, err := os.Stat(f.Name())
+	if err != nil {
+		return false
+	}
+	there, err := os.Stat(filepath.Join(o.root, filepath.Base(f.Name())))
+	return err == nil && os.SameFile(here, there)
+}
+
 // Close does nothing: a directory holds no connection.
 func (d *Dir) Close() error { return nil }
 

@@ -484,3 +484,20 @@ func TestDeleteRemovesWhatPutMade(t *testing.T) {
 		}
 	}
 }
+
+// Two paths of one directory are one storage, and two directories are
+// never: the roots' identity, and a file made in one seen in the other.
+func TestSameDir(t *testing.T) {
+	a, _ := New(t.TempDir(), false)
+	b, _ := New(t.TempDir(), false)
+	again, _ := New(a.root, false)
+	if a.SameDir(b) || b.SameDir(a) {
+		t.Error("two directories taken for one")
+	}
+	if !a.SameDir(again) {
+		t.Error("one directory taken for two")
+	}
+	if names, _ := os.ReadDir(a.root); len(names) != 0 {
+		t.Errorf("the probe was left: %v", names)
+	}
+}

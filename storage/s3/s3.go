@@ -258,7 +258,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.Object, erro
 	var out []storage.Object
 	for o := range s.core.Client.ListObjects(ctx, s.cfg.bucket, minio.ListObjectsOptions{Prefix: full, Recursive: true}) {
 		if o.Err != nil {
-			return nil, s.explain("list "+prefix, o.Err)
+			return nil, s.explain("list "+s.where(prefix), o.Err)
 		}
 		// A key ending in / is a folder marker some tools make, never one
 		// of ours.
@@ -272,10 +272,20 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.Object, erro
 		out = append(out, storage.Object{Key: key, Size: o.Size, ModTime: o.LastModified})
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("list %s: %w", prefix, err)
+		return nil, fmt.Errorf("list %s: %w", s.where(prefix), err)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
 	return out, nil
+}
+
+// where names what a listing of prefix reads, for messages: "list : ..."
+// said nothing when the prefix was empty.
+func (s *Store) where(prefix string) string {
+	where := "s3://" + s.cfg.bucket + "/" + s.object(prefix)
+	if prefix == "" {
+		where = strings.TrimSuffix(where, "/")
+	}
+	return where
 }
 
 // Delete removes key. S3 deletes a missing key without complaint, so it is

@@ -675,3 +675,29 @@ func TestOpenDenied(t *testing.T) {
 		t.Fatalf("a server error: %v", err)
 	}
 }
+
+// A listing that fails says what it listed: "list : ..." said nothing
+// when the prefix was empty.
+func TestListErrorSaysWhere(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("max-keys") == "1" { // Open's check
+			fmt.Fprint(w, `<ListBucketResult><Name>fake</Name><IsTruncated>false</IsTruncated></ListBucketResult>`)
+			return
+		}
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `<Error><Code>InvalidArgument</Code><Message>no</Message></Error>`)
+	}))
+	defer ts.Close()
+	env := srv.Env()
+	delete(env, "AWS_ENDPOINT_URL")
+	st, err := openURL("s3://fake/nightly?endpoint="+ts.URL, false, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for prefix, says := range map[string]string{"": "list s3://fake/nightly ", "vol/": "list s3://fake/nightly/vol/ "} {
+		if _, err := st.List(context.Background(), prefix); err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("list %q: %v", prefix, err)
+		}
+	}
+}

@@ -335,3 +335,51 @@ func TestGNUTarReadsIt(t *testing.T) {
 	voltest.SameTree(t, src, dst)
 	voltest.HolesKept(t, dst)
 }
+
+// tarZst packs headers (and, for files, their sizes' worth of data) into
+// a tar+zstd stream.
+func tarZst(t *testing.T, hdrs ...*tar.Header) []byte {
+	t.Helper()
+	var raw bytes.Buffer
+	enc, _ := zstd.NewWriter(&raw)
+	tw := tar.NewWriter(enc)
+	for _, h := range hdrs {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+	}
+	tw.Close()
+	enc.Close()
+	return raw.Bytes()
+}
+
+// An archive that names a file and then a directory by the same name
+// restores the same whatever the workers' timing (the directory wins, as
+// it would written in order); and verify refuses what restore refuses.
+func TestSameNameTwiceAndScanRefusals(t *testing.T) {
+	data := tarZst(t,
+		&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10},
+		&tar.Header{Name: "x/", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "x/y", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3},
+	)
+	for range 20 {
+		dst := t.TempDir()
+		if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Lstat(filepath.Join(dst, "x", "y")); err != nil || fi.Size() != 3 {
+			t.Fatalf("x/y: %v", err)
+		}
+	}
+	for _, h := range []*tar.Header{
+		{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "link", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"},
+	} {
+		bad := tarZst(t, &tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}, h)
+		if _, err := Scan(bytes.NewReader(bad)); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("%s: Scan said %v", h.Name, err)
+		}
+	}
+}

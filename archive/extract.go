@@ -100,6 +100,11 @@ type extractor struct {
 
 	rootHdr  func(*tar.Header)
 	reserved func(string) bool
+	// recent are the last names handed to workers: at most poolBuffers
+	// jobs are ever outstanding (each holds a pooled buffer), so a name
+	// not among them is written.
+	recent [poolBuffers]string
+	next   int
 
 	// Small files are written by workers (extract_files.go).
 	jobs     chan fileJob
@@ -187,6 +192,13 @@ func (x *extractor) entry(hdr *tar.Header) error {
 	}
 	if err := x.parent(rel); err != nil {
 		return err
+	}
+	if x.inFlight(rel) {
+		// A worker may not have written this name yet: an archive that
+		// lists it twice must find it there, as it would without workers.
+		if err := x.settle(); err != nil {
+			return err
+		}
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -570,12 +582,19 @@ func Scan(r io.Reader) (Stats, error) {
 	tr := tar.NewReader(cr)
 	var st Stats
 	for {
-		_, err := tr.Next()
+		hdr, err := tr.Next()
 		if err == io.EOF {
 			if st.Entries == 0 {
 				return st, errNoEntries
 			}
 			break
+		}
+		if err == nil {
+			// What a restore refuses, a verify must not call good.
+			_, err = cleanName(hdr.Name)
+			if err == nil && hdr.Typeflag == tar.TypeLink {
+				_, err = cleanName(hdr.Linkname)
+			}
 		}
 		if err != nil {
 			st.Bytes = cr.n

@@ -67,7 +67,18 @@ func (x *extractor) stopWorkers() error {
 // its target complete.
 func (x *extractor) settle() error {
 	x.pending.Wait()
+	clear(x.recent[:])
 	return x.failed()
+}
+
+// inFlight reports whether a worker may still be writing rel.
+func (x *extractor) inFlight(rel string) bool {
+	for _, r := range x.recent {
+		if r == rel {
+			return true
+		}
+	}
+	return false
 }
 
 func (x *extractor) fail(err error) {
@@ -98,6 +109,8 @@ func (x *extractor) file(rel, full string, hdr *tar.Header) error {
 			return corrupt(err)
 		}
 		x.pending.Add(1)
+		x.recent[x.next%poolBuffers] = rel
+		x.next++
 		x.jobs <- fileJob{rel: rel, full: full, hdr: hdr, data: data, buf: buf}
 		return nil
 	}

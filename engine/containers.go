@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
@@ -77,21 +78,39 @@ type Stopped struct {
 // stopped, those already stopped are started again before it returns.
 func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, error) {
 	s := &Stopped{e: e}
+	fail := func(err error) (*Stopped, error) {
+		if rerr := s.Restart(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return nil, err
+	}
 	for _, c := range cs {
 		if !c.Running() {
 			continue
 		}
-		if _, err := e.cli.ContainerStop(ctx, c.ID, client.ContainerStopOptions{}); err != nil {
-			err = fmt.Errorf("stop container %s: %w", c.Name, err)
-			if rerr := s.Restart(ctx); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-			return nil, err
+		if err := ctx.Err(); err != nil {
+			return fail(err)
 		}
-		s.cs = append(s.cs, c)
+		// A stop is seen through even if volbak is interrupted meanwhile:
+		// the daemon would finish it anyway, and then the container must
+		// be among those started again.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		_, err := e.cli.ContainerStop(sctx, c.ID, client.ContainerStopOptions{})
+		cancel()
+		s.cs = append(s.cs, c) // started again below if this failed: whatever state it is in
+		if err != nil {
+			return fail(fmt.Errorf("stop container %s: %w", c.Name, err))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
 	}
 	return s, nil
 }
+
+// stopTimeout bounds one container's stop: its own stop timeout (10 s by
+// default) and then the kill.
+const stopTimeout = 5 * time.Minute
 
 // Containers are the ones stopped.
 func (s *Stopped) Containers() []Container { return s.cs }

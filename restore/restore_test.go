@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"testing/iotest"
 
 	"github.com/volbak/volbak/snapshot"
+	"golang.org/x/sys/unix"
 )
 
 // The verifier hands on exactly the stored bytes, in reads of any size,
@@ -45,6 +48,37 @@ func TestVerifier(t *testing.T) {
 		}
 		if len(got) > len(data)-holdBack {
 			t.Fatalf("%s: the consumer got %d bytes, within %d of the end, before the verdict", name, len(got), holdBack)
+		}
+	}
+}
+
+// A second name of the storage directory (a bind mount) overlaps it as
+// much as the first: restoring there would replace the snapshots.
+func TestOverlapsThroughABindMount(t *testing.T) {
+	store := t.TempDir()
+	os.MkdirAll(filepath.Join(store, "vol"), 0o755)
+	alias := t.TempDir()
+	if err := unix.Mount(store, alias, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(alias, unix.MNT_DETACH)
+	parentAlias := t.TempDir()
+	if err := unix.Mount(filepath.Dir(store), parentAlias, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(parentAlias, unix.MNT_DETACH)
+	for _, c := range []struct {
+		dir  string
+		want bool
+	}{
+		{alias, true},                         // the storage by another name
+		{filepath.Join(alias, "vol"), true},   // inside it
+		{filepath.Join(alias, "new/x"), true}, // inside it, not yet made
+		{parentAlias, true},                   // holds it
+		{t.TempDir(), false},
+	} {
+		if got := overlaps(c.dir, store); got != c.want {
+			t.Errorf("overlaps(%s, storage) = %v, want %v", c.dir, got, c.want)
 		}
 	}
 }

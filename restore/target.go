@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -132,14 +133,33 @@ func hostPaths(v engine.Volume) []string {
 }
 
 // overlaps reports whether a and b are the same directory or one holds the
-// other, symlinks resolved where they exist.
+// other, symlinks resolved where they exist. Paths alone miss a second
+// name of a directory (a bind mount), so each one's existing ancestors are
+// also compared, as files, with the other.
 func overlaps(a, b string) bool {
 	a, b = resolve(a), resolve(b)
 	within := func(x, y string) bool {
 		rel, err := filepath.Rel(y, x)
 		return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 	}
-	return within(a, b) || within(b, a)
+	return within(a, b) || within(b, a) || holds(a, b) || holds(b, a)
+}
+
+// holds reports whether directory x, or one of its ancestors, is the same
+// directory as y (by device and inode): y then holds x, whatever the names.
+func holds(x, y string) bool {
+	yi, err := os.Stat(y)
+	if err != nil {
+		return false
+	}
+	for p := x; ; p = filepath.Dir(p) {
+		if pi, err := os.Stat(p); err == nil && os.SameFile(pi, yi) {
+			return true
+		}
+		if filepath.Dir(p) == p {
+			return false
+		}
+	}
 }
 
 // resolve makes p absolute with its symlinks resolved, as far as it exists.

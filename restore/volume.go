@@ -152,6 +152,9 @@ func prepare(ctx context.Context, eng Engine, m snapshot.Manifest, opts Options,
 	name := opts.TargetVolume
 	vol, err := eng.Volume(ctx, name)
 	if err == nil {
+		if isTmpfs(vol) {
+			return target{}, nil, tmpfsError(name)
+		}
 		if len(opts.Labels) > 0 || opts.Driver != "" || opts.KeepDriverOpts {
 			return target{}, nil, fmt.Errorf("%w: volume %s exists, and --label, --driver, --driver-opt and --keep-driver-opts only shape a volume the restore creates: drop them, or restore into a new name", ErrRefused, name)
 		}
@@ -165,6 +168,9 @@ func prepare(ctx context.Context, eng Engine, m snapshot.Manifest, opts Options,
 		return target{}, nil, err
 	}
 	v := newVolume(m, opts, log)
+	if isTmpfs(v) {
+		return target{}, nil, tmpfsError(name)
+	}
 	if err := checkTarget(ctx, eng, v, opts); err != nil {
 		return target{}, nil, err
 	}
@@ -181,6 +187,16 @@ func prepare(ctx context.Context, eng Engine, m snapshot.Manifest, opts Options,
 	}
 	plain := (got.Driver == "" || got.Driver == "local") && !existingStorage(got.Driver, got.Options)
 	return target{name: name, created: true, plain: plain, vol: got}, nil, nil
+}
+
+// isTmpfs reports a local volume on a tmpfs: made empty each time it is
+// mounted, and gone when the last container using it ends.
+func isTmpfs(v engine.Volume) bool {
+	return (v.Driver == "" || v.Driver == "local") && strings.EqualFold(v.Options["type"], "tmpfs")
+}
+
+func tmpfsError(name string) error {
+	return fmt.Errorf("%w: volume %s is a tmpfs: its contents last only while a container mounts it, and the restore's helper unmounts it as it ends, so nothing restored would stay; restore into a plain volume", ErrRefused, name)
 }
 
 // stopUsers refuses a volume that running containers use, or, where
@@ -204,6 +220,9 @@ func stopUsers(ctx context.Context, eng Engine, name string, opts Options, log *
 	}
 	stopped, err := eng.StopContainers(ctx, running)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted while stopping the containers using volume %s, which were started again: %w", name, err)
+		}
 		return nil, err
 	}
 	log.Warn("stopped the containers using the volume; they are started again when the restore ends", "target", name, "containers", engine.Names(stopped.Containers()))
@@ -300,6 +319,9 @@ func volumeError(ctx context.Context, tg target, runErr error, events *agent.Eve
 	}
 	switch events.Kind() {
 	case agent.KindNotEmpty:
+		if tg.plain {
+			return fmt.Errorf("%w: volume %s, which this restore created, was not empty: another restore into the same name, at the same moment, filled it", ErrNotEmpty, name)
+		}
 		if tg.created {
 			return fmt.Errorf("%w: volume %s, created for this restore with driver %s and options %q, was not empty: those options name storage that exists apart from the volume (the snapshot's own volume's, perhaps), which volbak did not touch; restore into a plain new volume (without --keep-driver-opts or such --driver-opt)", ErrNotEmpty, name, tg.vol.Driver, optString(tg.vol.Options))
 		}

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/volbak/volbak/internal/voltest"
 )
@@ -265,24 +264,30 @@ func TestAutoRemoveContainerRefused(t *testing.T) {
 
 // The space check refuses, with the figures, a target that cannot take
 // the snapshot, before anything is written; without it the restore fails
-// on the full disk and still leaves nothing.
+// on the full disk and still leaves nothing. The small target is a bind
+// volume over a tmpfs of 8 MiB.
 func TestRestoreSpaceCheck(t *testing.T) {
 	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 24<<20, 3) })
 	store := t.TempDir()
 	mustOK(t, volbak(t, "backup", vol, "--to", store))
-	tmpfs := []string{"--driver", "local", "--driver-opt", "type=tmpfs", "--driver-opt", "device=tmpfs", "--driver-opt", "o=size=8m"}
+	small := mountTmpfs(t, "size=8m")
+	bind := []string{"--driver", "local", "--driver-opt", "type=none", "--driver-opt", "o=bind", "--driver-opt", "device=" + small}
 	target := randName("small")
 	defer removeVolume(target)
-	start := time.Now()
-	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, tmpfs...)...), 1, "needed")
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, bind...)...), 1, "needed")
 	if volumeExists(target) {
 		t.Fatal("a refused restore left the volume it created")
 	}
-	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target, "--no-space-check"}, tmpfs...)...), 1, "no space left")
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target, "--no-space-check"}, bind...)...), 1, "no space left")
 	if volumeExists(target) {
 		t.Fatal("a failed restore left the volume it created")
 	}
-	t.Logf("both in %s", time.Since(start))
+	if names, _ := os.ReadDir(small); len(names) != 0 {
+		t.Fatalf("the failed restore left %d entries in the storage", len(names))
+	}
+	// A tmpfs volume keeps nothing once the helper unmounts it: refused.
+	tmpfs := []string{"--driver", "local", "--driver-opt", "type=tmpfs", "--driver-opt", "device=tmpfs"}
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, tmpfs...)...), 1, "is a tmpfs")
 }
 
 // --to-dir without root: owners cannot come back (a warning says so), a

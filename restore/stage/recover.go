@@ -78,12 +78,15 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 		if !realDir(root, name(e.id, kindNew), st.dev) {
 			return rep, fmt.Errorf("%w: the journal %s has no staging directory beside it, which volbak never leaves; inspect %s and remove the %s%s.* entries by hand", ErrForeign, name(e.id, kindSwap), root, Prefix, e.id)
 		}
-		if j.Replace && !finishReplacing {
+		// A replacing switch whose staged entries are all in place has
+		// only the removal of what it replaced left to do, which its
+		// journal proves a replacing run gave up: anyone may finish that.
+		if j.Replace && !finishReplacing && !(j.Phase == kindNew && emptyDir(filepath.Join(root, name(e.id, kindNew)))) {
 			pending[e.id] = true
 			rep.Pending++
 			continue
 		}
-		switch err := finish(root, e.id, j, warn); {
+		switch err := finish(root, e.id, j, nil, warn); {
 		case errors.Is(err, errRolledBack):
 			rep.RolledBack++
 		case err != nil:
@@ -105,11 +108,15 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 		var err error
 		switch e.kind {
 		case kindNew, kindOld:
-			// (An old directory without its journal holds what a finished
-			// switch replaced: a crash cut its removal short.)
+			// An old directory without a journal is never volbak's own
+			// (the journal outlives it): it is not removed unless empty.
 			switch {
+			case e.kind == kindOld && !emptyDir(p):
+				continue
 			case realDir(root, n, st.dev):
-				removeState(root, n, warn)
+				if err := removeState(root, n); err != nil {
+					warn(n, err.Error())
+				}
 				rep.Removed++
 			case isRealDir(p):
 				warn(n, "is a mount point; left alone")

@@ -149,8 +149,14 @@ func Check(root string) error {
 				return fmt.Errorf("%w (%s)", ErrSwitchPending, name(e.id, kindSwap))
 			}
 			out = ErrLeftovers
-		case kindNew, kindSwapTmp, kindOld:
+		case kindNew, kindSwapTmp:
 			out = ErrLeftovers
+		case kindOld:
+			// Without a journal, never volbak's own: not archived (the
+			// archive skips volbak's names) and not removed.
+			if emptyDir(filepath.Join(root, name(e.id, kindOld))) {
+				out = ErrLeftovers
+			}
 		case kindIncomplete:
 			if st.data {
 				out = ErrLeftovers // a stale mark: the volume was used since
@@ -256,6 +262,10 @@ func size(n int64) string {
 // Stage is one restore's staging directory at a root.
 type Stage struct {
 	root, id string
+	// times are root's before the staging directory changed them: an
+	// aborted restore sets them back, so that a target left as it was
+	// looks it.
+	times []unix.Timespec
 }
 
 // Begin starts a staged restore at root (with the exclusive lock held).
@@ -265,6 +275,10 @@ func Begin(root string, fresh bool) (*Stage, error) {
 	var b [idLen / 2]byte
 	rand.Read(b[:])
 	s := &Stage{root: root, id: hex.EncodeToString(b[:])}
+	var st unix.Stat_t
+	if unix.Lstat(root, &st) == nil {
+		s.times = []unix.Timespec{st.Atim, st.Mtim}
+	}
 	if fresh {
 		if err := writeSynced(s.path(kindIncomplete), nil); err != nil {
 			return nil, fmt.Errorf("mark %s incomplete: %w", root, err)
@@ -284,7 +298,12 @@ func (s *Stage) path(kind string) string { return filepath.Join(s.root, name(s.i
 // Abort removes what the restore staged; the target is as it was. The
 // incomplete mark of a fresh volume stays.
 func (s *Stage) Abort() error {
-	if err := os.RemoveAll(s.Dir()); err == nil || os.Geteuid() == 0 {
+	defer func() {
+		if s.times != nil {
+			unix.UtimesNanoAt(unix.AT_FDCWD, s.root, s.times, unix.AT_SYMLINK_NOFOLLOW)
+		}
+	}()
+	if err := removeTree(s.Dir()); err == nil || os.Geteuid() == 0 {
 		return err
 	}
 	// Without root, a read-only directory of the snapshot keeps what is
@@ -295,7 +314,7 @@ func (s *Stage) Abort() error {
 		}
 		return nil
 	})
-	return os.RemoveAll(s.Dir())
+	return removeTree(s.Dir())
 }
 
 // Unmark removes the incomplete mark of a fresh target (a --to-dir made

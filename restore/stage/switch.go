@@ -134,15 +134,12 @@ func (s *Stage) Commit(rootHdr *tar.Header, o CommitOptions) (journaled bool, er
 	if o.Journaled != nil {
 		o.Journaled()
 	}
-	err = finish(s.root, s.id, j, warn)
+	err = finish(s.root, s.id, j, o.Switched, warn)
 	if errors.Is(err, errRolledBack) {
 		return false, err
 	}
 	if err != nil {
 		return true, err
-	}
-	if o.Switched != nil {
-		o.Switched()
 	}
 	sweep(s.root, s.id, j, warn)
 	return true, nil
@@ -261,7 +258,7 @@ func unescapeMount(s string) string {
 // entries renamed relative to them, so a link planted in the target's
 // root cannot redirect a move. The staging directory exists as long as
 // the journal does.
-func finish(root, id string, j journal, warn func(path, msg string)) error {
+func finish(root, id string, j journal, switched func(), warn func(path, msg string)) error {
 	rootFd, err := openDir(unix.AT_FDCWD, root)
 	if err != nil {
 		return err
@@ -319,6 +316,20 @@ func finish(root, id string, j journal, warn func(path, msg string)) error {
 			}
 		}
 	}
+	// The snapshot is in place: whoever waits for it may go on, while the
+	// replaced contents are removed, under the journal, which proves that
+	// a replacing run gave them up (a crash here is finished by any run).
+	if switched != nil {
+		switched()
+	}
+	if err := failpoint("cleanup"); err != nil {
+		return err
+	}
+	if j.Replace {
+		if err := removeState(root, name(id, kindOld)); err != nil {
+			warn(name(id, kindOld), err.Error())
+		}
+	}
 	if err := failpoint("unjournal"); err != nil {
 		return err
 	}
@@ -328,16 +339,17 @@ func finish(root, id string, j journal, warn func(path, msg string)) error {
 	return unix.Fsync(rootFd)
 }
 
-// sweep removes what a finished switch leaves: the replaced contents and
-// the emptied staging directory, then gives root its times (every change
-// inside root changes them). It only warns: what fails here leaves junk or
-// a wrong time, never a half switch, and the next recovery removes the
-// junk. (A crash here loses the root's times, and without root its mode:
-// the one window the journal cannot cover, since removing it changes the
-// root.)
+// sweep tidies up after a finished switch: it removes the emptied staging
+// directory, then gives root its times (every change inside root changes
+// them). It only warns: what fails here leaves an empty directory or a
+// wrong time, never a half switch, and the next recovery removes the
+// directory. (A crash here loses the root's times, and without root its
+// mode: the one window the journal cannot cover, since removing it changes
+// the root.)
 func sweep(root, id string, j journal, warn func(path, msg string)) {
-	removeState(root, name(id, kindOld), warn)
-	removeState(root, name(id, kindNew), warn)
+	if err := removeState(root, name(id, kindNew)); err != nil {
+		warn(name(id, kindNew), err.Error())
+	}
 	if j.Root == nil {
 		return
 	}
@@ -436,7 +448,9 @@ func moveIn(root string, rootFd, newFd int, id string, j journal, warn func(path
 		}
 		err := move(newFd, n, rootFd, n)
 		if errors.Is(err, unix.ENOSPC) && j.Replace && !freed {
-			removeState(root, name(id, kindOld), warn)
+			if err := removeState(root, name(id, kindOld)); err != nil {
+				warn(name(id, kindOld), err.Error())
+			}
 			freed = true
 			err = move(newFd, n, rootFd, n)
 		}
@@ -473,17 +487,33 @@ func setAside(rootFd int, n, id string) error {
 	}
 }
 
-// removeState removes one of a restore's directories, unless another
-// filesystem is mounted inside it: that is never crossed into.
-func removeState(root, n string, warn func(path, msg string)) {
+// removeState removes one of a restore's directories: only a real
+// directory on root's filesystem (a link in its name goes, never what it
+// points to), and never one another filesystem is mounted inside.
+func removeState(root, n string) error {
 	p := filepath.Join(root, n)
+	var rs, st unix.Stat_t
+	if err := unix.Lstat(p, &st); errors.Is(err, unix.ENOENT) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if err := unix.Stat(root, &rs); err != nil {
+		return err
+	}
+	switch {
+	case st.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return unix.Unlink(p)
+	case st.Dev != rs.Dev:
+		return fmt.Errorf("not removed: it is a mount point; unmount it, then remove it by hand")
+	}
 	if mnts, err := mountsUnder(p); err != nil || len(mnts) > 0 {
-		warn(n, fmt.Sprintf("not removed: it holds a mount point (%v %v); unmount it, then remove it by hand", mnts, err))
-		return
+		return fmt.Errorf("not removed: it holds a mount point (%v %v); unmount it, then remove it by hand", mnts, err)
 	}
 	if err := removeTree(p); err != nil {
-		warn(n, fmt.Sprintf("could not be removed (%v): remove it by hand", err))
+		return fmt.Errorf("could not be removed (%v): remove it by hand", err)
 	}
+	return nil
 }
 
 // keepLostFound decides for the archive's lost+found: it goes in where
@@ -608,37 +638,56 @@ func readJournal(root, id string) (journal, error) {
 	return j, nil
 }
 
-// removeTree removes the directory tree at p (never following a link)
-// with several workers: a replaced tree of a gigabyte takes seconds to
-// unlink, most of it in the filesystem, which takes unlinks from several
-// threads at once. Its entries two levels down are the units of work.
+// removeTree removes the directory tree at p with several workers: a
+// replaced tree of a gigabyte takes seconds to unlink, most of it in the
+// filesystem, which takes unlinks from several threads at once. Its
+// entries two levels down are the units of work. Everything goes through
+// descriptors opened without following links, so nothing swapped in
+// meanwhile can lead the removal out of p; a link at p itself goes alone.
 func removeTree(p string) error {
-	var units []string
-	top, err := readNames(p)
-	if errors.Is(err, os.ErrNotExist) {
+	pfd, err := openDir(unix.AT_FDCWD, p)
+	switch {
+	case errors.Is(err, unix.ENOENT):
 		return nil
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR):
+		return os.Remove(p)
+	case err != nil:
+		return err
 	}
+	defer unix.Close(pfd)
+	type unit struct {
+		fd   int
+		name string
+	}
+	var units []unit
+	var dirs []string // p's subdirectories, removed once emptied
+	top, err := fdNames(pfd)
 	if err != nil {
-		return os.RemoveAll(p)
+		return err
 	}
 	for _, a := range top {
-		pa := filepath.Join(p, a)
-		if !isRealDir(pa) {
-			units = append(units, pa)
+		afd, err := openDir(pfd, a)
+		if err != nil {
+			units = append(units, unit{pfd, a}) // not a directory: a unit itself
 			continue
 		}
-		inner, _ := readNames(pa)
-		for _, b := range inner {
-			units = append(units, filepath.Join(pa, b))
+		defer unix.Close(afd)
+		inner, err := fdNames(afd)
+		if err != nil {
+			return err
 		}
+		for _, b := range inner {
+			units = append(units, unit{afd, b})
+		}
+		dirs = append(dirs, a)
 	}
-	work := make(chan string)
+	work := make(chan unit)
 	errs := make(chan error, removeWorkers)
 	for range removeWorkers {
 		go func() {
 			var first error
 			for u := range work {
-				if err := os.RemoveAll(u); err != nil && first == nil {
+				if err := removeAt(u.fd, u.name); err != nil && first == nil {
 					first = err
 				}
 			}
@@ -649,12 +698,51 @@ func removeTree(p string) error {
 		work <- u
 	}
 	close(work)
+	var first error
 	for range removeWorkers {
-		if err := <-errs; err != nil {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	for _, a := range dirs {
+		if err := removeAt(pfd, a); err != nil {
 			return err
 		}
 	}
-	return os.RemoveAll(p)
+	return unix.Rmdir(p)
+}
+
+// removeAt removes the entry n of the directory dirfd and everything below
+// it, by descriptors.
+func removeAt(dirfd int, n string) error {
+	err := unix.Unlinkat(dirfd, n, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if !errors.Is(err, unix.EISDIR) {
+		return fmt.Errorf("remove %s: %w", n, err)
+	}
+	fd, err := openDir(dirfd, n)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", n, err)
+	}
+	names, err := fdNames(fd)
+	for _, c := range names {
+		if err == nil {
+			err = removeAt(fd, c)
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(dirfd, n, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s: %w", n, err)
+	}
+	return nil
 }
 
 // removeWorkers: removing the benchmark's replaced 1 GiB tree (27k

@@ -91,6 +91,11 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		}
 		if runErr != nil {
 			log.Warn("interrupted after the restore had finished: the volume holds the snapshot", "target", name)
+			// The helper was stopped while it removed what the snapshot
+			// replaced: finish that under its journal.
+			if _, _, err := recoverVolume(ctx, eng, name, true, log); err != nil {
+				log.Warn("could not remove what the snapshot replaced; the next volbak restore or backup of the volume does", "target", name, "error", err)
+			}
 		}
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"strings"
 	"time"
 )
@@ -35,6 +36,30 @@ func (e *SkippedError) Error() string {
 }
 
 func (e *SkippedError) Unwrap() error { return e.Err }
+
+// WalkDirs calls walk for each directory of a listing, and leaves out
+// (gathered in a SkippedError) those it may not read, so that one
+// unreadable directory does not hide the rest.
+func WalkDirs(dirs []string, walk func(dir string) error) error {
+	var skipped *SkippedError
+	for _, d := range dirs {
+		err := walk(d)
+		if errors.Is(err, fs.ErrPermission) {
+			if skipped == nil {
+				skipped = &SkippedError{Err: err}
+			}
+			skipped.Dirs = append(skipped.Dirs, d)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if skipped != nil {
+		return skipped
+	}
+	return nil
+}
 
 // Object is one stored key.
 type Object struct {

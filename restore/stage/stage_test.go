@@ -173,11 +173,7 @@ func TestRun(t *testing.T) {
 	src := t.TempDir()
 	tree(t, src, newFiles)
 	os.Chmod(src, 0o711)
-	var buf bytes.Buffer
-	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf, st := archiveOf(t, src)
 	good := buf.Bytes()
 	job := func(replace bool) Job {
 		return Job{Replace: replace, Entries: st.Entries, Bytes: st.Bytes, SpaceCheck: true}
@@ -383,13 +379,9 @@ func TestLock(t *testing.T) {
 func TestReservedNamesNotRestored(t *testing.T) {
 	src := t.TempDir()
 	tree(t, src, map[string]string{name(deadID, kindSwap): `{"phase":"new"}`, "ok": "ok"})
-	var buf bytes.Buffer
-	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf, st := archiveOf(t, src)
 	root := t.TempDir()
-	if _, err := Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
+	if _, err := Run(root, buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
 		t.Fatal(err)
 	}
 	if err := Check(root); err != nil {
@@ -502,13 +494,9 @@ func containsAll(got, want []string) bool {
 func TestWrittenDuringRestore(t *testing.T) {
 	src := t.TempDir()
 	tree(t, src, newFiles)
-	var buf bytes.Buffer
-	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf, st := archiveOf(t, src)
 	root := t.TempDir()
-	_, err = Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes, Ready: func() {
+	_, err := Run(root, buf, Job{Entries: st.Entries, Bytes: st.Bytes, Ready: func() {
 		os.WriteFile(filepath.Join(root, "notes.txt"), []byte("written meanwhile"), 0o644)
 	}})
 	if !errors.Is(err, ErrNotEmpty) {
@@ -555,13 +543,9 @@ func TestRootXattrsKept(t *testing.T) {
 	if err := unix.Setxattr(src, "user.volbak.bin", val, 0); err != nil {
 		t.Fatal(err)
 	}
-	var buf bytes.Buffer
-	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf, st := archiveOf(t, src)
 	root := t.TempDir()
-	if _, err := Run(root, &buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
+	if _, err := Run(root, buf, Job{Entries: st.Entries, Bytes: st.Bytes}); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, 16)
@@ -602,11 +586,7 @@ func TestNestedMountPointRefused(t *testing.T) {
 func TestReplacingRunOverAPendingSwitch(t *testing.T) {
 	src := t.TempDir()
 	tree(t, src, newFiles)
-	var buf bytes.Buffer
-	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
-	if err != nil {
-		t.Fatal(err)
-	}
+	buf, st := archiveOf(t, src)
 	want := digest(t, src)
 	plant := func(root string) {
 		os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"old","replace":true}`), 0o600)
@@ -674,4 +654,15 @@ func TestNameTakenDuringTheSwitch(t *testing.T) {
 			t.Fatalf("replace %v: %v", replace, err)
 		}
 	}
+}
+
+// archiveOf is the tree at src as an archive, and its counts.
+func archiveOf(t *testing.T, src string) (*bytes.Buffer, archive.Stats) {
+	t.Helper()
+	var buf bytes.Buffer
+	st, err := archive.Write(src, &buf, archive.WriteOptions{Level: archive.LevelFastest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &buf, st
 }

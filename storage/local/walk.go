@@ -104,24 +104,7 @@ func (d *Dir) walk(prefix string, fn func(key, full string, info fs.FileInfo) er
 			walked = append(walked, name)
 		}
 	}
-	var skipped *storage.SkippedError
-	for _, name := range walked {
-		err := d.walkDir(name, fn)
-		if errors.Is(err, fs.ErrPermission) {
-			if skipped == nil {
-				skipped = &storage.SkippedError{Err: err}
-			}
-			skipped.Dirs = append(skipped.Dirs, name)
-			continue
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if skipped != nil {
-		return skipped
-	}
-	return nil
+	return storage.WalkDirs(walked, func(name string) error { return d.walkDir(name, fn) })
 }
 
 // walkDir passes on the entries of the directory name (at the top of the

@@ -122,24 +122,7 @@ func (s *Store) walk(ctx context.Context, prefix string, fn func(key string, st 
 			}
 		}
 	}
-	var skipped *storage.SkippedError
-	for _, name := range walked {
-		err := s.walkDir(ctx, c, name, fn)
-		if errors.Is(err, fs.ErrPermission) {
-			if skipped == nil {
-				skipped = &storage.SkippedError{Err: err}
-			}
-			skipped.Dirs = append(skipped.Dirs, name)
-			continue
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if skipped != nil {
-		return skipped
-	}
-	return nil
+	return storage.WalkDirs(walked, func(name string) error { return s.walkDir(ctx, c, name, fn) })
 }
 
 // walkDir passes on the entries of the directory name (at the top of the

@@ -373,9 +373,24 @@ func TestSameNameTwiceAndScanRefusals(t *testing.T) {
 			t.Fatalf("x/y: %v", err)
 		}
 	}
+	// A directory, something in it, then a file of its name: the file.
+	data = tarZst(t,
+		&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "x/", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "x/y", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3},
+		&tar.Header{Name: "x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10},
+	)
+	dst := t.TempDir()
+	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dst, "x")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("x: %v %v", fi, err)
+	}
 	for _, h := range []*tar.Header{
 		{Name: "../escape", Typeflag: tar.TypeReg, Mode: 0o644},
 		{Name: "link", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"},
+		{Name: "link", Typeflag: tar.TypeLink, Linkname: "/tmp/victim/file"},
 	} {
 		bad := tarZst(t, &tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}, h)
 		if _, err := Scan(bytes.NewReader(bad)); !errors.Is(err, ErrCorrupt) {

@@ -581,6 +581,7 @@ func Scan(r io.Reader) (Stats, error) {
 	cr := &countReader{r: dec}
 	tr := tar.NewReader(cr)
 	var st Stats
+	dirs := map[string]bool{".": true} // as Extract's: a hardlink's target must be in one
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -591,9 +592,18 @@ func Scan(r io.Reader) (Stats, error) {
 		}
 		if err == nil {
 			// What a restore refuses, a verify must not call good.
-			_, err = cleanName(hdr.Name)
+			var rel, target string
+			rel, err = cleanName(hdr.Name)
+			for d := path.Dir(rel); err == nil && !dirs[d]; d = path.Dir(d) {
+				dirs[d] = true
+			}
+			if err == nil && hdr.Typeflag == tar.TypeDir {
+				dirs[rel] = true
+			}
 			if err == nil && hdr.Typeflag == tar.TypeLink {
-				_, err = cleanName(hdr.Linkname)
+				if target, err = cleanName(hdr.Linkname); err == nil && !dirs[path.Dir(target)] {
+					err = fmt.Errorf("%w: hardlink %s: target %s is not inside the restored tree", ErrCorrupt, rel, target)
+				}
 			}
 		}
 		if err != nil {

@@ -98,6 +98,13 @@ func (x *extractor) failed() error {
 // file restores a regular file: a small one through a worker, a large one
 // here, streamed.
 func (x *extractor) file(rel, full string, hdr *tar.Header) error {
+	if x.dirs[rel] {
+		// A directory of that name came first: the file takes its place,
+		// as a later entry of a name does for every other kind.
+		if err := x.replace(rel, full); err != nil {
+			return err
+		}
+	}
 	if x.jobs != nil && hdr.Size <= smallFile {
 		if err := x.failed(); err != nil {
 			return err

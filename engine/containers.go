@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -69,6 +70,7 @@ func Names(cs []Container) string {
 // Stopped are containers volbak stopped and owes a start.
 type Stopped struct {
 	e  *Engine
+	mu sync.Mutex // Restart may come from main's quit-at-once path too
 	cs []Container
 }
 
@@ -78,6 +80,7 @@ type Stopped struct {
 // stopped, those already stopped are started again before it returns.
 func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, error) {
 	s := &Stopped{e: e}
+	owed.add(s)
 	fail := func(err error) (*Stopped, error) {
 		if rerr := s.Restart(ctx); rerr != nil {
 			err = errors.Join(err, rerr)
@@ -97,7 +100,9 @@ func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, 
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		_, err := e.cli.ContainerStop(sctx, c.ID, client.ContainerStopOptions{})
 		cancel()
+		s.mu.Lock()
 		s.cs = append(s.cs, c) // started again below if this failed: whatever state it is in
+		s.mu.Unlock()
 		if err != nil {
 			return fail(fmt.Errorf("stop container %s: %w", c.Name, err))
 		}
@@ -112,8 +117,12 @@ func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, 
 // default) and then the kill.
 const stopTimeout = 5 * time.Minute
 
-// Containers are the ones stopped.
-func (s *Stopped) Containers() []Container { return s.cs }
+// Containers are the ones stopped and not started again yet.
+func (s *Stopped) Containers() []Container {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Container(nil), s.cs...)
+}
 
 // Restart starts the stopped containers again, last stopped first. It runs
 // even when ctx is cancelled: an interrupt is when it matters most. Each
@@ -122,6 +131,9 @@ func (s *Stopped) Restart(ctx context.Context) error {
 	if s == nil {
 		return nil
 	}
+	owed.remove(s)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	ctx, cancel := cleanupContext(ctx)
 	defer cancel()
 	var errs []error
@@ -146,4 +158,44 @@ func (e *Engine) Volumes(ctx context.Context) ([]Volume, error) {
 		out = append(out, Volume{Name: v.Name, Driver: v.Driver, Options: v.Options, Labels: v.Labels, Mountpoint: v.Mountpoint})
 	}
 	return out, nil
+}
+
+// owed are the containers this process stopped and has not started again:
+// process-wide, because a volbak told to quit at once (a second Ctrl-C)
+// leaves through main, not through the restore that stopped them.
+var owed = &owedSet{m: map[*Stopped]bool{}}
+
+type owedSet struct {
+	mu sync.Mutex
+	m  map[*Stopped]bool
+}
+
+func (o *owedSet) add(s *Stopped)    { o.mu.Lock(); o.m[s] = true; o.mu.Unlock() }
+func (o *owedSet) remove(s *Stopped) { o.mu.Lock(); delete(o.m, s); o.mu.Unlock() }
+
+// RestartOwed starts again every container this process stopped and has
+// not started yet, within d: for a volbak about to exit at once. It
+// returns what to tell the user, or "" if nothing was owed.
+func RestartOwed(d time.Duration) string {
+	owed.mu.Lock()
+	var all []*Stopped
+	for s := range owed.m {
+		all = append(all, s)
+	}
+	owed.mu.Unlock()
+	if len(all) == 0 {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var msgs []string
+	for _, s := range all {
+		names := Names(s.Containers())
+		if err := s.Restart(ctx); err != nil {
+			msgs = append(msgs, err.Error())
+		} else {
+			msgs = append(msgs, "started again the containers volbak had stopped: "+names)
+		}
+	}
+	return strings.Join(msgs, "; ")
 }

@@ -22,7 +22,7 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 	if dir == "/" {
 		return fmt.Errorf("%w: --to-dir / would restore over the whole host: choose a directory", ErrRefused)
 	}
-	if opts.StoragePath != "" && overlaps(dir, opts.StoragePath) {
+	if opts.StoragePath != "" && overlapsStorage(dir, opts.StoragePath) {
 		return fmt.Errorf("%w: --to-dir %s and the storage %s overlap: restoring would write over the snapshots being read; choose a directory outside it", ErrRefused, opts.ToDir, opts.StoragePath)
 	}
 	made, err := mkdirs(dir)

@@ -21,6 +21,7 @@ import (
 	"github.com/volbak/volbak/archive"
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/progress"
+	"github.com/volbak/volbak/restore/stage"
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
 )
@@ -100,7 +101,14 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 		// Stopped as Restore returns: before main prints how it ended.
 		defer meter.Stop()
 	}
-	warn := func(path, msg string) { log.Warn("entry not restored as it was", "path", path, "reason", msg) }
+	warn := func(path, msg string) {
+		if stage.Reserved(path) || path == "." {
+			// About the target, or volbak's own state in it: not an entry.
+			log.Warn(msg, "path", path)
+			return
+		}
+		log.Warn("entry not restored as it was", "path", path, "reason", msg)
+	}
 	if opts.ToDir != "" {
 		return toDir(ctx, src, m, opts, warn)
 	}

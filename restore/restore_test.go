@@ -62,6 +62,11 @@ func TestOverlapsThroughABindMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Unmount(alias, unix.MNT_DETACH)
+	volAlias := t.TempDir() // a volume's directory of snapshots, by another name
+	if err := unix.Mount(filepath.Join(store, "vol"), volAlias, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(volAlias, unix.MNT_DETACH)
 	parentAlias := t.TempDir()
 	if err := unix.Mount(filepath.Dir(store), parentAlias, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
@@ -75,9 +80,11 @@ func TestOverlapsThroughABindMount(t *testing.T) {
 		{filepath.Join(alias, "vol"), true},   // inside it
 		{filepath.Join(alias, "new/x"), true}, // inside it, not yet made
 		{parentAlias, true},                   // holds it
+		{volAlias, true},                      // one of its directories
+		{filepath.Join(volAlias, "x"), true},  // inside one of them
 		{t.TempDir(), false},
 	} {
-		if got := overlaps(c.dir, store); got != c.want {
+		if got := overlapsStorage(c.dir, store); got != c.want {
 			t.Errorf("overlaps(%s, storage) = %v, want %v", c.dir, got, c.want)
 		}
 	}

@@ -3,12 +3,14 @@ package restore
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/snapshot"
@@ -87,7 +89,7 @@ func optString(o map[string]string) string {
 func checkTarget(ctx context.Context, eng Engine, v engine.Volume, opts Options) error {
 	if opts.StoragePath != "" {
 		for _, p := range hostPaths(v) {
-			if overlaps(p, opts.StoragePath) {
+			if overlapsStorage(p, opts.StoragePath) {
 				return fmt.Errorf("%w: volume %s (%s) and the storage %s overlap: restoring would write over the snapshots being read; restore into another volume", ErrRefused, v.Name, p, opts.StoragePath)
 			}
 		}
@@ -160,6 +162,65 @@ func holds(x, y string) bool {
 			return false
 		}
 	}
+}
+
+// overlapsStorage reports whether dir overlaps the storage directory
+// store: as overlaps does, or by being one of the storage's own
+// directories (or inside one) under another name, such as a bind mount of
+// a volume's directory of snapshots, which no path or ancestor of either
+// shows.
+func overlapsStorage(dir, store string) bool {
+	if overlaps(dir, store) {
+		return true
+	}
+	ids := storageDirs(resolve(store))
+	for p := resolve(dir); ; p = filepath.Dir(p) {
+		if fi, err := os.Stat(p); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && ids[[2]uint64{st.Dev, st.Ino}] {
+				return true
+			}
+		}
+		if filepath.Dir(p) == p {
+			return false
+		}
+	}
+}
+
+// storageDirs are the directories of the storage tree at root, by device
+// and inode: its volume directories (links to them followed, as listing
+// does) and whatever is below them. Bounded: a storage holds few.
+func storageDirs(root string) map[[2]uint64]bool {
+	ids := map[[2]uint64]bool{}
+	add := func(fi os.FileInfo) {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.IsDir() {
+			ids[[2]uint64{st.Dev, st.Ino}] = true
+		}
+	}
+	names, err := os.ReadDir(root)
+	if err != nil {
+		return ids
+	}
+	seen := 0
+	for _, e := range names {
+		top := filepath.Join(root, e.Name())
+		fi, err := os.Stat(top)
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		add(fi)
+		filepath.WalkDir(top, func(p string, d fs.DirEntry, err error) error {
+			if seen++; err != nil || seen > 100_000 {
+				return filepath.SkipAll
+			}
+			if d.IsDir() && p != top {
+				if fi, err := d.Info(); err == nil {
+					add(fi)
+				}
+			}
+			return nil
+		})
+	}
+	return ids
 }
 
 // resolve makes p absolute with its symlinks resolved, as far as it exists.

@@ -194,14 +194,15 @@ func prepare(ctx context.Context, eng Engine, m snapshot.Manifest, opts Options,
 	return target{name: name, created: true, plain: plain, vol: got}, nil, nil
 }
 
-// isTmpfs reports a local volume on a tmpfs: made empty each time it is
-// mounted, and gone when the last container using it ends.
+// isTmpfs reports a local volume in memory (tmpfs, ramfs): made empty
+// each time it is mounted, and gone when the last container using it ends.
 func isTmpfs(v engine.Volume) bool {
-	return (v.Driver == "" || v.Driver == "local") && strings.EqualFold(v.Options["type"], "tmpfs")
+	t := strings.ToLower(v.Options["type"])
+	return (v.Driver == "" || v.Driver == "local") && (t == "tmpfs" || t == "ramfs")
 }
 
 func tmpfsError(name string) error {
-	return fmt.Errorf("%w: volume %s is a tmpfs: its contents last only while a container mounts it, and the restore's helper unmounts it as it ends, so nothing restored would stay; restore into a plain volume", ErrRefused, name)
+	return fmt.Errorf("%w: volume %s is in memory (tmpfs): its contents last only while a container mounts it, and the restore's helper unmounts it as it ends, so nothing restored would stay; restore into a plain volume", ErrRefused, name)
 }
 
 // stopUsers refuses a volume that running containers use, or, where

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/volbak/volbak/internal/voltest"
 )
 
 // Found by a hostile pass over the built binary: a link planted in
@@ -53,7 +55,12 @@ func TestHostileTargets(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer syscall.Unmount(parent, syscall.MNT_DETACH)
-		for _, dir := range []string{alias, filepath.Join(alias, "sub"), parent} {
+		volDir := t.TempDir() // one volume's directory of snapshots, by another name
+		if err := syscall.Mount(filepath.Join(store, vol), volDir, "", syscall.MS_BIND, ""); err != nil {
+			t.Fatal(err)
+		}
+		defer syscall.Unmount(volDir, syscall.MNT_DETACH)
+		for _, dir := range []string{alias, filepath.Join(alias, "sub"), parent, volDir, filepath.Join(volDir, "x")} {
 			mustFail(t, volbak(t, "restore", vol, "--from", store, "--to-dir", dir, "--force"), 1, "overlap")
 		}
 		if got := list(t, store, ""); len(got) != len(snaps) {
@@ -61,4 +68,22 @@ func TestHostileTargets(t *testing.T) {
 		}
 		mustOK(t, volbak(t, "verify", vol, "--from", store))
 	})
+}
+
+// A closed terminal (SIGHUP) interrupts a restore as Ctrl-C does, and the
+// containers volbak stopped are started again.
+func TestHangupStartsStoppedContainers(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 256<<20, 4) })
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store))
+	app := appContainer(t, vol)
+	_, startedBefore := containerState(t, app)
+	dir := mountpoint(t, vol)
+	interrupt(t, syscall.SIGHUP, func() bool {
+		staged, _ := filepath.Glob(filepath.Join(dir, ".volbak-restore-*.new", "data", "d01"))
+		return len(staged) > 0
+	}, "restore", vol, "--from", store, "--in-place", "--stop-containers")
+	if running, started := containerState(t, app); !running || started == startedBefore {
+		t.Fatalf("container not stopped and started again (running %v)", running)
+	}
 }

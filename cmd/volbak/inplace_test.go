@@ -287,7 +287,7 @@ func TestRestoreSpaceCheck(t *testing.T) {
 	}
 	// A tmpfs volume keeps nothing once the helper unmounts it: refused.
 	tmpfs := []string{"--driver", "local", "--driver-opt", "type=tmpfs", "--driver-opt", "device=tmpfs"}
-	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, tmpfs...)...), 1, "is a tmpfs")
+	mustFail(t, volbak(t, append([]string{"restore", vol, "--from", store, "--to-volume", target}, tmpfs...)...), 1, "is in memory")
 }
 
 // --to-dir without root: owners cannot come back (a warning says so), a

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/engine"
@@ -41,12 +42,18 @@ func main() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	// A closed terminal (SIGHUP) interrupts as Ctrl-C does: cleanly.
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		s := <-sigs
 		fmt.Fprintf(os.Stderr, "\nvolbak: %v: stopping and cleaning up (again to quit at once)\n", s)
 		cancel()
 		<-sigs
+		// Quitting at once leaves what was begun, but never a container
+		// volbak stopped.
+		if msg := engine.RestartOwed(5 * time.Second); msg != "" {
+			fmt.Fprintf(os.Stderr, "volbak: %s\n", msg)
+		}
 		os.Exit(exitInterrupted)
 	}()
 	err := newRoot(os.Stdout, os.Stderr).ExecuteContext(ctx)

@@ -86,6 +86,14 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 			rep.Pending++
 			continue
 		}
+		if !finishReplacing && j.Root != nil {
+			// Owner, mode and xattrs for the target itself, from a
+			// journal anyone who can write the target could have planted:
+			// applied only by a run that replaces the target (and then
+			// applies its own snapshot's).
+			j.Root = nil
+			warn(".", "the snapshot's owner and mode for the target itself were not applied after an interrupted restore: a restore with --force applies them")
+		}
 		switch err := finish(root, e.id, j, nil, warn); {
 		case errors.Is(err, errRolledBack):
 			rep.RolledBack++
@@ -111,6 +119,8 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 			// An old directory without a journal is never volbak's own
 			// (the journal outlives it): it is not removed unless empty.
 			switch {
+			case !isRealDir(p):
+				err = unix.Unlink(p) // a link or file in volbak's name: the link goes, never its target
 			case e.kind == kindOld && !emptyDir(p):
 				continue
 			case realDir(root, n, st.dev):
@@ -118,10 +128,8 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 					warn(n, err.Error())
 				}
 				rep.Removed++
-			case isRealDir(p):
-				warn(n, "is a mount point; left alone")
 			default:
-				err = unix.Unlink(p) // a link or file in volbak's name: the link goes, never its target
+				warn(n, "is a mount point; left alone")
 			}
 		case kindSwapTmp:
 			err = unix.Unlink(p)

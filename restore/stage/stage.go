@@ -145,10 +145,10 @@ func Check(root string) error {
 			if err != nil {
 				return fmt.Errorf("%w: %v", ErrForeign, err)
 			}
-			if j.Replace {
+			if j.Replace && !(j.Phase == kindNew && emptyDir(filepath.Join(root, name(e.id, kindNew)))) {
 				return fmt.Errorf("%w (%s)", ErrSwitchPending, name(e.id, kindSwap))
 			}
-			out = ErrLeftovers
+			out = ErrLeftovers // Recover finishes it
 		case kindNew, kindSwapTmp:
 			out = ErrLeftovers
 		case kindOld:

@@ -666,3 +666,26 @@ func archiveOf(t *testing.T, src string) (*bytes.Buffer, archive.Stats) {
 	}
 	return &buf, st
 }
+
+// The root entry in a journal anyone who can write the target could have
+// planted (owner, setuid mode, xattrs) is applied only by a run that
+// replaces the target: a backup's or a plain restore's recovery leaves the
+// root as it is.
+func TestPlantedRootMetaNotApplied(t *testing.T) {
+	root := t.TempDir()
+	os.Chmod(root, 0o755)
+	tree(t, root, map[string]string{"d": "data"})
+	os.Mkdir(filepath.Join(root, name(deadID, kindNew)), 0o700)
+	os.WriteFile(filepath.Join(root, name(deadID, kindSwap)), []byte(`{"phase":"new","replace":false,"root":{"mode":3583,"uid":4242,"gid":4242,"mtime":"2001-01-01T00:00:00Z","xattrs":{"user.evil":"aGk="}}}`), 0o600)
+	if _, err := Recover(root, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	unix.Lstat(root, &st)
+	if st.Mode&0o7777 != 0o755 || st.Uid != 0 {
+		t.Fatalf("the planted root entry was applied: mode %o uid %d", st.Mode&0o7777, st.Uid)
+	}
+	if n, _ := unix.Getxattr(root, "user.evil", make([]byte, 8)); n > 0 {
+		t.Fatal("the planted xattr was applied")
+	}
+}

@@ -173,22 +173,38 @@ type owedSet struct {
 func (o *owedSet) add(s *Stopped)    { o.mu.Lock(); o.m[s] = true; o.mu.Unlock() }
 func (o *owedSet) remove(s *Stopped) { o.mu.Lock(); delete(o.m, s); o.mu.Unlock() }
 
+// Hold keeps RestartOwed from starting these containers: their volume is
+// being set right after a failed restore, and must not be used meanwhile.
+// Restart still starts them.
+func (s *Stopped) Hold() {
+	owed.mu.Lock()
+	if _, ok := owed.m[s]; ok {
+		owed.m[s] = false
+	}
+	owed.mu.Unlock()
+}
+
 // RestartOwed starts again every container this process stopped and has
 // not started yet, within d: for a volbak about to exit at once. It
 // returns what to tell the user, or "" if nothing was owed.
 func RestartOwed(d time.Duration) string {
 	owed.mu.Lock()
-	var all []*Stopped
-	for s := range owed.m {
-		all = append(all, s)
+	var all, held []*Stopped
+	for s, ok := range owed.m {
+		if ok {
+			all = append(all, s)
+		} else {
+			held = append(held, s)
+		}
 	}
 	owed.mu.Unlock()
-	if len(all) == 0 {
-		return ""
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var msgs []string
+	for _, s := range held {
+		names := Names(s.Containers())
+		msgs = append(msgs, fmt.Sprintf("left stopped, since their volume was being set right after a failed restore: %s (run the restore again, then docker start them)", names))
+	}
 	for _, s := range all {
 		names := Names(s.Containers())
 		if err := s.Restart(ctx); err != nil {

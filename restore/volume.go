@@ -116,6 +116,11 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	// Otherwise the helper may have written: it began, or an interrupt
 	// ended it after it made its staging directory and before its "ready"
 	// was read. Clear what it left; finish its switch if that had begun.
+	// Meanwhile the stopped containers wait, even if volbak is told to
+	// quit at once.
+	if stopped != nil {
+		stopped.Hold()
+	}
 	finished, empty, err := recoverVolume(ctx, eng, name, events.Switching(), log)
 	switch {
 	case err == nil && (finished || events.Switching()):

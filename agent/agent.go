@@ -87,28 +87,52 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// kinds map the errors a controller branches on to the kinds that carry
+// them out of the helper, first match first.
+var kinds = []struct {
+	err  error
+	kind string
+}{
+	{stage.ErrSwitch, KindSwitch}, // before corrupt: a switch is past every check
+	{archive.ErrCorrupt, KindCorrupt},
+	{stage.ErrNotEmpty, KindNotEmpty},
+	{stage.ErrBusy, KindBusy},
+	{stage.ErrNoSpace, KindNoSpace},
+	{stage.ErrLeftovers, KindLeftovers},
+	{stage.ErrIncomplete, KindIncomplete},
+	{stage.ErrSwitchPending, KindPending},
+	{stage.ErrForeign, KindForeign},
+	{stage.ErrCannotSwitch, KindCannot},
+}
+
 func kindOf(err error) string {
-	for _, k := range []struct {
-		err  error
-		kind string
-	}{
-		{stage.ErrSwitch, KindSwitch}, // before corrupt: a switch is past every check
-		{archive.ErrCorrupt, KindCorrupt},
-		{stage.ErrNotEmpty, KindNotEmpty},
-		{stage.ErrBusy, KindBusy},
-		{stage.ErrNoSpace, KindNoSpace},
-		{stage.ErrLeftovers, KindLeftovers},
-		{stage.ErrIncomplete, KindIncomplete},
-		{stage.ErrSwitchPending, KindPending},
-		{stage.ErrForeign, KindForeign},
-		{stage.ErrCannotSwitch, KindCannot},
-	} {
+	for _, k := range kinds {
 		if errors.Is(err, k.err) {
 			return k.kind
 		}
 	}
 	return ""
 }
+
+// ErrorOf is the helper's error event back as an error: its message, and
+// the error its kind stands for, so that the controller words it as it
+// would the same error met in-process.
+func ErrorOf(kind, msg string) error {
+	for _, k := range kinds {
+		if k.kind == kind {
+			return &kindError{k.err, msg}
+		}
+	}
+	return errors.New(msg)
+}
+
+type kindError struct {
+	err error
+	msg string
+}
+
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.err }
 
 func runArchive(args []string, stdout io.Writer, em *emitter) error {
 	fl := flag.NewFlagSet("archive", flag.ContinueOnError)

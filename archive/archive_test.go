@@ -190,19 +190,13 @@ func TestHostileArchive(t *testing.T) {
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			var raw bytes.Buffer
-			enc, _ := zstd.NewWriter(&raw)
-			tw := tar.NewWriter(enc)
-			for _, h := range c.hdrs {
-				h.ModTime = time.Unix(0, 0)
-				if err := tw.WriteHeader(&h); err != nil {
-					t.Fatal(err)
-				}
+			hdrs := make([]*tar.Header, len(c.hdrs))
+			for i := range c.hdrs {
+				c.hdrs[i].ModTime = time.Unix(0, 0)
+				hdrs[i] = &c.hdrs[i]
 			}
-			tw.Close()
-			enc.Close()
 			dst := t.TempDir()
-			if _, err := Extract(&raw, dst, ExtractOptions{}); (err != nil) != c.refused {
+			if _, err := Extract(bytes.NewReader(tarZst(t, hdrs...)), dst, ExtractOptions{}); (err != nil) != c.refused {
 				t.Fatalf("refused=%v, want %v: %v", err != nil, c.refused, err)
 			}
 			if _, err := os.Lstat(filepath.Join(outside, "escape")); err == nil {

@@ -421,7 +421,7 @@ func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
 	if err != nil {
 		return fmt.Errorf("chmod %s: %w", rel, err)
 	}
-	for name, val := range xattrsOf(hdr.PAXRecords) {
+	for name, val := range XattrsOf(hdr.PAXRecords) {
 		if f != nil {
 			err = unix.Fsetxattr(int(f.Fd()), name, []byte(val), 0)
 		} else {

@@ -475,7 +475,7 @@ func (a *writer) xattrs(full string, hdr *tar.Header) error {
 		if hdr.PAXRecords == nil {
 			hdr.PAXRecords = map[string]string{}
 		}
-		hdr.PAXRecords[paxXattr+k] = v
+		hdr.PAXRecords[PAXXattr+k] = v
 	}
 	return nil
 }

@@ -7,9 +7,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// paxXattr is the PAX record prefix for extended attributes that GNU tar,
+// PAXXattr is the PAX record prefix for extended attributes that GNU tar,
 // bsdtar and Go's archive/tar all understand.
-const paxXattr = "SCHILY.xattr."
+const PAXXattr = "SCHILY.xattr."
 
 // readXattrs returns the extended attributes of path (not following a
 // symlink). SELinux labels are left out: they belong to the host's policy,
@@ -66,11 +66,11 @@ func lgetxattr(path, name string) ([]byte, error) {
 	}
 }
 
-// xattrsOf picks the xattr records out of a header's PAX records.
-func xattrsOf(pax map[string]string) map[string]string {
+// XattrsOf picks the xattr records out of a header's PAX records.
+func XattrsOf(pax map[string]string) map[string]string {
 	var out map[string]string
 	for k, v := range pax {
-		if name, ok := strings.CutPrefix(k, paxXattr); ok {
+		if name, ok := strings.CutPrefix(k, PAXXattr); ok {
 			if out == nil {
 				out = map[string]string{}
 			}

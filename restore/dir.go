@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
-	"github.com/volbak/volbak/archive"
 	"github.com/volbak/volbak/restore/stage"
 	"github.com/volbak/volbak/snapshot"
 )
@@ -54,16 +52,8 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 		err = src.fail
 	case ctx.Err() != nil:
 		err = fmt.Errorf("restore into %s interrupted: %w", opts.ToDir, ctx.Err())
-	case errors.Is(err, stage.ErrNotEmpty):
-		err = fmt.Errorf("%w: directory %s is not empty: choose an empty one, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, opts.ToDir)
-	case errors.Is(err, stage.ErrBusy):
-		err = fmt.Errorf("%w: another volbak restore is running into %s: wait for it to end", ErrRefused, opts.ToDir)
-	case errors.Is(err, stage.ErrNoSpace):
-		err = fmt.Errorf("%w: %s: %s%s: free space there, or pass --no-space-check", ErrRefused, opts.ToDir, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "), besideOld(opts.Replace))
-	case errors.Is(err, stage.ErrSwitchPending), errors.Is(err, stage.ErrForeign), errors.Is(err, stage.ErrCannotSwitch):
-		err = fmt.Errorf("%w: %w", ErrRefused, err)
-	case errors.Is(err, archive.ErrCorrupt):
-		err = asCorrupt(err)
+	default:
+		err = explain(err, "directory "+opts.ToDir, opts.Replace)
 	}
 	if len(made) > 0 {
 		return removeMade(made, err)

@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -12,7 +13,9 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/volbak/volbak/archive"
 	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/restore/stage"
 	"github.com/volbak/volbak/snapshot"
 )
 
@@ -238,4 +241,28 @@ func resolve(p string) string {
 		rest = append([]string{filepath.Base(p)}, rest...)
 		p = parent
 	}
+}
+
+// explain words what the filesystem side of a restore (restore/stage)
+// refused or failed at, the same for a volume (whose helper sends it as
+// an error kind) and a directory: what happened to target (described as
+// "volume x" or "directory d"), and what to do.
+func explain(err error, target string, replace bool) error {
+	switch {
+	case errors.Is(err, stage.ErrNotEmpty) && strings.Contains(err.Error(), "written into it while"):
+		return fmt.Errorf("%w: something wrote into %s while the snapshot was restored, so it was not switched in: stop what writes there, and restore again", ErrNotEmpty, target)
+	case errors.Is(err, stage.ErrNotEmpty):
+		return fmt.Errorf("%w: %s holds data: restore into a new name, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, target)
+	case errors.Is(err, stage.ErrBusy):
+		return fmt.Errorf("%w: another volbak restore or backup is using %s: wait for it to end", ErrRefused, target)
+	case errors.Is(err, stage.ErrNoSpace):
+		return fmt.Errorf("%w: %s: %s%s: free space there, or pass --no-space-check", ErrRefused, target, strings.TrimPrefix(err.Error(), stage.ErrNoSpace.Error()+": "), besideOld(replace))
+	case errors.Is(err, stage.ErrSwitchPending):
+		return fmt.Errorf("%w: %s holds a switch that an interrupted restore with --force began; only a restore that replaces the contents finishes it: run that restore again (or this one with --force)", ErrRefused, target)
+	case errors.Is(err, stage.ErrForeign), errors.Is(err, stage.ErrCannotSwitch):
+		return fmt.Errorf("%w: %s: %w", ErrRefused, target, err)
+	case errors.Is(err, archive.ErrCorrupt):
+		return asCorrupt(err)
+	}
+	return err
 }

@@ -336,20 +336,8 @@ func volumeError(ctx context.Context, tg target, runErr error, events *agent.Eve
 		if tg.created {
 			return fmt.Errorf("%w: volume %s, created for this restore with driver %s and options %q, was not empty: those options name storage that exists apart from the volume (the snapshot's own volume's, perhaps), which volbak did not touch; restore into a plain new volume (without --keep-driver-opts or such --driver-opt)", ErrNotEmpty, name, tg.vol.Driver, optString(tg.vol.Options))
 		}
-		if strings.Contains(msg, "written into it while") {
-			return fmt.Errorf("%w: something wrote into volume %s while the snapshot was restored, so it was not switched in: stop what writes there, and restore again", ErrNotEmpty, name)
-		}
-		return fmt.Errorf("%w: volume %s holds data: restore into a new name, or pass --force to replace its contents (the old contents stay until the whole snapshot is restored)", ErrNotEmpty, name)
-	case agent.KindBusy:
-		return fmt.Errorf("%w: another volbak restore or backup is using volume %s: wait for it to end", ErrRefused, name)
-	case agent.KindNoSpace:
-		return fmt.Errorf("%w: volume %s: %s%s: free space there, or pass --no-space-check", ErrRefused, name, strings.TrimPrefix(msg, "not enough free space: "), besideOld(opts.Replace))
-	case agent.KindPending:
-		return fmt.Errorf("%w: volume %s holds a switch that an interrupted restore with --force began; only a restore that replaces the contents finishes it: run that restore again (or this one with --force)", ErrRefused, name)
-	case agent.KindForeign, agent.KindCannot:
-		return fmt.Errorf("%w: volume %s: %s", ErrRefused, name, msg)
-	case agent.KindCorrupt:
-		return asCorrupt(errors.New(msg))
+	case "":
+		return fmt.Errorf("helper failed: %s", msg)
 	}
-	return fmt.Errorf("helper failed: %s", msg)
+	return explain(agent.ErrorOf(events.Kind(), msg), "volume "+name, opts.Replace)
 }

@@ -303,6 +303,9 @@ func (s *Stage) Abort() error {
 			unix.UtimesNanoAt(unix.AT_FDCWD, s.root, s.times, unix.AT_SYMLINK_NOFOLLOW)
 		}
 	}()
+	// The (empty) old directory a replacing Commit makes before a journal
+	// it never got to write.
+	defer unix.Rmdir(s.path(kindOld))
 	if err := removeTree(s.Dir()); err == nil || os.Geteuid() == 0 {
 		return err
 	}

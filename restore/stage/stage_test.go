@@ -689,3 +689,35 @@ func TestPlantedRootMetaNotApplied(t *testing.T) {
 		t.Fatal("the planted xattr was applied")
 	}
 }
+
+// A replacing Commit that fails before its journal (a sync, the journal's
+// own write) leaves nothing once aborted: not even the old directory it
+// made ahead, nor a changed mtime on the target.
+func TestFailureBeforeTheJournalLeavesNothing(t *testing.T) {
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	before := digest(t, root)
+	var was unix.Stat_t
+	unix.Lstat(root, &was)
+	s, _ := Begin(root, false)
+	tree(t, s.Dir(), newFiles)
+	failpoint = func(step string) error {
+		if step == "journal" {
+			return unix.EIO
+		}
+		return nil
+	}
+	defer func() { failpoint = func(string) error { return nil } }()
+	if journaled, err := s.Commit(nil, CommitOptions{Replace: true}); journaled || !errors.Is(err, unix.EIO) {
+		t.Fatalf("journaled %v, %v", journaled, err)
+	}
+	s.Abort()
+	if got := digest(t, root); !sameLines(got, before) {
+		t.Fatalf("changed:\n%v", got)
+	}
+	var now unix.Stat_t
+	unix.Lstat(root, &now)
+	if now.Mtim != was.Mtim {
+		t.Fatal("the target's mtime changed")
+	}
+}

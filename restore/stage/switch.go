@@ -43,20 +43,16 @@ type rootMeta struct {
 	Xattrs     map[string][]byte `json:"xattrs,omitempty"`
 }
 
-const paxXattr = "SCHILY.xattr."
-
 func metaOf(h *tar.Header) *rootMeta {
 	if h == nil {
 		return nil
 	}
 	m := &rootMeta{Mode: h.Mode, UID: h.Uid, GID: h.Gid, ModTime: h.ModTime, AccessTime: h.AccessTime}
-	for k, v := range h.PAXRecords {
-		if n, ok := strings.CutPrefix(k, paxXattr); ok {
-			if m.Xattrs == nil {
-				m.Xattrs = map[string][]byte{}
-			}
-			m.Xattrs[n] = []byte(v)
+	for n, v := range archive.XattrsOf(h.PAXRecords) {
+		if m.Xattrs == nil {
+			m.Xattrs = map[string][]byte{}
 		}
+		m.Xattrs[n] = []byte(v)
 	}
 	return m
 }
@@ -67,7 +63,7 @@ func (m *rootMeta) header() *tar.Header {
 		if h.PAXRecords == nil {
 			h.PAXRecords = map[string]string{}
 		}
-		h.PAXRecords[paxXattr+k] = string(v)
+		h.PAXRecords[archive.PAXXattr+k] = string(v)
 	}
 	return h
 }
@@ -201,7 +197,7 @@ func preflight(root, newDir string, replace bool) error {
 		return err
 	}
 	for _, n := range names {
-		if Reserved(n) || n == lostFound && isRealDir(filepath.Join(root, n)) {
+		if stays(root, n) {
 			continue
 		}
 		if err := check(root, n, true); err != nil {
@@ -381,7 +377,7 @@ func moveAside(root string, rootFd int, id string) error {
 		return err
 	}
 	for _, n := range names {
-		if Reserved(n) || n == lostFound && isRealDir(filepath.Join(root, n)) {
+		if stays(root, n) {
 			continue
 		}
 		if err := failpoint("aside " + n); err != nil {
@@ -392,6 +388,12 @@ func moveAside(root string, rootFd int, id string) error {
 		}
 	}
 	return unix.Fsync(oldFd)
+}
+
+// stays reports the entries of root a switch never moves aside: volbak's
+// own state, and the filesystem's lost+found.
+func stays(root, n string) bool {
+	return Reserved(n) || n == lostFound && isRealDir(filepath.Join(root, n))
 }
 
 // rollBack puts the old entries back and ends the journal: the switch

@@ -164,10 +164,15 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	putErrs := tee.finish(end) // nil: the archive is complete, the Puts may commit it
 	stopMeter()                // before anything else is printed
 
-	// undo removes the archive from every destination, whatever its Put
-	// said: an upload can be committed by the server and still reported
-	// failed (a reply lost on the way back); keys are unique per snapshot.
+	// undo removes the archive from a destination whose Put committed it,
+	// or may have (an upload committed by the server and reported failed,
+	// its answer lost on the way back). After any other failure the key is
+	// not this destination's to remove: the same storage reached under
+	// another name may hold it, committed by its own Put.
 	undo := func(i int) {
+		if putErrs[i] != nil && !storage.MayHaveCommitted(putErrs[i]) {
+			return
+		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		dests[i].Delete(cctx, m.Archive)
@@ -250,6 +255,9 @@ func helperError(err error, ev *agent.Events, name string) error {
 }
 
 func storageError(st storage.Storage, err error) error {
+	if se := (*storage.StalledError)(nil); errors.As(err, &se) {
+		return err // it names the storage
+	}
 	if errors.Is(err, syscall.ENOSPC) {
 		return fmt.Errorf("%s is full; free space there or back up elsewhere (the partial archive was removed): %w", st, err)
 	}

@@ -84,7 +84,7 @@ func (l lostReply) Put(ctx context.Context, key string, r io.Reader) error {
 		return err
 	}
 	if strings.HasSuffix(key, ".tar.zst") {
-		return errors.New("connection reset")
+		return storage.CommitUnknown(errors.New("connection reset"))
 	}
 	return nil
 }
@@ -189,4 +189,26 @@ func TestNoFinalReport(t *testing.T) {
 			t.Fatalf("%s holds %v", st, k)
 		}
 	}
+}
+
+// One storage under two names that the caller did not tell apart: the copy
+// that fails must not remove the archive the other committed (its Put
+// never committed that key; it is not its to remove).
+func TestFailedCopyLeavesTheOthersArchive(t *testing.T) {
+	data := newData(4 << 20)
+	a := dir(t)
+	dests := []storage.Storage{a, failAfter{a, 1 << 20}}
+	res, err := Volume(context.Background(), &fakeEngine{data: data}, dests, "vol", Options{})
+	if err == nil || res.Errs[0] != nil || res.Errs[1] == nil {
+		t.Fatalf("want the second copy alone failed: %v %v", err, res.Errs)
+	}
+	c, err := snapshot.List(context.Background(), a, "vol")
+	if err != nil || len(c.Snapshots) != 1 || len(c.Problems) != 0 {
+		t.Fatalf("the committed snapshot: %v %+v", err, c)
+	}
+	rc, err := a.Open(context.Background(), res.Manifest.Archive)
+	if err != nil {
+		t.Fatalf("its archive is gone: %v", err)
+	}
+	rc.Close()
 }

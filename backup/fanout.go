@@ -83,8 +83,8 @@ func (f *fanout) finish(end error) []error {
 		out[i] = <-f.done[i]
 		if out[i] == nil && !f.live[i] {
 			// A Put that stopped reading yet reports success holds less than
-			// the stream: never give it a manifest.
-			out[i] = errors.New("destination stopped reading before the end of the stream")
+			// the stream: never give it a manifest, and remove it.
+			out[i] = storage.CommitUnknown(errors.New("destination stopped reading before the end of the stream"))
 		}
 	}
 	return out

@@ -61,6 +61,30 @@ func WalkDirs(dirs []string, walk func(dir string) error) error {
 	return nil
 }
 
+// CommitUnknown marks a Put's error where the object may be stored all the
+// same: the request that commits it (a rename, S3's
+// CompleteMultipartUpload) went out and its answer was lost. The message
+// is err's. Only then, or after a Put that succeeded, is the key the
+// caller's to remove: after any other failure the key is not this Put's,
+// and may be another writer's.
+func CommitUnknown(err error) error {
+	if err == nil || MayHaveCommitted(err) {
+		return err
+	}
+	return commitUnknown{err}
+}
+
+// MayHaveCommitted reports whether err is a Put's that may have stored
+// its object (see CommitUnknown).
+func MayHaveCommitted(err error) bool {
+	var c commitUnknown
+	return errors.As(err, &c)
+}
+
+type commitUnknown struct{ error }
+
+func (c commitUnknown) Unwrap() error { return c.error }
+
 // Object is one stored key.
 type Object struct {
 	Key     string

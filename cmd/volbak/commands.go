@@ -8,6 +8,7 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -86,6 +87,7 @@ Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 	pf.StringVar(&g.ssh.KnownHosts, "known-hosts", "", "sftp: known_hosts file to check the server's host key against (default ~/.ssh/known_hosts)")
 	pf.StringVar(&g.ssh.Fingerprint, "host-fingerprint", "", "sftp: accept only the host key with this fingerprint (SHA256:..., as ssh-keygen -l prints)")
 	pf.StringVar(&g.ssh.PasswordFile, "ssh-password-file", "", "sftp: log in with the password in this file")
+	pf.DurationVar(&g.stallTimeout, "stall-timeout", storage.DefaultStallTimeout, "s3/sftp: give a storage up (for the rest of the run) once it has held volbak this long without a byte moving, retries included; 0: wait forever")
 	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), storageTopic())
 	return root
 }
@@ -146,25 +148,45 @@ less CPU), default, better, best (much slower).
 			}
 			ctx := c.Context()
 			// A destination that cannot be reached is reported and skipped:
-			// an offsite outage must not cost the local backup.
+			// an offsite outage must not cost the local backup. They are
+			// opened at once, so that one silent server costs its bound
+			// once, not once per destination after it.
+			opened := make([]storage.Storage, len(to))
+			errs := make([]error, len(to))
+			var wg sync.WaitGroup
+			for i, d := range to {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					opened[i], errs[i] = g.open(ctx, d, true)
+				}()
+			}
+			wg.Wait()
+			if ctx.Err() != nil {
+				for _, st := range opened {
+					if st != nil {
+						st.Close()
+					}
+				}
+				return ctx.Err()
+			}
 			var sts []storage.Storage
 			var named []string // the --to that named each of sts
 			var openErrs []error
 		next:
-			for _, d := range to {
-				st, err := g.open(ctx, d, true)
+			for i, d := range to {
+				st, err := opened[i], errs[i]
 				if err != nil {
-					if ctx.Err() != nil {
-						return err
-					}
 					openErrs = append(openErrs, fmt.Errorf("%s: %w", dest.Redact(d), err))
 					continue
 				}
 				// Two names of one storage (X and X/, a path and its
-				// file:// URL, a symlink, a bind mount) would hold the
-				// snapshot twice over and count it as two copies.
+				// file:// URL, a symlink, a bind mount, a directory and
+				// the SFTP URL of it, a bucket through two endpoints)
+				// would count one copy as two, and one name's cleanup
+				// after a failure could remove what the other wrote.
 				for i, prev := range sts {
-					if dest.Same(prev, st) {
+					if dest.Same(ctx, prev, st) {
 						fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(named[i]), prev)
 						st.Close()
 						continue next

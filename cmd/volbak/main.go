@@ -89,13 +89,14 @@ func exitCode(ctx context.Context, err error) int {
 
 // globals are the flags every command takes.
 type globals struct {
-	logFormat   string
-	logLevel    string
-	quiet       bool
-	helperImage string
-	ssh         sftp.Options
-	stdout      io.Writer
-	stderr      io.Writer
+	logFormat    string
+	logLevel     string
+	quiet        bool
+	helperImage  string
+	ssh          sftp.Options
+	stallTimeout time.Duration
+	stdout       io.Writer
+	stderr       io.Writer
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -132,7 +133,7 @@ func (g *globals) progress() io.Writer {
 
 // open opens a storage for reading (--from) or, with create, writing (--to).
 func (g *globals) open(ctx context.Context, raw string, create bool) (storage.Storage, error) {
-	return dest.Open(ctx, raw, dest.Options{Create: create, SSH: g.ssh})
+	return dest.Open(ctx, raw, dest.Options{Create: create, SSH: g.ssh, StallTimeout: g.stallTimeout})
 }
 
 func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {

@@ -47,6 +47,7 @@ type Proxy struct {
 	changed chan struct{} // closed when the fault changes
 	conns   map[net.Conn]bool
 	closed  bool
+	dialed  int
 }
 
 // StartProxy listens on a free loopback port and forwards to target
@@ -75,6 +76,13 @@ func (p *Proxy) Seen(dir Dir) int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.seen[dir]
+}
+
+// Connections is how many client connections the proxy has taken.
+func (p *Proxy) Connections() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dialed
 }
 
 // Close stops listening and closes every connection.
@@ -134,6 +142,7 @@ func (p *Proxy) track(c ...net.Conn) bool {
 	for _, x := range c {
 		p.conns[x] = true
 	}
+	p.dialed++
 	return true
 }
 

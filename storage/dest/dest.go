@@ -4,10 +4,14 @@ package dest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/local"
@@ -27,6 +31,12 @@ type Options struct {
 	// Getenv reads the environment (AWS_*, SSH_AUTH_SOCK, HOME); os.Getenv if
 	// nil.
 	Getenv func(string) string
+	// StallTimeout bounds how long an s3:// or sftp:// storage may hold
+	// volbak without moving a byte, its opening included (storage.Watch);
+	// zero or less: no bound. A local directory is always waited for: a
+	// blocked system call cannot be called off, and a slow disk's fsync
+	// is not a fault.
+	StallTimeout time.Duration
 }
 
 // Open returns the storage a destination names: a plain path or file://
@@ -53,28 +63,87 @@ func Open(ctx context.Context, dest string, opts Options) (storage.Storage, erro
 		}
 		return local.New(u.Path, opts.Create)
 	case "s3":
-		return s3.Open(ctx, u, opts.Create, getenv)
+		return watched(ctx, dest, opts, func(ctx context.Context) (storage.Storage, error) {
+			return s3.Open(ctx, u, opts.Create, getenv)
+		})
 	case "sftp":
 		ssh := opts.SSH
 		if ssh.Getenv == nil {
 			ssh.Getenv = getenv
 		}
-		return sftp.Open(ctx, u, opts.Create, ssh)
+		return watched(ctx, dest, opts, func(ctx context.Context) (storage.Storage, error) {
+			return sftp.Open(ctx, u, opts.Create, ssh)
+		})
 	}
 	return nil, fmt.Errorf("storage URL %s: unknown scheme %q (volbak stores to a directory, file://, s3:// or sftp://)", Redact(dest), u.Scheme)
 }
 
+// watched opens a network storage under a storage.Watch, so that a server
+// that answers nothing costs at most the bound, from the opening on.
+func watched(ctx context.Context, dest string, opts Options, open func(context.Context) (storage.Storage, error)) (storage.Storage, error) {
+	w := storage.NewWatch(Redact(dest), opts.StallTimeout)
+	octx, done, err := w.Op(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := open(octx)
+	done()
+	if werr := w.Err(); werr != nil {
+		if st != nil {
+			st.Close()
+		}
+		return nil, werr
+	}
+	if err != nil {
+		return nil, err
+	}
+	return storage.Watched(st, w), nil
+}
+
 // Same reports whether a and b are one storage: the same canonical name
-// (storage.Storage's String), or two local directories that are one
-// directory under paths no name tells apart (a bind mount). Two storages
-// that are not one never answer true.
-func Same(a, b storage.Storage) bool {
+// (storage.Storage's String), two local directories that are one directory
+// under paths no name tells apart (a bind mount), or, whatever the
+// backends, a probe object written through a and read back through b (a
+// directory named both as /srv/b and over SFTP, a bucket through two
+// endpoints). Two storages that are not one never answer true; one that
+// cannot be probed (read-only, unreachable) answers false.
+func Same(ctx context.Context, a, b storage.Storage) bool {
 	if a.String() == b.String() {
 		return true
 	}
 	da, ok := a.(*local.Dir)
 	db, ok2 := b.(*local.Dir)
-	return ok && ok2 && da.SameDir(db)
+	if ok && ok2 {
+		return da.SameDir(db)
+	}
+	return probe(ctx, a, b)
+}
+
+// probeTimeout bounds a probe (and its removal) where no stall bound does.
+const probeTimeout = 30 * time.Second
+
+func probe(ctx context.Context, a, b storage.Storage) bool {
+	var r [16]byte
+	rand.Read(r[:])
+	token := hex.EncodeToString(r[:])
+	key := ".volbak-same-" + token[:12]
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	if err := a.Put(pctx, key, strings.NewReader(token)); err != nil {
+		return false
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+		defer cancel()
+		a.Delete(cctx, key)
+	}()
+	rc, err := b.Open(pctx, key)
+	if err != nil {
+		return false
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(io.LimitReader(rc, int64(len(token))+1))
+	return err == nil && string(got) == token
 }
 
 // Redact returns a destination fit to print: a password in the URL is

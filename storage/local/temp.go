@@ -55,8 +55,9 @@ const (
 
 // attempts bounds the retries against sweepers and failed Puts removing what
 // this Put was about to use; each needs another process to act within
-// microseconds, so more than one retry is already rare.
-const attempts = 10
+// microseconds, so more than one retry is already rare. Many are cheap: a
+// test's sweeper in a tight loop, on a loaded machine, beat ten in a row.
+const attempts = 100
 
 // createTemp makes dir if missing and a locked temp file in it; made are
 // the directories it made, deepest first.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 )
@@ -29,9 +31,12 @@ type reader struct {
 	etag       string
 	size, off  int64
 	body       io.ReadCloser
-	fails      int   // breaks in a row without progress
-	sinceStart int64 // bytes read on this connection
-	err        error // sticky
+	cancel     context.CancelFunc // ends body's request
+	silent     time.Duration      // a body that sends nothing for this long is dropped and resumed; 0: never
+	dropped    atomic.Bool        // the last body was dropped for its silence
+	fails      int                // breaks in a row without progress
+	sinceStart int64              // bytes read on this connection
+	err        error              // sticky
 }
 
 func (r *reader) Read(p []byte) (int, error) {
@@ -45,25 +50,24 @@ func (r *reader) Read(p []byte) (int, error) {
 				return 0, err
 			}
 		}
-		n, err := r.body.Read(p)
+		n, err := r.read(p)
 		r.off += int64(n)
 		r.sinceStart += int64(n)
 		if err == nil {
 			return n, nil
 		}
 		if r.off >= r.size { // all there: a late error does not matter
-			if r.body != nil {
-				r.body.Close()
-				r.body = nil
-			}
+			r.closeBody()
 			r.err = io.EOF
 			return n, io.EOF
 		}
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		r.body.Close()
-		r.body = nil
+		if r.dropped.Load() {
+			err = fmt.Errorf("the server sent nothing for %s", r.silent)
+		}
+		r.closeBody()
 		if cerr := r.ctx.Err(); cerr != nil {
 			r.err = fmt.Errorf("read %s: %w", r.key, context.Cause(r.ctx))
 			return n, r.err
@@ -98,18 +102,21 @@ func (r *reader) resume() error {
 		if r.etag != "" {
 			opts.SetMatchETag(r.etag)
 		}
-		body, info, _, err := r.s.core.GetObject(r.ctx, r.s.cfg.bucket, r.name, opts)
+		bctx, cancel := context.WithCancel(r.ctx)
+		body, info, _, err := r.s.core.GetObject(bctx, r.s.cfg.bucket, r.name, opts)
 		if err == nil && info.Size != r.size-r.off {
 			// A server or proxy that ignored the Range would splice the
 			// object's start in at r.off.
 			body.Close()
+			cancel()
 			return fmt.Errorf("read %s: asked for bytes %d- of %d, got %d bytes: the server does not honour Range requests", r.key, r.off, r.size, info.Size)
 		}
 		if err == nil {
-			r.body = body
+			r.body, r.cancel = body, cancel
 			r.sinceStart = 0
 			return nil
 		}
+		cancel()
 		if r.ctx.Err() != nil {
 			return fmt.Errorf("read %s: %w", r.key, context.Cause(r.ctx))
 		}
@@ -126,11 +133,36 @@ func (r *reader) resume() error {
 	}
 }
 
-func (r *reader) Close() error {
+// read reads the body, and drops it when the server sends nothing for
+// r.silent: only response headers have a timeout of their own, so a server
+// that keeps the connection open and stops sending (frozen, or behind a
+// load balancer that lost it) would hold a restore forever. Dropping it
+// leaves the storage's Watch bound for a resumed connection to move on.
+func (r *reader) read(p []byte) (int, error) {
+	if r.silent <= 0 || r.cancel == nil {
+		return r.body.Read(p)
+	}
+	cancel := r.cancel
+	t := time.AfterFunc(r.silent, func() { r.dropped.Store(true); cancel() })
+	n, err := r.body.Read(p)
+	t.Stop()
+	return n, err
+}
+
+func (r *reader) closeBody() {
 	if r.body != nil {
 		r.body.Close()
 		r.body = nil
 	}
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+	}
+	r.dropped.Store(false)
+}
+
+func (r *reader) Close() error {
+	r.closeBody()
 	if r.err == nil || r.err == io.EOF {
 		r.err = errClosed
 	}

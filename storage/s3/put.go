@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	"github.com/minio/minio-go/v7"
+	"github.com/volbak/volbak/storage"
 )
 
 const (
@@ -48,6 +49,11 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 	data := buf[:n]
 	_, err = s.core.PutObject(ctx, s.cfg.bucket, name, bytes.NewReader(data), int64(n), md5Base64(data), "", s.putOptions())
 	if err != nil {
+		// Refused outright (an S3 error answer), nothing was stored;
+		// otherwise the answer may be what was lost.
+		if errResp(err).StatusCode == 0 {
+			return storage.CommitUnknown(s.explain("put "+key, err))
+		}
 		return s.explain("put "+key, err)
 	}
 	return nil
@@ -165,7 +171,11 @@ func (s *Store) putMultipart(ctx context.Context, key, name string, r io.Reader,
 	}
 	sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
 	if _, err := s.core.CompleteMultipartUpload(ctx, s.cfg.bucket, name, id, parts, s.putOptions()); err != nil {
-		return s.abandon(ctx, name, id, s.putError(key, err))
+		err = s.abandon(ctx, name, id, s.putError(key, err))
+		if errResp(err).StatusCode == 0 {
+			err = storage.CommitUnknown(err) // the answer may be what was lost
+		}
+		return err
 	}
 	return nil
 }

@@ -118,7 +118,13 @@ func newStore(cfg *config) (*Store, error) {
 				unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout/time.Millisecond))
 			})
 		}}
-	tr.DialContext = dialer.DialContext
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return storage.Conn(ctx, c), nil
+	}
 	if cfg.caBundle != "" {
 		pem, err := os.ReadFile(cfg.caBundle)
 		if err != nil {
@@ -235,8 +241,10 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	name := s.object(key)
 	// Core.GetObject sends the request now, unlike Client.GetObject, so a
 	// missing key fails here and not at the first Read.
-	body, info, _, err := s.core.GetObject(ctx, s.cfg.bucket, name, minio.GetObjectOptions{})
+	bctx, cancel := context.WithCancel(ctx)
+	body, info, _, err := s.core.GetObject(bctx, s.cfg.bucket, name, minio.GetObjectOptions{})
 	if err != nil {
+		cancel()
 		if isNotFound(err) {
 			return nil, fmt.Errorf("open %s: %w", key, storage.ErrNotExist)
 		}
@@ -248,7 +256,8 @@ func (s *Store) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 		}
 		return nil, s.explain("open "+key, err)
 	}
-	return &reader{s: s, ctx: ctx, key: key, name: name, etag: info.ETag, size: info.Size, body: body}, nil
+	return &reader{s: s, ctx: ctx, key: key, name: name, etag: info.ETag, size: info.Size, body: body, cancel: cancel,
+		silent: storage.StallBound(ctx) / 3}, nil
 }
 
 // List returns the objects under prefix, keys relative to the URL's
@@ -308,9 +317,10 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 }
 
 // abort drops an upload's parts, even when ctx has ended: an interrupted
-// backup must not leave parts that are billed and never listed.
+// backup must not leave parts that are billed and never listed. Not when
+// the server was given up as stalled: it would not answer.
 func (s *Store) abort(ctx context.Context, name, uploadID string) error {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	actx, cancel := storage.CleanupContext(ctx, 30*time.Second)
 	defer cancel()
 	// A part whose request was cancelled may still be landing on the
 	// server, and can bring the upload back after the abort (AWS advises

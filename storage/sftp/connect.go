@@ -15,6 +15,7 @@ import (
 	"time"
 
 	pkgsftp "github.com/pkg/sftp"
+	"github.com/volbak/volbak/storage"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -68,9 +69,12 @@ type conn struct {
 	fsync       bool
 }
 
+// close drops the connection at once: the transport first, since closing
+// the sftp session first writes to it, and waits as long as a silent
+// server does.
 func (c *conn) close() {
-	c.sftp.Close()
 	c.ssh.Close()
+	c.sftp.Close()
 }
 
 // transientError marks a failure worth another attempt: the server may be
@@ -328,6 +332,7 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 		}
 		return nil, nil, &transientError{err}
 	}
+	nc = storage.Conn(ctx, nc)
 	// An interrupt during the handshake ends it at once.
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()

@@ -126,7 +126,14 @@ func Open(ctx context.Context, u *url.URL, create bool, opts Options) (*Store, e
 		return nil, err
 	}
 	s := &Store{d: d, cur: c}
-	if err := s.openRoot(c, t.path, create); err != nil {
+	// The requests below do not watch ctx: an interrupt, or a Watch giving
+	// the server up, ends them by closing the connection.
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	err = s.openRoot(c, t.path, create)
+	if !stop() { // closed under it
+		return nil, fmt.Errorf("sftp %s: %w", d.addr, context.Cause(ctx))
+	}
+	if err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -297,7 +304,12 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		err = c.sftp.Rename(tmp, full)
 	}
 	if err != nil {
-		return fmt.Errorf("put %s: rename: %w", key, err)
+		err = fmt.Errorf("put %s: rename: %w", key, err)
+		if errors.Is(err, pkgsftp.ErrSSHFxConnectionLost) || errors.Is(err, io.EOF) {
+			// The rename may have been done, its answer lost.
+			err = storage.CommitUnknown(err)
+		}
+		return err
 	}
 	s.remember(made)
 	return nil

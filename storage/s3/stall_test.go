@@ -1,0 +1,178 @@
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/volbak/volbak/internal/testsrv"
+	"github.com/volbak/volbak/storage"
+)
+
+// watchedStore opens bucket through a fault proxy in front of the package's
+// versitygw, under a storage.Watch of bound, as dest.Open does.
+func watchedStore(t *testing.T, bucket string, bound time.Duration) (storage.Storage, *testsrv.Proxy, error) {
+	t.Helper()
+	p, err := testsrv.StartProxy(strings.TrimPrefix(srv.Endpoint, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return openWatched(t, p, bucket, bound)
+}
+
+func openWatched(t *testing.T, p *testsrv.Proxy, bucket string, bound time.Duration) (storage.Storage, *testsrv.Proxy, error) {
+	t.Helper()
+	w := storage.NewWatch("s3://"+bucket, bound)
+	ctx, done, err := w.Op(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	env := srv.Env()
+	st, err := Open(ctx, mustURL(t, "s3://"+bucket+"?endpoint=http://"+p.Addr), true, func(k string) string { return env[k] })
+	if err != nil {
+		return nil, p, err
+	}
+	t.Cleanup(func() { st.Close() })
+	return storage.Watched(st, w), p, nil
+}
+
+func mustURL(t *testing.T, raw string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func putObject(t *testing.T, bucket, key string, size int) []byte {
+	t.Helper()
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{1}).Read(data)
+	st := openStore(t, "s3://"+bucket+"?endpoint="+srv.Endpoint, srv.Env())
+	if err := st.Put(context.Background(), key, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// A server that stops sending mid-object: the silent connection is dropped
+// and the read resumed on another (here the server answers again by then).
+func TestReadResumesAfterSilence(t *testing.T) {
+	bucket := newBucket(t, srv, "silence")
+	data := putObject(t, bucket, "v/a.tar.zst", 12<<20)
+	st, p, err := watchedStore(t, bucket, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToClient, After: 2 << 20})
+	go func() {
+		for p.Seen(testsrv.ToClient) < 2<<20 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(1500 * time.Millisecond) // past the silent-body bound (1 s), within the storage's (3 s)
+		p.Set(testsrv.Fault{})
+	}()
+	before := p.Connections()
+	rc, err := st.Open(context.Background(), "v/a.tar.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("resumed read differs from the object")
+	}
+	if p.Connections() == before {
+		t.Error("the read never moved to another connection")
+	}
+}
+
+// A server that stops sending for good: the read ends within the bound with
+// a StalledError, not an interrupt, and the storage is not used again.
+func TestReadStallGivesUp(t *testing.T) {
+	bucket := newBucket(t, srv, "stall")
+	putObject(t, bucket, "v/a.tar.zst", 12<<20)
+	const bound = 2 * time.Second
+	st, p, err := watchedStore(t, bucket, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToClient, After: 2 << 20})
+	rc, err := st.Open(context.Background(), "v/a.tar.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	start := time.Now()
+	_, err = io.Copy(io.Discard, rc)
+	var se *storage.StalledError
+	if !errors.As(err, &se) || errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want a StalledError", err)
+	}
+	if d := time.Since(start); d > 6*bound {
+		t.Errorf("gave up after %s with a bound of %s", d, bound)
+	}
+	if _, err := st.List(context.Background(), ""); !errors.As(err, &se) {
+		t.Errorf("storage still used after it was given up: %v", err)
+	}
+}
+
+// A Put whose server goes silent mid-upload: given up within the bound,
+// not after minio-go's and volbak's retries of every part (13 minutes).
+func TestPutStallGivesUp(t *testing.T) {
+	bucket := newBucket(t, srv, "putstall")
+	const bound = 2 * time.Second
+	st, p, err := watchedStore(t, bucket, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer, After: 3 << 20})
+	data := make([]byte, 48<<20)
+	start := time.Now()
+	err = st.Put(context.Background(), "v/a.tar.zst", bytes.NewReader(data))
+	var se *storage.StalledError
+	if !errors.As(err, &se) {
+		t.Fatalf("got %v, want a StalledError", err)
+	}
+	if d := time.Since(start); d > 6*bound {
+		t.Errorf("gave up after %s with a bound of %s", d, bound)
+	}
+}
+
+// A server already silent when volbak connects costs the bound, not the
+// retries of the opening check.
+func TestOpenStallGivesUp(t *testing.T) {
+	bucket := newBucket(t, srv, "openstall")
+	p, err := testsrv.StartProxy(strings.TrimPrefix(srv.Endpoint, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer})
+	const bound = 2 * time.Second
+	w := storage.NewWatch("s3://"+bucket, bound)
+	ctx, done, _ := w.Op(context.Background())
+	defer done()
+	u := mustURL(t, "s3://"+bucket+"?endpoint=http://"+p.Addr)
+	start := time.Now()
+	env := srv.Env()
+	_, err = Open(ctx, u, true, func(k string) string { return env[k] })
+	if err == nil || w.Err() == nil {
+		t.Fatalf("open of a silent server: %v (watch: %v)", err, w.Err())
+	}
+	if d := time.Since(start); d > 6*bound {
+		t.Errorf("gave up after %s with a bound of %s", d, bound)
+	}
+}

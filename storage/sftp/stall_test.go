@@ -1,0 +1,77 @@
+package sftp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/volbak/volbak/internal/testsrv"
+	"github.com/volbak/volbak/storage"
+)
+
+// watchedThrough opens dir through a fault proxy in front of sshd, under a
+// storage.Watch of bound, as dest.Open does.
+func watchedThrough(t *testing.T, dir string, bound time.Duration) (storage.Storage, *testsrv.Proxy) {
+	t.Helper()
+	p, err := testsrv.StartProxy(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	w := storage.NewWatch("sftp", bound)
+	ctx, done, _ := w.Op(context.Background())
+	defer done()
+	u, _ := url.Parse(fmt.Sprintf("sftp://%s@%s%s", srv.User, p.Addr, dir))
+	opts := Options{KeyFile: srv.KeyFile, Fingerprint: srv.Fingerprint, Getenv: env("HOME", t.TempDir())}
+	st, err := Open(ctx, u, true, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return storage.Watched(st, w), p
+}
+
+// An SFTP server gone silent mid-upload or mid-read is given up within the
+// bound (the connection is closed under the requests waiting on it).
+func TestStallGivesUp(t *testing.T) {
+	const bound = 2 * time.Second
+	var se *storage.StalledError
+	t.Run("put", func(t *testing.T) {
+		st, p := watchedThrough(t, remoteDir(t), bound)
+		p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer, After: p.Seen(testsrv.ToServer) + 3<<20})
+		start := time.Now()
+		err := st.Put(context.Background(), "v/a", bytes.NewReader(make([]byte, 32<<20)))
+		if !errors.As(err, &se) {
+			t.Fatalf("got %v, want a StalledError", err)
+		}
+		if d := time.Since(start); d > 6*bound {
+			t.Errorf("gave up after %s with a bound of %s", d, bound)
+		}
+	})
+	t.Run("read", func(t *testing.T) {
+		dir := remoteDir(t)
+		if err := mustOpen(t, dir, true, keyOpts(t)).Put(context.Background(), "v/a", bytes.NewReader(make([]byte, 16<<20))); err != nil {
+			t.Fatal(err)
+		}
+		st, p := watchedThrough(t, dir, bound)
+		rc, err := st.Open(context.Background(), "v/a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToClient, After: 2 << 20})
+		start := time.Now()
+		_, err = io.Copy(io.Discard, rc)
+		if !errors.As(err, &se) {
+			t.Fatalf("got %v, want a StalledError", err)
+		}
+		if d := time.Since(start); d > 6*bound {
+			t.Errorf("gave up after %s with a bound of %s", d, bound)
+		}
+	})
+}

@@ -13,6 +13,10 @@
 #   REMOTE       1 (default): also back up to and restore from S3 (versitygw)
 #                and SFTP (OpenSSH sshd) on 127.0.0.1, started here via
 #                internal/testsrv/serve and stopped by PID; 0 to skip
+#   STALL_BOUND  --stall-timeout in seconds for the silent-destination row
+#                (default 60, volbak's default)
+#   FAULT_AFTER  seconds into that backup when S3 goes silent (default: half
+#                the S3 backup's time, at most 10)
 #   SERVERS_TMPFS  if 1, the servers keep their data on a tmpfs mounted for
 #                the run, to tell the server's disk from volbak's own speed
 #
@@ -30,6 +34,7 @@ SIZE=${SIZE:-1GiB}
 PROFILE=${PROFILE:-mixed}
 REPS=${REPS:-2}
 REMOTE=${REMOTE:-1}
+STALL_BOUND=${STALL_BOUND:-60}
 SERVERS_TMPFS=${SERVERS_TMPFS:-0}
 BB_IMAGE=volbakbench-busybox:1
 SRC_VOL=volbakbench-src
@@ -384,6 +389,27 @@ if ((REMOTE)); then
 	done
 fi
 
+# A destination that goes silent mid-backup (the servers' launcher freezes
+# its fault proxy in front of S3 on SIGUSR1): the backup must end within
+# the local-only time + the stall bound + 10 s, the local copy written.
+if ((REMOTE)); then
+	FAULT_AFTER=${FAULT_AFTER:-$(awk -v t="${BEST[vb_backup_s3]}" 'BEGIN{ a = t / 2; if (a > 10) a = 10; printf "%.0f", a }')}
+	rm -rf "$WORK/store-fault"
+	log "volbak backup to local + S3 going silent after ${FAULT_AFTER}s (stall bound ${STALL_BOUND}s)"
+	(sleep "$FAULT_AFTER"; kill -USR1 "$SERVE_PID") &
+	faulter=$!
+	# Exit 1 (the silent destination failed) is the expected outcome.
+	run_timed volbak-backup-fault /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
+		bash -c '"$@"; [[ $? == 1 ]]' _ "$VOLBAK" backup "$SRC_VOL" --to "$WORK/store-fault" --to "$S3_PROXY_URL" \
+		--stall-timeout "${STALL_BOUND}s" -q --log-format json
+	wait "$faulter" || true
+	kill -USR2 "$SERVE_PID"
+	ls "$WORK/store-fault/$SRC_VOL"/*.json >/dev/null 2>&1 || die "the local copy was not written beside the silent destination"
+	BEST[vb_backup_fault]=$WALL
+	RSS[vb_backup_fault]=$(rss_kib "$WORK/time.out")
+	log "  ${WALL}s"
+fi
+
 # Informational: how faithful is the baseline (busybox tar) restore?
 BASE_DIFF_LINE=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_BASE_VOL")" 2>&1 | tail -n1) || true
 
@@ -479,8 +505,12 @@ RESULT=$OUT_DIR/results-$STAMP.md
 		remote_row "volbak restore from a local directory (same reps)" vb_restore_local vb_restore_local
 		remote_row "volbak restore from S3" vb_restore_s3 vb_restore_local
 		remote_row "volbak restore from SFTP" vb_restore_sftp vb_restore_local
+		remote_row "volbak backup to a local directory + S3 going silent after ${FAULT_AFTER} s (1 rep)" vb_backup_fault vb_backup_local
 		echo
 		echo "- Fidelity of the remote restores (voltree diff): ${REMOTE_FID}"
+		target=$(awk -v l="${BEST[vb_backup_local]}" -v b="$STALL_BOUND" 'BEGIN{ printf "%.1f", l + b + 10 }')
+		verdict=$(awk -v w="${BEST[vb_backup_fault]}" -v t="$target" 'BEGIN{ print (w <= t ? "met" : "NOT met") }')
+		echo "- Silent destination: the two-destination backup took ${BEST[vb_backup_fault]} s with a ${STALL_BOUND} s stall bound; target local-only + bound + 10 s = $target s: $verdict. The local copy was written."
 	fi
 } | tee "$RESULT"
 

@@ -1,6 +1,8 @@
 // Command serve starts the test servers (versitygw for S3, OpenSSH's sshd
 // for SFTP) on 127.0.0.1 for bench/bench.sh, writes how to reach them as
 // shell assignments to -env, and stops them by PID on SIGINT or SIGTERM.
+// S3_PROXY_URL reaches the same bucket through a fault proxy, which
+// SIGUSR1 makes go silent (a frozen server) and SIGUSR2 heals.
 //
 //	go run ./internal/testsrv/serve -dir /var/tmp/x -env /var/tmp/x/servers.env
 package main
@@ -31,6 +33,8 @@ func main() {
 	// stop them.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	faults := make(chan os.Signal, 4)
+	signal.Notify(faults, syscall.SIGUSR1, syscall.SIGUSR2)
 
 	s3, err := testsrv.StartS3(filepath.Join(*dir, "s3"))
 	if err != nil {
@@ -48,8 +52,25 @@ func main() {
 		sftp.Stop()
 		fail(err)
 	}
+	proxy, err := testsrv.StartProxy(strings.TrimPrefix(s3.Endpoint, "http://"))
+	if err != nil {
+		s3.Stop()
+		sftp.Stop()
+		fail(err)
+	}
+	defer proxy.Close()
+	go func() {
+		for sig := range faults {
+			if sig == syscall.SIGUSR1 {
+				proxy.Set(testsrv.Fault{Kind: testsrv.Stall})
+			} else {
+				proxy.Set(testsrv.Fault{})
+			}
+		}
+	}()
 	vars := s3.Env()
 	vars["S3_URL"] = "s3://" + *bucket + "/bench"
+	vars["S3_PROXY_URL"] = "s3://" + *bucket + "/bench-proxied?endpoint=http://" + proxy.Addr
 	vars["S3_DIR"] = filepath.Join(s3.Dir, *bucket)
 	vars["SFTP_URL"] = fmt.Sprintf("sftp://%s@127.0.0.1:%d%s", sftp.User, sftp.Port, filepath.Join(sftp.Root, "bench"))
 	vars["SFTP_KEY"] = sftp.KeyFile

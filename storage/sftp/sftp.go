@@ -259,8 +259,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 			if !closed {
 				f.Close()
 			}
-			c.sftp.Remove(tmp)
-			s.removeMade(c, made)
+			if rerr := s.discard(ctx, c, tmp, made); rerr != nil {
+				err = fmt.Errorf("%w; its partial file %s stays on the server (%v): a backup there removes it once it is a day old", err, tmp, rerr)
+			}
 		}
 	}()
 	// Snapshots are private, as the local backend keeps them; a server

@@ -450,9 +450,12 @@ type hostKeys struct {
 	pin    string
 	db     ssh.HostKeyCallback
 	file   string
-	known  []knownhosts.KnownKey
-	algos  []string // the types on file, so the server shows one we know
+	known  []knownhosts.KnownKey // plain keys on file for the host
+	algos  []string              // the types on file, so the server shows one we know
 	fshort string
+
+	cas     []caLine     // the @cert-authority lines for the host
+	caLines map[int]bool // the numbers of all @cert-authority lines
 }
 
 func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
@@ -495,15 +498,36 @@ func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
 	// Ask the database with a key no server has: the mismatch lists the
 	// keys on file for this host.
 	var ke *knownhosts.KeyError
+	if h.cas, h.caLines, err = readCAs(h.file, knownhosts.Normalize(addr)); err != nil {
+		return nil, fmt.Errorf("ssh: known hosts: %w", err)
+	}
+	if len(h.cas) == 0 && port != 22 {
+		// As ssh: no CA for [host]:port, then the host's own (`@cert-authority
+		// host.example.com ...` covers every port of it).
+		h.cas, _, _ = readCAs(h.file, host)
+	}
 	if err := h.db(addr, &net.TCPAddr{IP: net.IPv4zero, Port: port}, probeKey); errors.As(err, &ke) {
-		h.known = ke.Want
 		for _, k := range ke.Want {
+			if h.caLines[k.Line] {
+				continue
+			}
+			h.known = append(h.known, k)
 			for _, a := range algosFor(k.Key.Type()) {
 				if !slices.Contains(h.algos, a) {
 					h.algos = append(h.algos, a)
 				}
 			}
 		}
+	}
+	if len(h.cas) > 0 {
+		// Certificates first, as ssh asks for them; then the plain types
+		// on file, or any when none is, so that a server without a
+		// certificate shows a key the error can name.
+		plain := h.algos
+		if len(plain) == 0 {
+			plain = slices.DeleteFunc(allHostKeyAlgos(), func(a string) bool { return slices.Contains(certAlgos(), a) })
+		}
+		h.algos = append(certAlgos(), plain...)
 	}
 	return h, nil
 }
@@ -534,10 +558,14 @@ func (p *pinMismatch) Error() string { return "host key does not match --host-fi
 
 func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) error {
 	if h.pin != "" {
-		if ssh.FingerprintSHA256(key) == h.pin {
+		// A fingerprint is of the plain key, which a certificate holds.
+		if ssh.FingerprintSHA256(plainKey(key)) == h.pin {
 			return nil
 		}
 		return &pinMismatch{describe(key)}
+	}
+	if cert, ok := key.(*ssh.Certificate); ok {
+		return h.checkCert(hostname, remote, cert)
 	}
 	err := h.db(hostname, remote, key)
 	if err == nil {
@@ -545,16 +573,13 @@ func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) er
 	}
 	var ke *knownhosts.KeyError
 	var re *knownhosts.RevokedError
+	on := h.plainOnFile(err)
 	switch {
-	case errors.As(err, &ke) && len(ke.Want) == 0:
-		return fmt.Errorf("ssh: host %s is unknown: it shows the %s, which %s does not list. "+
-			"If that is the server's key, trust it with\n\tssh-keyscan -p %d %s >> %s\nor pass --host-fingerprint %s",
-			h.addr, describe(key), h.fshort, h.port, h.host, h.fshort, ssh.FingerprintSHA256(key))
+	case errors.As(err, &ke) && len(on) == 0 && len(h.cas) > 0:
+		return h.notSigned(key)
+	case errors.As(err, &ke) && len(on) == 0:
+		return h.unknown(key)
 	case errors.As(err, &ke):
-		var on []string
-		for _, k := range ke.Want {
-			on = append(on, fmt.Sprintf("%s:%d holds %s", h.fshort, k.Line, describe(k.Key)))
-		}
 		return fmt.Errorf("ssh: WARNING: the host key of %s has CHANGED: it shows the %s, but %s. "+
 			"Someone may be intercepting the connection, or the server was reinstalled; check with its administrator. "+
 			"If the new key is right: ssh-keygen -R '%s' -f %s, then add the new key (ssh-keyscan -p %d %s >> %s)",
@@ -563,6 +588,12 @@ func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) er
 		return fmt.Errorf("ssh: the host key of %s is marked @revoked in %s:%d: refusing to connect", h.addr, re.Revoked.Filename, re.Revoked.Line)
 	}
 	return fmt.Errorf("ssh: host key of %s: %w", h.addr, err)
+}
+
+func (h *hostKeys) unknown(key ssh.PublicKey) error {
+	return fmt.Errorf("ssh: host %s is unknown: it shows the %s, which %s does not list. "+
+		"If that is the server's key, trust it with\n\tssh-keyscan -p %d %s >> %s\nor pass --host-fingerprint %s",
+		h.addr, describe(key), h.fshort, h.port, h.host, h.fshort, ssh.FingerprintSHA256(key))
 }
 
 // pinError names every key the server showed, none of them the pinned one.
@@ -589,5 +620,8 @@ func (h *hostKeys) typeGone(offered []string) error {
 }
 
 func describe(k ssh.PublicKey) string {
+	if c, ok := k.(*ssh.Certificate); ok {
+		return fmt.Sprintf("%s key %s, certified by the %s CA key %s", c.Key.Type(), ssh.FingerprintSHA256(c.Key), c.SignatureKey.Type(), ssh.FingerprintSHA256(c.SignatureKey))
+	}
 	return k.Type() + " key " + ssh.FingerprintSHA256(k)
 }

@@ -16,7 +16,6 @@ import (
 
 	pkgsftp "github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -333,7 +332,8 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	defer stop()
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 
-	auth, tried, cleanup := d.authMethods()
+	var state authState
+	auth, tried, cleanup := d.authMethods(&state)
 	defer cleanup()
 	var (
 		hkErr error
@@ -347,6 +347,7 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 			hkErr = d.hostKeys.check(hostname, remote, key)
 			return hkErr
 		},
+		AuthCallback:      state.observe,
 		HostKeyAlgorithms: algos,
 		Timeout:           handshakeTimeout,
 	}
@@ -354,11 +355,14 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	if err != nil {
 		nc.Close()
 		var ne *ssh.AlgorithmNegotiationError
+		merr := d.methodsError(&state)
 		switch {
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
 		case hkErr != nil:
 			return nil, shown, hkErr
+		case merr != nil:
+			return nil, nil, merr
 		case strings.Contains(err.Error(), "unable to authenticate"),
 			strings.Contains(err.Error(), "Too many authentication failures"):
 			return nil, nil, d.authError(tried)
@@ -372,73 +376,6 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	}
 	nc.SetDeadline(time.Time{})
 	return ssh.NewClient(sc, chans, reqs), shown, nil
-}
-
-func (d *dialer) authError(tried []string) error {
-	what, hint := "keys", d.keyHint
-	if d.password != "" {
-		pwHint := "check the password in " + d.pwFile + " and that the server takes password logins"
-		if d.agentSock == "" && len(d.keys) == 0 {
-			what, hint = "the password", pwHint
-		} else {
-			what, hint = "keys and password", hint+"; "+pwHint
-		}
-	}
-	return fmt.Errorf("ssh: user %s@%s refused %s [%s]; %s", d.user, d.host, what, strings.Join(tried, ", "), hint)
-}
-
-// authMethods returns what ssh itself would try, in its order: the agent's
-// keys, then key files, then the password. A key given with --ssh-key goes
-// first, as ssh -i does with a key the agent also holds: behind an agent
-// full of keys it would otherwise come after the server's MaxAuthTries.
-func (d *dialer) authMethods() (methods []ssh.AuthMethod, tried []string, cleanup func()) {
-	cleanup = func() {}
-	var signers []ssh.Signer
-	if d.explicitKey {
-		for _, k := range d.keys {
-			signers = append(signers, k.signer)
-			tried = append(tried, k.name)
-		}
-	}
-	if d.agentSock != "" {
-		if ac, err := net.DialTimeout("unix", d.agentSock, 2*time.Second); err == nil {
-			cleanup = func() { ac.Close() }
-			if s, err := agent.NewClient(ac).Signers(); err == nil && len(s) > 0 {
-				signers = append(signers, s...)
-				tried = append(tried, fmt.Sprintf("ssh-agent (%d keys)", len(s)))
-			} else {
-				tried = append(tried, "ssh-agent (no keys)")
-			}
-		} else {
-			tried = append(tried, "ssh-agent (unreachable)")
-		}
-	}
-	if !d.explicitKey {
-		for _, k := range d.keys {
-			signers = append(signers, k.signer)
-			tried = append(tried, k.name)
-		}
-	}
-	tried = append(tried, d.keyNotes...)
-	if len(signers) > 0 {
-		methods = append(methods, ssh.PublicKeys(signers...))
-	}
-	if d.password != "" {
-		pw := d.password
-		methods = append(methods, ssh.Password(pw),
-			// Servers with PAM often ask for the password this way.
-			ssh.KeyboardInteractive(func(_, _ string, questions []string, echos []bool) ([]string, error) {
-				answers := make([]string, len(questions))
-				for i := range questions {
-					if !echos[i] {
-						answers[i] = pw
-					}
-				}
-				return answers, nil
-			}))
-		tried = append(tried, "password from "+d.pwFile)
-	}
-	return methods, tried, cleanup
 }
 
 // hostKeys decides which host keys are accepted: a pinned fingerprint, or

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -78,5 +79,27 @@ func TestCutPutRemovesItsTempFile(t *testing.T) {
 	// The Store goes on over its new connection.
 	if err := st.Put(context.Background(), "vol/next", strings.NewReader("x")); err != nil {
 		t.Fatalf("put after the cut: %v", err)
+	}
+}
+
+// A server out of space answers SSH_FX_FAILURE and nothing else: the
+// error says it refused the write, likely full or over quota, and what to
+// do; the partial file goes. A real full filesystem: a tmpfs of 1 MiB
+// under the server's directory.
+func TestServerFull(t *testing.T) {
+	dir := remoteDir(t)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m,mode=0700"); err != nil {
+		t.Fatalf("mount a tmpfs of 1 MiB (the tests run as root): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	st := mustOpen(t, dir, true, keyOpts(t))
+	data := io.LimitReader(mathrand.NewChaCha8([32]byte{6}), 4<<20)
+	err := st.Put(context.Background(), "vol/archive", data)
+	wantErr(t, err, "put vol/archive", "refused the write", "SSH_FX_FAILURE", "likely full", "over its quota", "free space there or choose another destination")
+	if names, _ := os.ReadDir(dir); len(names) != 0 {
+		t.Fatalf("the failed Put left %v", names)
 	}
 }

@@ -432,9 +432,6 @@ func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
 			return nil, err
 		}
 	}
-	// Ask the database with a key no server has: the mismatch lists the
-	// keys on file for this host.
-	var ke *knownhosts.KeyError
 	if h.cas, h.caLines, err = readCAs(h.file, knownhosts.Normalize(addr)); err != nil {
 		return nil, fmt.Errorf("ssh: known hosts: %w", err)
 	}
@@ -443,6 +440,9 @@ func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
 		// host.example.com ...` covers every port of it).
 		h.cas, _, _ = readCAs(h.file, host)
 	}
+	// Ask the database with a key no server has: the mismatch lists the
+	// keys on file for this host (and, in knownhosts, its CAs).
+	var ke *knownhosts.KeyError
 	if err := h.db(addr, &net.TCPAddr{IP: net.IPv4zero, Port: port}, probeKey); errors.As(err, &ke) {
 		for _, k := range ke.Want {
 			if h.caLines[k.Line] {

@@ -44,10 +44,26 @@ type SFTP struct {
 	proc   *Proc
 }
 
+// SFTPConfig changes the sshd StartSFTPWith starts; its zero value is
+// StartSFTP's.
+type SFTPConfig struct {
+	// Certify, if set, makes sshd present a host certificate for its
+	// ed25519 key (HostCertificate): it is given that key and returns the
+	// certificate, signed by a CA of the test's.
+	Certify func(hostKey ssh.PublicKey) (*ssh.Certificate, error)
+	// SSHDConfig lines go at the top of sshd_config, ahead of the
+	// defaults, which they override: sshd keeps a keyword's first value.
+	SSHDConfig []string
+}
+
 // StartSFTP starts Debian's OpenSSH sshd in the foreground on a free
 // loopback port. Keys are generated here rather than with ssh-keygen, so
 // sshd is the only program the tests need.
-func StartSFTP(dir string) (*SFTP, error) {
+func StartSFTP(dir string) (*SFTP, error) { return StartSFTPWith(dir, SFTPConfig{}) }
+
+// StartSFTPWith is StartSFTP with a host certificate or sshd_config lines
+// of the test's.
+func StartSFTPWith(dir string, cfg SFTPConfig) (*SFTP, error) {
 	sshd, err := findProgram("VOLBAK_TEST_SSHD", "sshd", "/usr/sbin/sshd", "/usr/local/sbin/sshd")
 	if err != nil {
 		return nil, err
@@ -118,8 +134,24 @@ func StartSFTP(dir string) (*SFTP, error) {
 		}
 	}
 
+	var extra strings.Builder
+	for _, l := range cfg.SSHDConfig {
+		extra.WriteString(l + "\n")
+	}
+	if cfg.Certify != nil {
+		cert, err := cfg.Certify(hostPub)
+		if err != nil {
+			return nil, fmt.Errorf("host certificate: %w", err)
+		}
+		certFile := hostKeyFile + "-cert.pub"
+		if err := os.WriteFile(certFile, ssh.MarshalAuthorizedKey(cert), 0o644); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&extra, "HostCertificate %s\n", certFile)
+	}
+
 	s.config = filepath.Join(dir, "sshd_config")
-	config := fmt.Sprintf(`ListenAddress 127.0.0.1
+	config := extra.String() + fmt.Sprintf(`ListenAddress 127.0.0.1
 Port %d
 HostKey %s
 HostKey %s

@@ -17,7 +17,6 @@ import (
 	pkgsftp "github.com/pkg/sftp"
 	"github.com/volbak/volbak/storage"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -338,7 +337,8 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	defer stop()
 	nc.SetDeadline(time.Now().Add(handshakeTimeout))
 
-	auth, tried, cleanup := d.authMethods()
+	var state authState
+	auth, tried, cleanup := d.authMethods(&state)
 	defer cleanup()
 	var (
 		hkErr error
@@ -352,6 +352,7 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 			hkErr = d.hostKeys.check(hostname, remote, key)
 			return hkErr
 		},
+		AuthCallback:      state.observe,
 		HostKeyAlgorithms: algos,
 		Timeout:           handshakeTimeout,
 	}
@@ -359,11 +360,14 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	if err != nil {
 		nc.Close()
 		var ne *ssh.AlgorithmNegotiationError
+		merr := d.methodsError(&state)
 		switch {
 		case ctx.Err() != nil:
 			return nil, nil, ctx.Err()
 		case hkErr != nil:
 			return nil, shown, hkErr
+		case merr != nil:
+			return nil, nil, merr
 		case strings.Contains(err.Error(), "unable to authenticate"),
 			strings.Contains(err.Error(), "Too many authentication failures"):
 			return nil, nil, d.authError(tried)
@@ -379,73 +383,6 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 	return ssh.NewClient(sc, chans, reqs), shown, nil
 }
 
-func (d *dialer) authError(tried []string) error {
-	what, hint := "keys", d.keyHint
-	if d.password != "" {
-		pwHint := "check the password in " + d.pwFile + " and that the server takes password logins"
-		if d.agentSock == "" && len(d.keys) == 0 {
-			what, hint = "the password", pwHint
-		} else {
-			what, hint = "keys and password", hint+"; "+pwHint
-		}
-	}
-	return fmt.Errorf("ssh: user %s@%s refused %s [%s]; %s", d.user, d.host, what, strings.Join(tried, ", "), hint)
-}
-
-// authMethods returns what ssh itself would try, in its order: the agent's
-// keys, then key files, then the password. A key given with --ssh-key goes
-// first, as ssh -i does with a key the agent also holds: behind an agent
-// full of keys it would otherwise come after the server's MaxAuthTries.
-func (d *dialer) authMethods() (methods []ssh.AuthMethod, tried []string, cleanup func()) {
-	cleanup = func() {}
-	var signers []ssh.Signer
-	if d.explicitKey {
-		for _, k := range d.keys {
-			signers = append(signers, k.signer)
-			tried = append(tried, k.name)
-		}
-	}
-	if d.agentSock != "" {
-		if ac, err := net.DialTimeout("unix", d.agentSock, 2*time.Second); err == nil {
-			cleanup = func() { ac.Close() }
-			if s, err := agent.NewClient(ac).Signers(); err == nil && len(s) > 0 {
-				signers = append(signers, s...)
-				tried = append(tried, fmt.Sprintf("ssh-agent (%d keys)", len(s)))
-			} else {
-				tried = append(tried, "ssh-agent (no keys)")
-			}
-		} else {
-			tried = append(tried, "ssh-agent (unreachable)")
-		}
-	}
-	if !d.explicitKey {
-		for _, k := range d.keys {
-			signers = append(signers, k.signer)
-			tried = append(tried, k.name)
-		}
-	}
-	tried = append(tried, d.keyNotes...)
-	if len(signers) > 0 {
-		methods = append(methods, ssh.PublicKeys(signers...))
-	}
-	if d.password != "" {
-		pw := d.password
-		methods = append(methods, ssh.Password(pw),
-			// Servers with PAM often ask for the password this way.
-			ssh.KeyboardInteractive(func(_, _ string, questions []string, echos []bool) ([]string, error) {
-				answers := make([]string, len(questions))
-				for i := range questions {
-					if !echos[i] {
-						answers[i] = pw
-					}
-				}
-				return answers, nil
-			}))
-		tried = append(tried, "password from "+d.pwFile)
-	}
-	return methods, tried, cleanup
-}
-
 // hostKeys decides which host keys are accepted: a pinned fingerprint, or
 // the known_hosts file. Never any key at all.
 type hostKeys struct {
@@ -455,9 +392,12 @@ type hostKeys struct {
 	pin    string
 	db     ssh.HostKeyCallback
 	file   string
-	known  []knownhosts.KnownKey
-	algos  []string // the types on file, so the server shows one we know
+	known  []knownhosts.KnownKey // plain keys on file for the host
+	algos  []string              // the types on file, so the server shows one we know
 	fshort string
+
+	cas     []caLine     // the @cert-authority lines for the host
+	caLines map[int]bool // the numbers of all @cert-authority lines
 }
 
 func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
@@ -497,18 +437,39 @@ func newHostKeys(addr string, opts Options, home string) (*hostKeys, error) {
 			return nil, err
 		}
 	}
+	if h.cas, h.caLines, err = readCAs(h.file, knownhosts.Normalize(addr)); err != nil {
+		return nil, fmt.Errorf("ssh: known hosts: %w", err)
+	}
+	if len(h.cas) == 0 && port != 22 {
+		// As ssh: no CA for [host]:port, then the host's own (`@cert-authority
+		// host.example.com ...` covers every port of it).
+		h.cas, _, _ = readCAs(h.file, host)
+	}
 	// Ask the database with a key no server has: the mismatch lists the
-	// keys on file for this host.
+	// keys on file for this host (and, in knownhosts, its CAs).
 	var ke *knownhosts.KeyError
 	if err := h.db(addr, &net.TCPAddr{IP: net.IPv4zero, Port: port}, probeKey); errors.As(err, &ke) {
-		h.known = ke.Want
 		for _, k := range ke.Want {
+			if h.caLines[k.Line] {
+				continue
+			}
+			h.known = append(h.known, k)
 			for _, a := range algosFor(k.Key.Type()) {
 				if !slices.Contains(h.algos, a) {
 					h.algos = append(h.algos, a)
 				}
 			}
 		}
+	}
+	if len(h.cas) > 0 {
+		// Certificates first, as ssh asks for them; then the plain types
+		// on file, or any when none is, so that a server without a
+		// certificate shows a key the error can name.
+		plain := h.algos
+		if len(plain) == 0 {
+			plain = slices.DeleteFunc(allHostKeyAlgos(), func(a string) bool { return slices.Contains(certAlgos(), a) })
+		}
+		h.algos = append(certAlgos(), plain...)
 	}
 	return h, nil
 }
@@ -539,10 +500,14 @@ func (p *pinMismatch) Error() string { return "host key does not match --host-fi
 
 func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) error {
 	if h.pin != "" {
-		if ssh.FingerprintSHA256(key) == h.pin {
+		// A fingerprint is of the plain key, which a certificate holds.
+		if ssh.FingerprintSHA256(plainKey(key)) == h.pin {
 			return nil
 		}
 		return &pinMismatch{describe(key)}
+	}
+	if cert, ok := key.(*ssh.Certificate); ok {
+		return h.checkCert(hostname, remote, cert)
 	}
 	err := h.db(hostname, remote, key)
 	if err == nil {
@@ -550,16 +515,13 @@ func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) er
 	}
 	var ke *knownhosts.KeyError
 	var re *knownhosts.RevokedError
+	on := h.plainOnFile(err)
 	switch {
-	case errors.As(err, &ke) && len(ke.Want) == 0:
-		return fmt.Errorf("ssh: host %s is unknown: it shows the %s, which %s does not list. "+
-			"If that is the server's key, trust it with\n\tssh-keyscan -p %d %s >> %s\nor pass --host-fingerprint %s",
-			h.addr, describe(key), h.fshort, h.port, h.host, h.fshort, ssh.FingerprintSHA256(key))
+	case errors.As(err, &ke) && len(on) == 0 && len(h.cas) > 0:
+		return h.notSigned(key)
+	case errors.As(err, &ke) && len(on) == 0:
+		return h.unknown(key)
 	case errors.As(err, &ke):
-		var on []string
-		for _, k := range ke.Want {
-			on = append(on, fmt.Sprintf("%s:%d holds %s", h.fshort, k.Line, describe(k.Key)))
-		}
 		return fmt.Errorf("ssh: WARNING: the host key of %s has CHANGED: it shows the %s, but %s. "+
 			"Someone may be intercepting the connection, or the server was reinstalled; check with its administrator. "+
 			"If the new key is right: ssh-keygen -R '%s' -f %s, then add the new key (ssh-keyscan -p %d %s >> %s)",
@@ -568,6 +530,12 @@ func (h *hostKeys) check(hostname string, remote net.Addr, key ssh.PublicKey) er
 		return fmt.Errorf("ssh: the host key of %s is marked @revoked in %s:%d: refusing to connect", h.addr, re.Revoked.Filename, re.Revoked.Line)
 	}
 	return fmt.Errorf("ssh: host key of %s: %w", h.addr, err)
+}
+
+func (h *hostKeys) unknown(key ssh.PublicKey) error {
+	return fmt.Errorf("ssh: host %s is unknown: it shows the %s, which %s does not list. "+
+		"If that is the server's key, trust it with\n\tssh-keyscan -p %d %s >> %s\nor pass --host-fingerprint %s",
+		h.addr, describe(key), h.fshort, h.port, h.host, h.fshort, ssh.FingerprintSHA256(key))
 }
 
 // pinError names every key the server showed, none of them the pinned one.
@@ -594,5 +562,8 @@ func (h *hostKeys) typeGone(offered []string) error {
 }
 
 func describe(k ssh.PublicKey) string {
+	if c, ok := k.(*ssh.Certificate); ok {
+		return fmt.Sprintf("%s key %s, certified by the %s CA key %s", c.Key.Type(), ssh.FingerprintSHA256(c.Key), c.SignatureKey.Type(), ssh.FingerprintSHA256(c.SignatureKey))
+	}
 	return k.Type() + " key " + ssh.FingerprintSHA256(k)
 }

@@ -266,8 +266,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 			if !closed {
 				f.Close()
 			}
-			c.sftp.Remove(tmp)
-			s.removeMade(c, made)
+			if rerr := s.discard(ctx, c, tmp, made); rerr != nil {
+				err = fmt.Errorf("%w; its partial file %s stays on the server (%v): a backup there removes it once it is a day old", err, tmp, rerr)
+			}
 		}
 	}()
 	// Snapshots are private, as the local backend keeps them; a server
@@ -279,16 +280,16 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		if errors.Is(err, pkgsftp.ErrSSHFxConnectionLost) {
 			return fmt.Errorf("put %s: the connection to the SFTP server was lost mid-upload (server stopped or network dropped); nothing was committed: %w", key, err)
 		}
-		return fmt.Errorf("put %s: %w", key, err)
+		return refused(key, "write", err)
 	}
 	if c.fsync {
 		if err := f.Sync(); err != nil {
-			return fmt.Errorf("put %s: sync: %w", key, err)
+			return refused(key, "sync", err)
 		}
 	}
 	closed = true
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return refused(key, "close", err)
 	}
 	if err := ctx.Err(); err != nil { // a late interrupt: do not commit
 		return fmt.Errorf("put %s: %w", key, err)
@@ -304,16 +305,38 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		err = c.sftp.Rename(tmp, full)
 	}
 	if err != nil {
-		err = fmt.Errorf("put %s: rename: %w", key, err)
 		if errors.Is(err, pkgsftp.ErrSSHFxConnectionLost) || errors.Is(err, io.EOF) {
 			// The rename may have been done, its answer lost.
-			err = storage.CommitUnknown(err)
+			return storage.CommitUnknown(fmt.Errorf("put %s: rename: %w", key, err))
 		}
-		return err
+		return refused(key, "rename", err)
 	}
 	s.remember(made)
 	return nil
 }
+
+// refused explains a step of a Put that the server failed. OpenSSH's
+// sftp-server answers a full disk and an exceeded quota with the bare
+// SSH_FX_FAILURE it gives any error it has no code for, and newer codes
+// (no space, quota exceeded) are rare: either way the likely cause is
+// space, which the user can act on.
+func refused(key, step string, err error) error {
+	var se *pkgsftp.StatusError
+	if errors.As(err, &se) {
+		switch se.Code {
+		case uint32(pkgsftp.ErrSSHFxFailure), sshFxNoSpaceOnFilesystem, sshFxQuotaExceeded:
+			return fmt.Errorf("put %s: the server refused the %s (%w): it is likely full, or this account over its quota; "+
+				"free space there or choose another destination; nothing was committed", key, step, err)
+		}
+	}
+	return fmt.Errorf("put %s: %s: %w", key, step, err)
+}
+
+// SFTP status codes of drafts after version 3, which some servers send.
+const (
+	sshFxNoSpaceOnFilesystem = 14
+	sshFxQuotaExceeded       = 15
+)
 
 // createTemp makes dir if missing and the temp file tmp in it; made are
 // the directories it made, deepest first. A failed Put elsewhere may

@@ -391,7 +391,8 @@ func TestServerKilledMidPut(t *testing.T) {
 	if err != nil {
 		t.Fatalf("open while the server restarts: %v", err)
 	}
-	// The half-written temp file stays on the server, unlisted.
+	// The half-written temp file stays on the server (the Put could not
+	// redial to remove it), unlisted.
 	if objs, err := fresh.List(context.Background(), ""); err != nil || len(objs) != 0 {
 		t.Fatalf("after a killed Put, listed %+v %v", objs, err)
 	}

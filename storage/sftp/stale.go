@@ -10,8 +10,43 @@ import (
 	"strings"
 	"time"
 
+	pkgsftp "github.com/pkg/sftp"
 	"github.com/volbak/volbak/storage"
 )
+
+// discardTimeout bounds the cleanup of a failed Put whose connection
+// died: a server that is gone costs this much more, and a temp file left
+// then waits for the sweep.
+const discardTimeout = 10 * time.Second
+
+// discard removes the temp file of a failed Put, and the directories it
+// made. When the Put's connection died (a network cut, the server's sshd
+// child killed), the server lives on with the partial file, which no one
+// else removes for a day: a new connection removes it, best effort and
+// within discardTimeout. An interrupt does not wait for a redial.
+func (s *Store) discard(ctx context.Context, c *conn, tmp string, made []string) error {
+	err := c.sftp.Remove(tmp)
+	var se *pkgsftp.StatusError
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.As(err, &se) && ctx.Err() == nil {
+		// Not an answer from the server: the connection is gone.
+		s.drop(c)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), discardTimeout)
+		defer cancel()
+		if c, err = s.conn(rctx); err != nil {
+			return fmt.Errorf("reconnecting to remove it: %w", err)
+		}
+		// pkg/sftp's calls take no context: a server that stops answering
+		// now is cut off at the bound.
+		stop := context.AfterFunc(rctx, func() { s.drop(c) })
+		defer stop()
+		err = c.sftp.Remove(tmp)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	s.removeMade(c, made)
+	return nil
+}
 
 // staleAfter is how long a temp file must go unmodified before a sweep
 // takes it. SFTP has no lock that a dead writer drops, so age is the only

@@ -251,8 +251,9 @@ is what lies deeper than VOLUME/FILE. A directory this user may not read
 that cannot be a volume's (a root-owned lost+found) is left out, with a
 warning. Partial archives left by backups that were killed (SIGKILL, the OOM
 killer) are counted in a warning once no backup holds them and they have gone
-unmodified for an hour (a day over SFTP); list removes nothing, the next
-backup to STORAGE does.
+unmodified for an hour (a day over SFTP; in S3, unfinished multipart
+uploads begun a day ago with no part for a day); list removes nothing, the
+next backup to STORAGE does.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups

@@ -55,6 +55,7 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 	default:
 		err = explain(err, "directory "+opts.ToDir, opts.Replace)
 	}
+	err = src.judge(err)
 	if len(made) > 0 {
 		return removeMade(made, err)
 	}

@@ -30,6 +30,12 @@ import (
 // cannot be read as an archive.
 var ErrCorrupt = errors.New("snapshot corrupt")
 
+// ErrTransfer marks a read of a snapshot whose bytes were damaged between
+// the storage and this host, while the stored archive is sound: a second
+// read of it checked out. Trying again is the remedy, not an older
+// snapshot.
+var ErrTransfer = errors.New("snapshot damaged in transit")
+
 // ErrNotEmpty marks a restore target that already holds data.
 var ErrNotEmpty = errors.New("target not empty")
 
@@ -95,6 +101,7 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	}
 	defer rc.Close()
 	src := newVerifier(storage.ContextReader(ctx, rc), m)
+	src.ctx, src.st, src.log = ctx, st, log
 	if opts.Progress != nil {
 		label := m.Volume + "@" + m.ID
 		meter := progress.Start(opts.Progress, label, src.n.Load, func() int64 { return m.Size })
@@ -123,34 +130,124 @@ func openArchive(ctx context.Context, st storage.Storage, m snapshot.Manifest) (
 	return rc, err
 }
 
+// Verified is what Verify found.
+type Verified struct {
+	archive.Stats
+	// Transit, if set, says that a first read failed its checks and a
+	// second read checked out: the stored snapshot is sound, but the path
+	// from the storage damaged data (it wraps ErrTransfer).
+	Transit error
+}
+
 // Verify reads snapshot m end to end: stored size and sha256, every zstd
-// checksum, the tar structure, and the counts in the manifest.
-func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (archive.Stats, error) {
+// checksum, the tar structure, and the counts in the manifest. A read that
+// fails those checks is not the last word, since its bytes may have been
+// damaged on their way (plain http has no checksum of its own beyond
+// TCP's): the archive is read again, whole, and only a second failure
+// makes the snapshot corrupt.
+func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (Verified, error) {
 	rc, err := openArchive(ctx, st, m)
 	if err != nil {
-		return archive.Stats{}, err
+		return Verified{}, err
 	}
-	defer rc.Close()
-	v := newVerifier(storage.ContextReader(ctx, rc), m)
+	stats, sum, err := check(ctx, rc, m)
+	rc.Close()
+	if !errors.Is(err, ErrCorrupt) || ctx.Err() != nil || sum == m.SHA256 {
+		// sum == m.SHA256: the bytes read are those the backup stored,
+		// so the damage was there when it was made; a second read would
+		// say the same.
+		return Verified{Stats: stats}, err
+	}
+	again, err2 := reread(ctx, st, m, err, sum)
+	if err2 != nil {
+		return Verified{Stats: stats}, err2
+	}
+	return Verified{Stats: again, Transit: fmt.Errorf("%w: the first read of archive %s failed its checks (%s), a second read checked out: the stored snapshot is sound, "+
+		"but the path from %s damaged data on the way (the network, a proxy, the server): restores over it may fail the same way", ErrTransfer, m.Archive, detail(err), st)}, nil
+}
+
+// check reads an archive end to end and checks it; sum is the sha256 of
+// what it read, if it read to the end.
+func check(ctx context.Context, r io.Reader, m snapshot.Manifest) (archive.Stats, string, error) {
+	v := newVerifier(storage.ContextReader(ctx, r), m)
 	stats, err := archive.Scan(v)
 	if ctx.Err() != nil {
-		return stats, fmt.Errorf("verify interrupted: %w", ctx.Err())
+		return stats, v.sum, fmt.Errorf("verify interrupted: %w", ctx.Err())
 	}
 	if err != nil {
 		if v.fail != nil {
-			return stats, v.fail
+			return stats, v.sum, v.fail
 		}
 		// The decoder noticed first; the stored checksum says more (the
 		// file changed after the backup), so read on to it.
 		if _, verr := io.Copy(io.Discard, v); verr != nil {
-			return stats, fmt.Errorf("%w (%v)", verr, err)
+			return stats, v.sum, fmt.Errorf("%w (%v)", verr, err)
 		}
-		return stats, asCorrupt(err)
+		return stats, v.sum, asCorrupt(err)
 	}
 	if stats.Entries != m.Files || stats.Bytes != m.Uncompressed {
-		return stats, fmt.Errorf("%w: archive holds %d entries in %d bytes, the manifest says %d in %d", ErrCorrupt, stats.Entries, stats.Bytes, m.Files, m.Uncompressed)
+		return stats, v.sum, fmt.Errorf("%w: archive holds %d entries in %d bytes, the manifest says %d in %d", ErrCorrupt, stats.Entries, stats.Bytes, m.Files, m.Uncompressed)
 	}
-	return stats, nil
+	return stats, v.sum, nil
+}
+
+// reread reads the archive again, whole, after a read of it failed its
+// checks with first (sum: the sha256 of the bytes that read gave, if it
+// got to the end), and returns nil if this read checks out: the stored
+// archive is sound, and the first read's bytes were damaged on the way.
+// Otherwise the snapshot is corrupt (the same failure twice, or the same
+// wrong bytes), or the transfer cannot be trusted (two reads gave
+// different wrong bytes), or nothing can be told (the read failed).
+func reread(ctx context.Context, st storage.Storage, m snapshot.Manifest, first error, sum string) (archive.Stats, error) {
+	rc, err := openArchive(ctx, st, m)
+	if errors.Is(err, ErrCorrupt) { // gone since: that says it all
+		return archive.Stats{}, err
+	}
+	if err != nil {
+		return archive.Stats{}, inconclusive(m, first, err)
+	}
+	defer rc.Close()
+	stats, sum2, err := check(ctx, rc, m)
+	switch {
+	case err == nil:
+		return stats, nil
+	case ctx.Err() != nil:
+		return stats, err
+	case !errors.Is(err, ErrCorrupt):
+		return stats, inconclusive(m, first, err)
+	case sum != "" && sum2 != "" && sum != sum2:
+		return stats, fmt.Errorf("%w: two reads of archive %s gave different bytes, neither what its manifest records: data is damaged between this host and %s "+
+			"(the network, a proxy, the server), so whether the stored archive is sound cannot be told: try again, and check that path", ErrTransfer, m.Archive, st)
+	}
+	return stats, fmt.Errorf("%w (read twice, failing the same way: the stored archive is damaged, not just one read of it)", err)
+}
+
+func inconclusive(m snapshot.Manifest, first, err error) error {
+	return fmt.Errorf("archive %s failed its checks as read (%s), and a second read, to tell damage in transit from damage in storage, failed: %w; the stored snapshot may be sound: try again", m.Archive, detail(first), err)
+}
+
+// detail is a check's failure without the "snapshot corrupt" it wraps:
+// for messages that have not decided yet that the snapshot is.
+func detail(err error) string { return strings.TrimPrefix(err.Error(), ErrCorrupt.Error()+": ") }
+
+// judge decides, when a restore failed because the archive as read failed
+// its checks, whether the stored archive is damaged or only the bytes that
+// came over: it reads the archive again, whole (see reread). A sound
+// second read makes the failure a transfer error, which trying again
+// cures; the restore itself is not repeated here, since it has been undone
+// (the target as it was, a volume it created removed) and the path that
+// damaged one read is worth a look before pulling the archive a third
+// time.
+func (v *verifier) judge(err error) error {
+	if !errors.Is(err, ErrCorrupt) || v.st == nil || v.ctx.Err() != nil || v.sum == v.m.SHA256 {
+		return err
+	}
+	v.log.Warn("the archive failed its checks as read: reading it again, to tell damage in transit from damage in storage", "error", err)
+	if _, err2 := reread(v.ctx, v.st, v.m, err, v.sum); err2 != nil {
+		return err2
+	}
+	return fmt.Errorf("%w: archive %s failed its checks as read (%s), but a second read of it checked out: the stored snapshot is sound, "+
+		"and the bytes were damaged on their way from %s (the network, a proxy, the server): run the restore again", ErrTransfer, v.m.Archive, detail(err), v.st)
 }
 
 // asCorrupt words an archive's error as the snapshot's, saying "corrupt"
@@ -173,6 +270,12 @@ type verifier struct {
 	n    atomic.Int64
 	m    snapshot.Manifest
 	fail error
+	sum  string // of every byte read, once the end was
+
+	// Where a restore reads from, for judge.
+	ctx context.Context
+	st  storage.Storage
+	log *slog.Logger
 
 	buf        []byte // read, hashed, not yet handed on: buf[start:end]
 	start, end int
@@ -212,12 +315,15 @@ func (v *verifier) Read(p []byte) (int, error) {
 		v.h.Write(v.buf[v.end : v.end+n])
 		v.end += n
 		total := v.n.Add(int64(n))
+		if err == io.EOF {
+			v.sum = hex.EncodeToString(v.h.Sum(nil))
+		}
 		switch {
 		case total > v.m.Size:
 			v.fail = fmt.Errorf("%w: archive %s is longer than the %d bytes recorded", ErrCorrupt, v.m.Archive, v.m.Size)
 		case err == io.EOF && total < v.m.Size:
 			v.fail = fmt.Errorf("%w: archive %s is truncated: %d of %d bytes", ErrCorrupt, v.m.Archive, total, v.m.Size)
-		case err == io.EOF && hex.EncodeToString(v.h.Sum(nil)) != v.m.SHA256:
+		case err == io.EOF && v.sum != v.m.SHA256:
 			v.fail = fmt.Errorf("%w: archive %s does not match its sha256 (a changed or damaged file)", ErrCorrupt, v.m.Archive)
 		case err == io.EOF:
 			v.verified = true

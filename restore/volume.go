@@ -100,7 +100,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 		log.Info("restored", "target", name, "files", done.Entries, "bytes", done.Bytes, "warnings", done.Warnings)
 		return nil
 	}
-	cause := volumeError(ctx, tg, runErr, events, opts)
+	cause := src.judge(volumeError(ctx, tg, runErr, events, opts))
 	if !events.WasReady() && events.Kind() != "" {
 		// The helper checked the target and refused it: it wrote nothing.
 		switch k := events.Kind(); {

@@ -220,6 +220,17 @@ func (k *kinded) Unwrap() []error {
 	return []error{k.kind, k.cause}
 }
 
+// IsKey reports whether key is named as volbak names a snapshot's archive
+// or manifest, <volume>/<UTC time>-<id>.tar.zst or .json: a backend that
+// must tell its own leftovers from another tool's objects asks it.
+func IsKey(key string) bool {
+	if base, ok := strings.CutSuffix(key, ".tar.zst"); ok {
+		key = base + ".json"
+	}
+	_, _, _, ok := parseKey(key)
+	return ok
+}
+
 // parseKey splits a manifest's key, <volume>/<UTC time>-<hex id>.json; ok
 // is false for any key not named so.
 func parseKey(key string) (volume string, created time.Time, id string, ok bool) {

@@ -505,3 +505,24 @@ func TestSkippedDirectories(t *testing.T) {
 		t.Fatalf("an unreadable volume directory: %v", err)
 	}
 }
+
+// IsKey is what a backend sweeps by: volbak's names only, never another
+// tool's object that merely sits in a volume-like directory.
+func TestIsKey(t *testing.T) {
+	for key, want := range map[string]bool{
+		"pgdata/20261126T000000Z-0123abcd.tar.zst": true,
+		"pgdata/20261126T000000Z-0123abcd.json":    true,
+		"pgdata/20261126T000000Z-0123abcd.tar":     false,
+		"pgdata/dump.tar.zst":                      false,
+		"photos/cat.json":                          false,
+		"20261126T000000Z-0123abcd.tar.zst":        false,
+		"a/b/20261126T000000Z-0123abcd.tar.zst":    false,
+		"-x/20261126T000000Z-0123abcd.tar.zst":     false,
+		"pgdata/20261126T000000Z-0123ABCD.tar.zst": false,
+		".volbak-write-probe":                      false,
+	} {
+		if got := IsKey(key); got != want {
+			t.Errorf("IsKey(%q) = %v, want %v", key, got, want)
+		}
+	}
+}

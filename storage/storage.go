@@ -139,9 +139,8 @@ func (c ctxReader) Read(p []byte) (int, error) {
 
 // Sweeper is implemented by backends where a Put killed outright (SIGKILL,
 // the OOM killer, a power cut) leaves its partial object behind, unlisted,
-// with no one left to remove it. Callers check for it by type assertion.
-// S3 needs none: a failed upload is aborted, and a bucket lifecycle rule
-// covers a client that died.
+// with no one left to remove it (a temp file; an S3 multipart upload,
+// billed and never listed). Callers check for it by type assertion.
 type Sweeper interface {
 	// Stale returns the partial objects under prefix whose writer is gone
 	// (each backend says how it knows), with their storage-relative path

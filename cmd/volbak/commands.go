@@ -273,8 +273,9 @@ is what lies deeper than VOLUME/FILE. A directory this user may not read
 that cannot be a volume's (a root-owned lost+found) is left out, with a
 warning. Partial archives left by backups that were killed (SIGKILL, the OOM
 killer) are counted in a warning once no backup holds them and they have gone
-unmodified for an hour (a day over SFTP); list removes nothing, the next
-backup to STORAGE does.
+unmodified for an hour (a day over SFTP; in S3, unfinished multipart
+uploads begun a day ago with no part for a day); list removes nothing, the
+next backup to STORAGE does.
 
 ` + storageHelp,
 		Example: `  volbak list --from /srv/backups
@@ -548,7 +549,12 @@ func verifyCmd(g *globals) *cobra.Command {
 without restoring it: its stored size and sha256, every zstd checksum, the tar
 structure, and the entry count and size in its manifest. Exit 0 only if all
 hold; 3 if the snapshot is corrupt (1 if its manifest is another volume's,
-from a newer volbak, or unreadable by this user). With snapshots of the
+from a newer volbak, or unreadable by this user). A read that fails those
+checks is read again, whole, before the snapshot is called corrupt: if the
+second read holds, the stored snapshot is sound and the bytes were damaged
+on their way (verify passes, with a warning about that path); the same
+failure twice is damage in storage (exit 3). Restore does the same, and
+fails with exit 1 on damage in transit: run it again. With snapshots of the
 volume from several hosts, the latest needs --host NAME.
 
 ` + snapshotHelp + `
@@ -571,6 +577,9 @@ volume from several hosts, the latest needs --host NAME.
 			stats, err := restore.Verify(ctx, st, m)
 			if err != nil {
 				return fmt.Errorf("%s@%s: %w", m.Volume, m.ID, err)
+			}
+			if stats.Transit != nil {
+				fmt.Fprintf(g.stderr, "volbak: warning: %s@%s: %v\n", m.Volume, m.ID, stats.Transit)
 			}
 			fmt.Fprintf(g.stdout, "%s@%s ok: %d files, %s uncompressed, sha256 %s\n", m.Volume, m.ID, stats.Entries, progress.Bytes(stats.Bytes), m.SHA256)
 			return nil

@@ -219,7 +219,7 @@ func TestStringAWS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newStore(cfg)
+	s, err := newStore(cfg, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

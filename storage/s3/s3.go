@@ -86,7 +86,7 @@ func Open(ctx context.Context, u *url.URL, create bool, getenv func(string) stri
 	if err != nil {
 		return nil, err
 	}
-	s, err := newStore(cfg)
+	s, err := newStore(cfg, storage.StallBound(ctx))
 	if err != nil {
 		return nil, redact(err, cfg.secrets())
 	}
@@ -97,13 +97,24 @@ func Open(ctx context.Context, u *url.URL, create bool, getenv func(string) stri
 	return s, nil
 }
 
-// userTimeout bounds how long sent data may stay unacknowledged.
-const userTimeout = time.Minute
+// connTimeout bounds how long sent data may stay unacknowledged, and a
+// response's headers may take, on one connection.
+const connTimeout = time.Minute
 
-func newStore(cfg *config) (*Store, error) {
+// newStore makes the client. stall is the storage.Watch bound the store
+// runs under (0: none): its connections' own timeouts are then set past
+// it, so that a silent server is given up by the watch rather than by a
+// timeout whose retry, on a fresh connection, would write a few megabytes
+// into socket buffers, count as progress, and start the wait over.
+func newStore(cfg *config, stall time.Duration) (*Store, error) {
 	tr, err := minio.DefaultTransport(cfg.secure)
 	if err != nil {
 		return nil, err
+	}
+	userTimeout := connTimeout
+	if stall > 0 {
+		userTimeout = max(connTimeout, 2*stall)
+		tr.ResponseHeaderTimeout = userTimeout
 	}
 	// A peer that vanishes without a reset (a dropped route, a frozen VM)
 	// would otherwise hold a part's upload, and with it every destination of

@@ -176,3 +176,26 @@ func TestOpenStallGivesUp(t *testing.T) {
 		t.Errorf("gave up after %s with a bound of %s", d, bound)
 	}
 }
+
+// Under a stall bound, a connection's own timeouts come after it: a
+// timeout that ended a connection first would retry on a fresh one, whose
+// writes into socket buffers count as progress and start the wait over
+// (seen: a 60 s bound that never fired against TCP_USER_TIMEOUT and
+// ResponseHeaderTimeout of 60 s).
+func TestConnTimeoutsOutlastTheBound(t *testing.T) {
+	u := mustURL(t, "s3://bucket?endpoint=http://127.0.0.1:1")
+	cfg, err := parseConfig(u, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bound := range []time.Duration{time.Second, time.Minute, 5 * time.Minute} {
+		s, err := newStore(cfg, bound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.tr.ResponseHeaderTimeout; got <= bound {
+			t.Errorf("bound %s: response header timeout %s", bound, got)
+		}
+		s.Close()
+	}
+}

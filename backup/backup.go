@@ -205,9 +205,14 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		if err == nil {
 			if err = snapshot.Put(ctx, st, m); err != nil {
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-				st.Delete(cctx, m.Key())
+				derr := st.Delete(cctx, m.Key())
 				cancel()
-				undo(i)
+				// A manifest that may be there (its Put's answer lost, its
+				// removal failed) keeps its archive: a listed snapshot
+				// without one is worse than an archive too many.
+				if derr == nil || errors.Is(derr, storage.ErrNotExist) {
+					undo(i)
+				}
 				err = fmt.Errorf("write manifest: %w", storageError(st, err))
 			}
 		} else {

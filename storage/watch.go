@@ -171,6 +171,52 @@ func (c *watchedConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Reader reports the bytes r yields to the watch ctx runs under, if any:
+// for a backend whose connection also carries what is not progress (ssh
+// keepalives beside an SFTP session), counted where its data flows.
+func Reader(ctx context.Context, r io.Reader) io.Reader {
+	if w := watchOf(ctx); w != nil && w.bound > 0 {
+		return &countedReader{r: r, w: w}
+	}
+	return r
+}
+
+// WriteCloser is Reader's other half.
+func WriteCloser(ctx context.Context, wc io.WriteCloser) io.WriteCloser {
+	if w := watchOf(ctx); w != nil && w.bound > 0 {
+		return &countedWriter{wc: wc, w: w}
+	}
+	return wc
+}
+
+type countedReader struct {
+	r io.Reader
+	w *Watch
+}
+
+func (c *countedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.w.Progress()
+	}
+	return n, err
+}
+
+type countedWriter struct {
+	wc io.WriteCloser
+	w  *Watch
+}
+
+func (c *countedWriter) Write(p []byte) (int, error) {
+	n, err := c.wc.Write(p)
+	if n > 0 {
+		c.w.Progress()
+	}
+	return n, err
+}
+
+func (c *countedWriter) Close() error { return c.wc.Close() }
+
 // CleanupContext is for removing what a failed operation left (an upload's
 // parts, a partial file): it goes on after ctx is cancelled (an interrupt
 // must not leave billed parts behind), for at most d, but not once the
@@ -256,13 +302,14 @@ func (s *watched) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 		done()
 		return nil, s.result(err)
 	}
-	return &watchedReader{rc: rc, s: s, done: sync.OnceFunc(func() { s.w.enter(); done() })}, nil
+	return &watchedReader{rc: rc, s: s, done: done}, nil
 }
 
 type watchedReader struct {
-	rc   io.ReadCloser
-	s    *watched
-	done func()
+	rc     io.ReadCloser
+	s      *watched
+	done   func()
+	closed bool
 }
 
 func (r *watchedReader) Read(p []byte) (int, error) {
@@ -278,7 +325,14 @@ func (r *watchedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close runs under the bound too: closing waits on the server (SFTP's
+// close request, its read-ahead ending).
 func (r *watchedReader) Close() error {
+	if r.closed {
+		return r.rc.Close()
+	}
+	r.closed = true
+	r.s.w.enter()
 	err := r.rc.Close()
 	r.done()
 	return err

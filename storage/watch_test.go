@@ -135,7 +135,7 @@ func (s *trickle) List(ctx context.Context, prefix string) ([]Object, error) {
 }
 
 func TestWatchProgressKeepsItAlive(t *testing.T) {
-	w := NewWatch("trickle://", 120*time.Millisecond)
+	w := NewWatch("trickle://", 400*time.Millisecond)
 	st := Watched(&trickle{hang{closed: make(chan struct{})}, w}, w)
 	if _, err := st.List(context.Background(), ""); err != nil {
 		t.Fatal(err)

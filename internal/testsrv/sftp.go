@@ -272,6 +272,30 @@ func (s *SFTP) PID() (int, error) {
 	return s.proc.PID(), nil
 }
 
+// Sessions are the server's processes that serve one sftp session each
+// (the leaves of its process tree), for a test that freezes the file
+// transfer while sshd itself goes on answering.
+func (s *SFTP) Sessions() []int {
+	pid, err := s.PID()
+	if err != nil {
+		return nil
+	}
+	all := descendants(pid)
+	parents := map[int]bool{}
+	for _, p := range all {
+		if pp, err := ppid(p); err == nil {
+			parents[pp] = true
+		}
+	}
+	var out []int
+	for _, p := range all {
+		if !parents[p] {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // anyAlive tells whether one of pids still runs: neither gone nor a zombie.
 func anyAlive(pids []int) bool {
 	for _, p := range pids {

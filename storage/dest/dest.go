@@ -129,14 +129,15 @@ func probe(ctx context.Context, a, b storage.Storage) bool {
 	key := ".volbak-same-" + token[:12]
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	if err := a.Put(pctx, key, strings.NewReader(token)); err != nil {
-		return false
-	}
+	// Removed whatever the Put said: a failed one may have stored it.
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
 		defer cancel()
 		a.Delete(cctx, key)
 	}()
+	if err := a.Put(pctx, key, strings.NewReader(token)); err != nil {
+		return false
+	}
 	rc, err := b.Open(pctx, key)
 	if err != nil {
 		return false

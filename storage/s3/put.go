@@ -49,9 +49,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 	data := buf[:n]
 	_, err = s.core.PutObject(ctx, s.cfg.bucket, name, bytes.NewReader(data), int64(n), md5Base64(data), "", s.putOptions())
 	if err != nil {
-		// Refused outright (an S3 error answer), nothing was stored;
-		// otherwise the answer may be what was lost.
-		if errResp(err).StatusCode == 0 {
+		// Refused (a 4xx answer), nothing was stored; otherwise the
+		// answer may be what was lost, and a retry's 5xx or reset says
+		// nothing of the first attempt.
+		if code := errResp(err).StatusCode; code < 400 || code >= 500 {
 			return storage.CommitUnknown(s.explain("put "+key, err))
 		}
 		return s.explain("put "+key, err)
@@ -171,9 +172,13 @@ func (s *Store) putMultipart(ctx context.Context, key, name string, r io.Reader,
 	}
 	sort.Slice(parts, func(i, j int) bool { return parts[i].PartNumber < parts[j].PartNumber })
 	if _, err := s.core.CompleteMultipartUpload(ctx, s.cfg.bucket, name, id, parts, s.putOptions()); err != nil {
-		err = s.abandon(ctx, name, id, s.putError(key, err))
-		if errResp(err).StatusCode == 0 {
-			err = storage.CommitUnknown(err) // the answer may be what was lost
+		// The abort tells: an upload still there to abort was not
+		// completed. Gone (NoSuchUpload), or not known, it may have been,
+		// its answer lost (a retry then meets a 5xx, or NoSuchUpload).
+		aerr := s.abort(ctx, name, id)
+		err = s.abandoned(s.putError(key, err), aerr)
+		if aerr != nil {
+			err = storage.CommitUnknown(err)
 		}
 		return err
 	}
@@ -183,7 +188,11 @@ func (s *Store) putMultipart(ctx context.Context, key, name string, r io.Reader,
 // abandon aborts a failed upload and returns its error, saying so when
 // parts are left behind (the server is gone, say).
 func (s *Store) abandon(ctx context.Context, name, id string, err error) error {
-	aerr := s.abort(ctx, name, id)
+	return s.abandoned(err, s.abort(ctx, name, id))
+}
+
+// abandoned is err, saying so when the abort that followed it failed.
+func (s *Store) abandoned(err, aerr error) error {
 	if aerr == nil || isNoSuchUpload(aerr) {
 		return err
 	}

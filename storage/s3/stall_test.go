@@ -69,7 +69,7 @@ func putObject(t *testing.T, bucket, key string, size int) []byte {
 func TestReadResumesAfterSilence(t *testing.T) {
 	bucket := newBucket(t, srv, "silence")
 	data := putObject(t, bucket, "v/a.tar.zst", 12<<20)
-	st, p, err := watchedStore(t, bucket, 3*time.Second)
+	st, p, err := watchedStore(t, bucket, 6*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestReadResumesAfterSilence(t *testing.T) {
 		for p.Seen(testsrv.ToClient) < 2<<20 {
 			time.Sleep(10 * time.Millisecond)
 		}
-		time.Sleep(1500 * time.Millisecond) // past the silent-body bound (1 s), within the storage's (3 s)
+		time.Sleep(3500 * time.Millisecond) // past the silent-body bound (2 s), within the storage's (6 s)
 		p.Set(testsrv.Fault{})
 	}()
 	before := p.Connections()

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -229,7 +230,7 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		// The size of the open handle, not of whatever now has its name.
 		pkgsftp.UseFstat(true),
 	}
-	sc, err := pkgsftp.NewClient(client, opts...)
+	sc, err := startSFTP(ctx, client, opts)
 	if err != nil {
 		client.Close()
 		return nil, &transientError{fmt.Errorf("ssh %s: start the sftp subsystem: %w (does the server allow sftp?)", d.addr, err)}
@@ -254,6 +255,36 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 	}()
 	go keepalive(client, c.dead)
 	return c, nil
+}
+
+// startSFTP opens the sftp session as pkg/sftp's NewClient does, with its
+// data counted by the storage.Watch ctx runs under: on the session's
+// channel, not on the TCP connection, whose ssh keepalives (every 15 s,
+// answered by sshd while its sftp process is hung on a dead disk) would
+// otherwise count as progress for ever.
+func startSFTP(ctx context.Context, client *ssh.Client, opts []pkgsftp.ClientOption) (*pkgsftp.Client, error) {
+	sess, err := client.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	in, err := sess.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := sess.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := sess.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := sess.RequestSubsystem("sftp"); err != nil {
+		return nil, err
+	}
+	// Unread, the server's stderr would take the channel's window.
+	go io.Copy(io.Discard, stderr)
+	return pkgsftp.NewClientPipe(storage.Reader(ctx, out), storage.WriteCloser(ctx, in), opts...)
 }
 
 // keepalive closes the connection when the server stops answering, which
@@ -331,7 +362,6 @@ func (d *dialer) handshakeWith(ctx context.Context, algos []string) (*ssh.Client
 		}
 		return nil, nil, &transientError{err}
 	}
-	nc = storage.Conn(ctx, nc)
 	// An interrupt during the handshake ends it at once.
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	defer stop()

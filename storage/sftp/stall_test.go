@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,7 +44,7 @@ func TestStallGivesUp(t *testing.T) {
 	var se *storage.StalledError
 	t.Run("put", func(t *testing.T) {
 		st, p := watchedThrough(t, remoteDir(t), bound)
-		p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer, After: p.Seen(testsrv.ToServer) + 3<<20})
+		p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer, After: 3 << 20})
 		start := time.Now()
 		err := st.Put(context.Background(), "v/a", bytes.NewReader(make([]byte, 32<<20)))
 		if !errors.As(err, &se) {
@@ -74,4 +75,60 @@ func TestStallGivesUp(t *testing.T) {
 			t.Errorf("gave up after %s with a bound of %s", d, bound)
 		}
 	})
+}
+
+// sshd answers the keepalives while the process serving the sftp session
+// is frozen (a hung disk, say): those are not progress, so the bound still
+// ends the Put. The bound is past the keepalive interval on purpose.
+func TestFrozenSessionGivesUp(t *testing.T) {
+	const bound = keepaliveInterval + 5*time.Second
+	before := map[int]bool{}
+	for _, p := range srv.Sessions() {
+		before[p] = true
+	}
+	st := mustOpen(t, remoteDir(t), true, keyOpts(t))
+	ws := storage.Watched(st, storage.NewWatch("sftp", bound))
+	var frozen []int
+	defer func() {
+		for _, p := range frozen {
+			syscall.Kill(p, syscall.SIGCONT)
+		}
+	}()
+	src := &freezeAfter{r: bytes.NewReader(make([]byte, 64<<20)), after: 1 << 20, freeze: func() {
+		for _, p := range srv.Sessions() {
+			if !before[p] {
+				syscall.Kill(p, syscall.SIGSTOP)
+				frozen = append(frozen, p)
+			}
+		}
+	}}
+	start := time.Now()
+	err := ws.Put(context.Background(), "v/a", src)
+	var se *storage.StalledError
+	if !errors.As(err, &se) {
+		t.Fatalf("got %v, want a StalledError", err)
+	}
+	if len(frozen) == 0 {
+		t.Fatal("no session process was frozen")
+	}
+	if d := time.Since(start); d > 2*bound {
+		t.Errorf("gave up after %s with a bound of %s", d, bound)
+	}
+}
+
+// freezeAfter calls freeze once after n bytes were read.
+type freezeAfter struct {
+	r      io.Reader
+	after  int
+	n      int
+	freeze func()
+}
+
+func (f *freezeAfter) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if f.n < f.after && f.n+n >= f.after {
+		f.freeze()
+	}
+	f.n += n
+	return n, err
 }

@@ -134,3 +134,32 @@ func TestSameStorageTwoWays(t *testing.T) {
 		t.Fatalf("the directory holds %d snapshots, want 1", n)
 	}
 }
+
+// A server silent from the start costs the bound at the opening, once: the
+// other destination is written, and reading commands fail naming the
+// stall (a nil store was closed, and volbak panicked, before).
+func TestSilentFromTheStart(t *testing.T) {
+	vol, _ := newVolume(t, nil, randomFill(1<<20))
+	for _, mk := range remotes(t) {
+		r := mk(t)
+		t.Run(r.kind, func(t *testing.T) {
+			store := t.TempDir()
+			pr, p := proxied(t, r)
+			p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToServer})
+			res := pr.run(t, "backup", vol, "--to", store, "--to", pr.url, "--stall-timeout", "2s")
+			if res.code != 1 || !strings.Contains(res.stderr, "moved no data for 2s") || strings.Contains(res.stderr, "panic") {
+				t.Fatalf("want exit 1 naming the stall: %s", res)
+			}
+			if n := len(list(t, store, vol)); n != 1 {
+				t.Fatalf("the reachable destination holds %d snapshots: %s", n, res)
+			}
+			for _, cmd := range [][]string{{"list", "--from", pr.url}, {"verify", vol, "--from", pr.url}} {
+				res := pr.run(t, append(cmd, "--stall-timeout", "2s")...)
+				if res.code != 1 || !strings.Contains(res.stderr, "moved no data for 2s") || strings.Contains(res.stderr, "panic") {
+					t.Fatalf("%s: want exit 1 naming the stall: %s", cmd[0], res)
+				}
+			}
+			p.Set(testsrv.Fault{})
+		})
+	}
+}

@@ -42,6 +42,14 @@ type Options struct {
 // Open returns the storage a destination names: a plain path or file://
 // URL for a local directory, s3://bucket/prefix, sftp://user@host:port/path.
 func Open(ctx context.Context, dest string, opts Options) (storage.Storage, error) {
+	st, err := open(ctx, dest, opts)
+	if err != nil {
+		return nil, err // never a nil *Dir or *Store in a non-nil Storage
+	}
+	return st, nil
+}
+
+func open(ctx context.Context, dest string, opts Options) (storage.Storage, error) {
 	if dest == "" {
 		return nil, fmt.Errorf("no storage given: pass a directory, or an s3:// or sftp:// URL")
 	}
@@ -64,7 +72,11 @@ func Open(ctx context.Context, dest string, opts Options) (storage.Storage, erro
 		return local.New(u.Path, opts.Create)
 	case "s3":
 		return watched(ctx, dest, opts, func(ctx context.Context) (storage.Storage, error) {
-			return s3.Open(ctx, u, opts.Create, getenv)
+			st, err := s3.Open(ctx, u, opts.Create, getenv)
+			if err != nil {
+				return nil, err // not a nil *Store in a non-nil Storage
+			}
+			return st, nil
 		})
 	case "sftp":
 		ssh := opts.SSH
@@ -72,7 +84,11 @@ func Open(ctx context.Context, dest string, opts Options) (storage.Storage, erro
 			ssh.Getenv = getenv
 		}
 		return watched(ctx, dest, opts, func(ctx context.Context) (storage.Storage, error) {
-			return sftp.Open(ctx, u, opts.Create, ssh)
+			st, err := sftp.Open(ctx, u, opts.Create, ssh)
+			if err != nil {
+				return nil, err
+			}
+			return st, nil
 		})
 	}
 	return nil, fmt.Errorf("storage URL %s: unknown scheme %q (volbak stores to a directory, file://, s3:// or sftp://)", Redact(dest), u.Scheme)

@@ -199,25 +199,71 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Duration = now().Sub(start).Seconds()
 	}
 	res.Manifest = m
+	// Manifests first, then what the failed destinations left: a failed
+	// one that shows a manifest it never wrote is another name of a
+	// destination that holds the snapshot (one the same-storage probe
+	// could not tell), and what it would remove is that one's.
+	manifestErrs := make([]error, len(dests))
+	for i, st := range dests {
+		if putErrs[i] == nil {
+			manifestErrs[i] = snapshot.Put(ctx, st, m)
+		}
+	}
+	anyHeld := false
+	for i := range dests {
+		anyHeld = anyHeld || (putErrs[i] == nil && manifestErrs[i] == nil)
+	}
+	// shows tells whether dests[i] holds the manifest: true, false, or
+	// (err) it cannot tell.
+	shows := func(i int) (bool, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		rc, err := dests[i].Open(cctx, m.Key())
+		if err == nil {
+			rc.Close()
+			return true, nil
+		}
+		if errors.Is(err, storage.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
 	var failed []string
 	for i, st := range dests {
-		err := putErrs[i]
-		if err == nil {
-			if err = snapshot.Put(ctx, st, m); err != nil {
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-				derr := st.Delete(cctx, m.Key())
-				cancel()
-				// A manifest that may be there (its Put's answer lost, its
-				// removal failed) keeps its archive: a listed snapshot
-				// without one is worse than an archive too many.
-				if derr == nil || errors.Is(derr, storage.ErrNotExist) {
-					undo(i)
-				}
-				err = fmt.Errorf("write manifest: %w", storageError(st, err))
+		var err error
+		switch {
+		case putErrs[i] != nil:
+			err = storageError(st, putErrs[i])
+			if !storage.MayHaveCommitted(putErrs[i]) {
+				break
 			}
-		} else {
+			if anyHeld {
+				if there, serr := shows(i); there || serr != nil {
+					// A manifest it never wrote: another name of a
+					// destination that holds the snapshot, whose archive
+					// this one's cleanup would remove. Or it cannot tell.
+					log.Warn("not removing the archive from a failed destination: it may be another destination's", "storage", st.String())
+					break
+				}
+			}
 			undo(i)
-			err = storageError(st, err)
+		case manifestErrs[i] != nil:
+			err = fmt.Errorf("write manifest: %w", storageError(st, manifestErrs[i]))
+			there, serr := shows(i)
+			if there {
+				// Stored all the same (the answer was lost), or by another
+				// name of this storage: the snapshot is whole there. Puts
+				// are whole or nothing.
+				log.Warn("the manifest write was reported failed, but the manifest is there: the snapshot is whole", "storage", st.String(), "err", manifestErrs[i])
+				err = nil
+				break
+			}
+			if serr == nil {
+				undo(i)
+			}
+			// Cannot tell whether the manifest is there: the archive stays
+			// (a listed snapshot without it is worse than an archive too
+			// many).
 		}
 		res.Errs[i] = err
 		if err != nil {

@@ -212,3 +212,59 @@ func TestFailedCopyLeavesTheOthersArchive(t *testing.T) {
 	}
 	rc.Close()
 }
+
+// commitLost fails every archive Put saying it may have committed, without
+// writing anything: what a duplicate the probe missed reports when its
+// rename's answer is lost.
+type commitLost struct{ *local.Dir }
+
+func (c commitLost) Put(ctx context.Context, key string, r io.Reader) error {
+	if strings.HasSuffix(key, ".tar.zst") {
+		io.Copy(io.Discard, r)
+		return storage.CommitUnknown(errors.New("connection lost at the rename"))
+	}
+	return c.Dir.Put(ctx, key, r)
+}
+
+// A failed destination that may have committed, and shows the manifest
+// another destination wrote, is that destination under another name: its
+// cleanup would remove the other's archive, so it removes nothing.
+func TestMaybeCommittedDuplicateKeepsTheArchive(t *testing.T) {
+	a := dir(t)
+	res, err := Volume(context.Background(), &fakeEngine{data: newData(3 << 20)}, []storage.Storage{a, commitLost{a}}, "vol", Options{})
+	if err == nil || res.Errs[0] != nil || res.Errs[1] == nil {
+		t.Fatalf("want the second alone failed: %v %v", err, res.Errs)
+	}
+	rc, err := a.Open(context.Background(), res.Manifest.Archive)
+	if err != nil {
+		t.Fatalf("the archive the first destination committed is gone: %v", err)
+	}
+	rc.Close()
+}
+
+// manifestLost stores the manifest, then reports failure.
+type manifestLost struct{ *local.Dir }
+
+func (m manifestLost) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := m.Dir.Put(ctx, key, r); err != nil {
+		return err
+	}
+	if strings.HasSuffix(key, ".json") {
+		return errors.New("connection reset")
+	}
+	return nil
+}
+
+// A manifest reported failed but there after all makes a whole snapshot,
+// reported as written.
+func TestManifestThereAfterAll(t *testing.T) {
+	d := dir(t)
+	res, err := Volume(context.Background(), &fakeEngine{data: newData(1 << 20)}, []storage.Storage{manifestLost{d}}, "vol", Options{})
+	if err != nil || res.OK() != 1 {
+		t.Fatalf("want the snapshot reported written: %v", err)
+	}
+	c, err := snapshot.List(context.Background(), d, "vol")
+	if err != nil || len(c.Snapshots) != 1 {
+		t.Fatalf("listed: %v %+v", err, c)
+	}
+}

@@ -186,7 +186,13 @@ less CPU), default, better, best (much slower).
 				// would count one copy as two, and one name's cleanup
 				// after a failure could remove what the other wrote.
 				for i, prev := range sts {
-					if dest.Same(ctx, prev, st) {
+					same, err := dest.Same(ctx, prev, st)
+					if err != nil && ctx.Err() == nil {
+						st.Close()
+						openErrs = append(openErrs, fmt.Errorf("%s: skipped: it could not be told apart from --to %s, and one storage written under two names can lose a copy when one fails: %w", dest.Redact(d), dest.Redact(named[i]), err))
+						continue next
+					}
+					if same {
 						fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(named[i]), prev)
 						st.Close()
 						continue next

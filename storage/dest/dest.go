@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -121,24 +122,30 @@ func watched(ctx context.Context, dest string, opts Options, open func(context.C
 // under paths no name tells apart (a bind mount), or, whatever the
 // backends, a probe object written through a and read back through b (a
 // directory named both as /srv/b and over SFTP, a bucket through two
-// endpoints). Two storages that are not one never answer true; one that
-// cannot be probed (read-only, unreachable) answers false.
-func Same(ctx context.Context, a, b storage.Storage) bool {
+// endpoints). A probe that fails (a dropped connection) is tried again;
+// one that fails twice is an error: the caller cannot know, and two names
+// of one storage taken for two is how one's cleanup removes what the
+// other wrote.
+func Same(ctx context.Context, a, b storage.Storage) (bool, error) {
 	if a.String() == b.String() {
-		return true
+		return true, nil
 	}
 	da, ok := a.(*local.Dir)
 	db, ok2 := b.(*local.Dir)
 	if ok && ok2 {
-		return da.SameDir(db)
+		return da.SameDir(db), nil
 	}
-	return probe(ctx, a, b)
+	same, err := probe(ctx, a, b)
+	if err != nil && ctx.Err() == nil {
+		same, err = probe(ctx, a, b)
+	}
+	return same, err
 }
 
 // probeTimeout bounds a probe (and its removal) where no stall bound does.
 const probeTimeout = 30 * time.Second
 
-func probe(ctx context.Context, a, b storage.Storage) bool {
+func probe(ctx context.Context, a, b storage.Storage) (bool, error) {
 	var r [16]byte
 	rand.Read(r[:])
 	token := hex.EncodeToString(r[:])
@@ -152,15 +159,21 @@ func probe(ctx context.Context, a, b storage.Storage) bool {
 		a.Delete(cctx, key)
 	}()
 	if err := a.Put(pctx, key, strings.NewReader(token)); err != nil {
-		return false
+		return false, fmt.Errorf("write a probe to %s: %w", a, err)
 	}
 	rc, err := b.Open(pctx, key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("look for the probe in %s: %w", b, err)
 	}
 	defer rc.Close()
 	got, err := io.ReadAll(io.LimitReader(rc, int64(len(token))+1))
-	return err == nil && string(got) == token
+	if err != nil {
+		return false, fmt.Errorf("read the probe from %s: %w", b, err)
+	}
+	return string(got) == token, nil
 }
 
 // Redact returns a destination fit to print: a password in the URL is

@@ -2,8 +2,13 @@ package dest
 
 import (
 	"context"
+	"errors"
+	"io"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/volbak/volbak/storage/local"
 )
 
 func TestRedact(t *testing.T) {
@@ -34,5 +39,46 @@ func TestOpenErrorsHideSecrets(t *testing.T) {
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("Open(%q): %v", d, err)
 		}
+	}
+}
+
+// flaky is a directory whose first n Puts fail, as over a dropped
+// connection.
+type flaky struct {
+	*local.Dir
+	n *int
+}
+
+func (f flaky) Put(ctx context.Context, key string, r io.Reader) error {
+	if *f.n > 0 {
+		*f.n--
+		return errors.New("connection lost")
+	}
+	return f.Dir.Put(ctx, key, r)
+}
+
+func (f flaky) String() string { return "flaky:" + f.Dir.String() }
+
+// A probe that fails once is tried again; twice, it is an error, never a
+// "different".
+func TestSameProbeRetries(t *testing.T) {
+	d, err := local.New(t.TempDir(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 1
+	if same, err := Same(context.Background(), flaky{d, &n}, d); !same || err != nil {
+		t.Fatalf("one failure: same %v, %v", same, err)
+	}
+	n = 2
+	if same, err := Same(context.Background(), flaky{d, &n}, d); same || err == nil {
+		t.Fatalf("two failures: same %v, %v", same, err)
+	}
+	other, _ := local.New(t.TempDir(), true)
+	if same, err := Same(context.Background(), flaky{d, new(int)}, other); same || err != nil {
+		t.Fatalf("two directories: same %v, %v", same, err)
+	}
+	if left, _ := os.ReadDir(d.Path()); len(left) != 0 {
+		t.Fatalf("probes left: %v", left)
 	}
 }

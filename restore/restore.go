@@ -181,6 +181,11 @@ func check(ctx context.Context, r io.Reader, m snapshot.Manifest) (archive.Stats
 		// The decoder noticed first; the stored checksum says more (the
 		// file changed after the backup), so read on to it.
 		if _, verr := io.Copy(io.Discard, v); verr != nil {
+			if errors.Is(err, verr) {
+				// The decoder met the read's own failure (a storage given
+				// up, a dropped connection): not the archive's.
+				return stats, v.sum, verr
+			}
 			return stats, v.sum, fmt.Errorf("%w (%v)", verr, err)
 		}
 		return stats, v.sum, asCorrupt(err)

@@ -8,7 +8,10 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultStallTimeout is how long a network storage may hold volbak
@@ -46,6 +49,7 @@ type Watch struct {
 	mu    sync.Mutex
 	busy  int
 	timer *time.Timer
+	conns map[*watchedConn]bool // live TCP connections, polled for acknowledged bytes
 
 	dead   context.Context // ends, with the *StalledError as its cause, when the bound passes
 	kill   context.CancelCauseFunc
@@ -72,6 +76,12 @@ func (w *Watch) Err() error {
 // Progress says a byte moved.
 func (w *Watch) Progress() { w.last.Store(int64(time.Since(w.epoch))) }
 
+// tick is how often a busy watch looks at its connections: often enough
+// that the bound is kept to within a quarter.
+func (w *Watch) tick() time.Duration {
+	return min(max(w.bound/4, 10*time.Millisecond), 5*time.Second)
+}
+
 func (w *Watch) enter() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -80,9 +90,9 @@ func (w *Watch) enter() {
 	}
 	w.Progress() // waiting starts now
 	if w.timer == nil {
-		w.timer = time.AfterFunc(w.bound, w.check)
+		w.timer = time.AfterFunc(w.tick(), w.check)
 	} else {
-		w.timer.Reset(w.bound)
+		w.timer.Reset(w.tick())
 	}
 }
 
@@ -100,9 +110,14 @@ func (w *Watch) check() {
 	if w.busy == 0 || w.dead.Err() != nil {
 		return
 	}
+	for c := range w.conns {
+		if c.acked() {
+			w.Progress()
+		}
+	}
 	idle := time.Since(w.epoch) - time.Duration(w.last.Load())
 	if idle < w.bound {
-		w.timer.Reset(w.bound - idle)
+		w.timer.Reset(min(w.tick(), w.bound-idle))
 		return
 	}
 	w.kill(&StalledError{Name: w.name, Bound: w.bound})
@@ -142,17 +157,62 @@ func StallBound(ctx context.Context) time.Duration {
 }
 
 // Conn reports the bytes c moves to the watch ctx runs under, if any. Each
-// network backend passes the connections it dials through it.
+// network backend passes the connections it dials through it. Bytes read
+// count when read; bytes written when the peer acknowledges them (TCP_INFO,
+// polled while the watch is busy): a write that returns has only reached a
+// socket buffer, which took a few megabytes on each fresh connection of a
+// silent server, and a slow but moving link drains that buffer with no
+// write returning for long.
 func Conn(ctx context.Context, c net.Conn) net.Conn {
-	if w := watchOf(ctx); w != nil && w.bound > 0 {
-		return &watchedConn{Conn: c, w: w}
+	w := watchOf(ctx)
+	if w == nil || w.bound <= 0 {
+		return c
 	}
-	return c
+	wc := &watchedConn{Conn: c, w: w}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			wc.raw = raw
+			if _, ok := wc.poll(); ok {
+				wc.tcpInfo = true
+				w.mu.Lock()
+				if w.conns == nil {
+					w.conns = map[*watchedConn]bool{}
+				}
+				w.conns[wc] = true
+				w.mu.Unlock()
+			}
+		}
+	}
+	return wc
 }
 
 type watchedConn struct {
 	net.Conn
-	w *Watch
+	w       *Watch
+	raw     syscall.RawConn
+	tcpInfo bool   // TCP_INFO answers: writes count when acknowledged
+	acks    uint64 // bytes acknowledged at the last look
+}
+
+// acked tells whether the peer acknowledged bytes since the last look
+// (under the watch's lock).
+func (c *watchedConn) acked() bool {
+	more, _ := c.poll()
+	return more
+}
+
+func (c *watchedConn) poll() (more, ok bool) {
+	var acks uint64
+	c.raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			acks, ok = info.Bytes_acked, true
+		}
+	})
+	more = ok && acks > c.acks
+	if ok {
+		c.acks = acks
+	}
+	return more, ok
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
@@ -165,10 +225,17 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 
 func (c *watchedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if n > 0 {
+	if n > 0 && !c.tcpInfo {
 		c.w.Progress()
 	}
 	return n, err
+}
+
+func (c *watchedConn) Close() error {
+	c.w.mu.Lock()
+	delete(c.w.conns, c)
+	c.w.mu.Unlock()
+	return c.Conn.Close()
 }
 
 // Reader reports the bytes r yields to the watch ctx runs under, if any:

@@ -78,6 +78,12 @@ Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see volbak %s --help)", err, c.Name())}
 	})
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if g.stallTimeout < 0 {
+			return usageError{fmt.Errorf("--stall-timeout %s: give a duration of 0 (wait for ever) or more", g.stallTimeout)}
+		}
+		return nil
+	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -218,37 +224,45 @@ less CPU), default, better, best (much slower).
 			}
 			defer eng.Close()
 			opts := backup.Options{Level: lvl, Version: version, Log: g.logger(), Progress: g.progress()}
-			var failed []string
+			var failed, partial []string
 			var firstErr error
 			for _, v := range vols {
 				res, err := backup.Volume(ctx, eng, sts, v, opts)
-				if err != nil && ctx.Err() != nil {
-					return err
-				}
 				m := res.Manifest
 				for i, st := range sts {
 					if res.Errs[i] == nil {
 						fmt.Fprintf(g.stdout, "%s@%s  %s (%s uncompressed, %d files) in %.1fs  %s\n",
 							m.Volume, m.ID, progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files, m.Duration, st)
-					} else if len(sts) > 1 && res.Errs[i] != err { // not the one error of the whole backup; it names st
+					} else if len(sts) > 1 && res.Errs[i] != err && ctx.Err() == nil { // not the one error of the whole backup; it names st
 						fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, res.Errs[i])
 					}
+				}
+				// After the snapshots that were written are said: one
+				// written before an interrupt stays.
+				if err != nil && ctx.Err() != nil {
+					return err
 				}
 				if err != nil {
 					if len(vols) > 1 { // a single failure is reported once, by main
 						fmt.Fprintf(g.stderr, "volbak: %s: %v\n", v, err)
 					}
-					failed = append(failed, v)
+					if res.OK() > 0 {
+						partial = append(partial, v)
+					} else {
+						failed = append(failed, v)
+					}
 					if firstErr == nil {
 						firstErr = err
 					}
 				}
 			}
 			switch {
-			case len(failed) == 1 && len(vols) == 1:
+			case len(failed)+len(partial) == 1 && len(vols) == 1:
 				return firstErr
 			case len(failed) > 0:
 				return fmt.Errorf("%d of %d volumes failed: %s", len(failed), len(vols), strings.Join(failed, ", "))
+			case len(partial) > 0:
+				return fmt.Errorf("%d of %d volumes were not written to every destination (the others hold them): %s", len(partial), len(vols), strings.Join(partial, ", "))
 			case len(openErrs) > 0:
 				return fmt.Errorf("%d of %d destinations could not be opened; the others hold the backup", len(openErrs), len(openErrs)+len(sts))
 			}

@@ -102,8 +102,8 @@ func TestRestoreFromSilentServer(t *testing.T) {
 				p.Set(testsrv.Fault{Kind: testsrv.Stall, In: testsrv.ToClient, After: 4 << 20})
 				start := time.Now()
 				res := pr.run(t, append(args, "--stall-timeout", "3s")...)
-				if res.code != 1 || !strings.Contains(res.stderr, "moved no data for 3s") {
-					t.Fatalf("%s: want exit 1 naming the stall: %s", args[0], res)
+				if res.code != 1 || !strings.Contains(res.stderr, "moved no data for 3s") || strings.Contains(res.stderr, "corrupt") {
+					t.Fatalf("%s: want exit 1 naming the stall, and only it: %s", args[0], res)
 				}
 				if took := time.Since(start); took > 45*time.Second {
 					t.Errorf("%s took %s with a 3 s stall bound", args[0], took)

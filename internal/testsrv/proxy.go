@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Dir is a direction through a Proxy.
@@ -23,6 +24,7 @@ const (
 	Stall             // forward nothing more, either way, on any connection (new ones too), until the fault is changed: a frozen server, a blackholed route
 	Cut               // close every open connection with a reset, once; later connections pass
 	Flip              // invert the one byte at the offset, once
+	Slow              // pass Rate bytes a second In one direction, per connection, with small socket buffers, as a slow link does
 )
 
 // Fault is a misbehaviour: Kind, once After bytes have gone In one
@@ -31,7 +33,13 @@ type Fault struct {
 	Kind  Kind
 	In    Dir
 	After int64
+	Rate  int64 // Slow: bytes a second
 }
+
+// slowBuffer is a Slow link's socket buffers: a loopback connection's
+// megabytes would take a whole upload at once and acknowledge it, which no
+// slow link does.
+const slowBuffer = 32 << 10
 
 // Proxy is a TCP proxy on 127.0.0.1 in front of a real server, for tests
 // of what a client does when the network or the server misbehaves.
@@ -69,6 +77,18 @@ func (p *Proxy) Set(f Fault) {
 	p.fault, p.seen, p.fired = f, [2]int64{}, false
 	close(p.changed)
 	p.changed = make(chan struct{})
+	if f.Kind == Slow {
+		for c := range p.conns {
+			slowBuffers(c)
+		}
+	}
+}
+
+func slowBuffers(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetReadBuffer(slowBuffer)
+		tc.SetWriteBuffer(slowBuffer)
+	}
 }
 
 // Seen is how many bytes have gone in dir since the fault was set.
@@ -141,6 +161,9 @@ func (p *Proxy) track(c ...net.Conn) bool {
 	}
 	for _, x := range c {
 		p.conns[x] = true
+		if p.fault.Kind == Slow {
+			slowBuffers(x)
+		}
 	}
 	p.dialed++
 	return true
@@ -186,6 +209,13 @@ func (p *Proxy) admit(chunk []byte, dir Dir) (int, bool) {
 		n := int64(len(chunk))
 		applies := f.Kind != Pass && !p.fired && f.In == dir
 		stalled := f.Kind == Stall && p.seen[f.In] >= f.After
+		if f.Kind == Slow && f.In == dir && f.Rate > 0 {
+			n = min(n, max(f.Rate/20, 1))
+			p.seen[dir] += n
+			p.mu.Unlock()
+			time.Sleep(time.Duration(n) * time.Second / time.Duration(f.Rate))
+			return int(n), true
+		}
 		switch {
 		case stalled:
 			wait := p.changed
@@ -221,7 +251,7 @@ func (p *Proxy) admit(chunk []byte, dir Dir) (int, bool) {
 }
 
 func (f Fault) String() string {
-	kind := [...]string{"pass", "stall", "cut", "flip"}[f.Kind]
+	kind := [...]string{"pass", "stall", "cut", "flip", "slow"}[f.Kind]
 	dir := [...]string{"to server", "to client"}[f.In]
 	return fmt.Sprintf("%s after %d bytes %s", kind, f.After, dir)
 }

@@ -199,3 +199,31 @@ func TestConnTimeoutsOutlastTheBound(t *testing.T) {
 		s.Close()
 	}
 }
+
+// A slow but moving link is not a dead one, up or down: bytes count when
+// the peer acknowledges them, not when a write returns (a write blocked
+// while a send buffer drained at 200 KB/s made a false stall).
+func TestSlowLinkNotDropped(t *testing.T) {
+	bucket := newBucket(t, srv, "slow")
+	const bound = 1500 * time.Millisecond
+	st, p, err := watchedStore(t, bucket, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 1200<<10)
+	rand.NewChaCha8([32]byte{3}).Read(data)
+	p.Set(testsrv.Fault{Kind: testsrv.Slow, In: testsrv.ToServer, Rate: 300 << 10})
+	if err := st.Put(context.Background(), "v/a.tar.zst", bytes.NewReader(data)); err != nil {
+		t.Fatalf("upload over a slow link: %v", err)
+	}
+	p.Set(testsrv.Fault{Kind: testsrv.Slow, In: testsrv.ToClient, Rate: 300 << 10})
+	rc, err := st.Open(context.Background(), "v/a.tar.zst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("download over a slow link: %v", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	pkgsftp "github.com/pkg/sftp"
@@ -24,9 +25,12 @@ import (
 const (
 	dialTimeout      = 15 * time.Second
 	handshakeTimeout = 30 * time.Second
-	// A connection whose peer vanished without a FIN (a pulled cable, a
-	// dropped NAT entry) is noticed within interval+timeout, so a Put in
-	// flight fails instead of hanging.
+)
+
+// A connection whose peer vanished without a FIN (a pulled cable, a
+// dropped NAT entry) is noticed within interval+timeout, so a Put in
+// flight fails instead of hanging. Variables for the tests.
+var (
 	keepaliveInterval = 15 * time.Second
 	keepaliveTimeout  = 15 * time.Second
 )
@@ -230,7 +234,8 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		// The size of the open handle, not of whatever now has its name.
 		pkgsftp.UseFstat(true),
 	}
-	sc, err := startSFTP(ctx, client, opts)
+	var reads atomic.Int64
+	sc, err := startSFTP(ctx, client, opts, &reads)
 	if err != nil {
 		client.Close()
 		return nil, &transientError{fmt.Errorf("ssh %s: start the sftp subsystem: %w (does the server allow sftp?)", d.addr, err)}
@@ -253,7 +258,7 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		sc.Wait()
 		close(c.dead)
 	}()
-	go keepalive(client, c.dead)
+	go keepalive(client, c.dead, &reads)
 	return c, nil
 }
 
@@ -262,7 +267,7 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 // channel, not on the TCP connection, whose ssh keepalives (every 15 s,
 // answered by sshd while its sftp process is hung on a dead disk) would
 // otherwise count as progress for ever.
-func startSFTP(ctx context.Context, client *ssh.Client, opts []pkgsftp.ClientOption) (*pkgsftp.Client, error) {
+func startSFTP(ctx context.Context, client *ssh.Client, opts []pkgsftp.ClientOption, reads *atomic.Int64) (*pkgsftp.Client, error) {
 	sess, err := client.NewSession()
 	if err != nil {
 		return nil, err
@@ -284,12 +289,27 @@ func startSFTP(ctx context.Context, client *ssh.Client, opts []pkgsftp.ClientOpt
 	}
 	// Unread, the server's stderr would take the channel's window.
 	go io.Copy(io.Discard, stderr)
-	return pkgsftp.NewClientPipe(storage.Reader(ctx, out), storage.WriteCloser(ctx, in), opts...)
+	return pkgsftp.NewClientPipe(storage.Reader(ctx, counted{out, reads}), storage.WriteCloser(ctx, in), opts...)
+}
+
+// counted adds the bytes read to n.
+type counted struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c counted) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // keepalive closes the connection when the server stops answering, which
-// fails every request in flight instead of leaving it waiting forever.
-func keepalive(client *ssh.Client, dead <-chan struct{}) {
+// fails every request in flight instead of leaving it waiting forever. A
+// reply may wait behind a channel window of data on a slow link (2 MiB at
+// 50 KB/s is 40 s): while the session's data keeps coming (reads counts
+// it), the server is answering, and the wait goes on.
+func keepalive(client *ssh.Client, dead <-chan struct{}, reads *atomic.Int64) {
 	t := time.NewTicker(keepaliveInterval)
 	defer t.Stop()
 	for {
@@ -303,17 +323,23 @@ func keepalive(client *ssh.Client, dead <-chan struct{}) {
 			_, _, err := client.SendRequest("keepalive@openssh.com", true, nil)
 			errc <- err
 		}()
-		select {
-		case err := <-errc:
-			if err != nil {
-				client.Close()
+	wait:
+		for seen := reads.Load(); ; seen = reads.Load() {
+			select {
+			case err := <-errc:
+				if err != nil {
+					client.Close()
+					return
+				}
+				break wait
+			case <-time.After(keepaliveTimeout):
+				if reads.Load() == seen {
+					client.Close()
+					return
+				}
+			case <-dead:
 				return
 			}
-		case <-time.After(keepaliveTimeout):
-			client.Close()
-			return
-		case <-dead:
-			return
 		}
 	}
 }

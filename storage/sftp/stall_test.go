@@ -81,7 +81,7 @@ func TestStallGivesUp(t *testing.T) {
 // is frozen (a hung disk, say): those are not progress, so the bound still
 // ends the Put. The bound is past the keepalive interval on purpose.
 func TestFrozenSessionGivesUp(t *testing.T) {
-	const bound = keepaliveInterval + 5*time.Second
+	bound := keepaliveInterval + 5*time.Second
 	before := map[int]bool{}
 	for _, p := range srv.Sessions() {
 		before[p] = true
@@ -131,4 +131,17 @@ func (f *freezeAfter) Read(p []byte) (int, error) {
 	}
 	f.n += n
 	return n, err
+}
+
+// A slow but moving link is not a dead one: the keepalive's reply waits
+// behind a window of data, and the session's data still counts as an
+// answer. The keepalive is shortened so the test does not take a minute.
+func TestSlowLinkKeepsConnection(t *testing.T) {
+	defer func(i, to time.Duration) { keepaliveInterval, keepaliveTimeout = i, to }(keepaliveInterval, keepaliveTimeout)
+	keepaliveInterval, keepaliveTimeout = time.Second, time.Second
+	st, p := watchedThrough(t, remoteDir(t), 3*time.Second)
+	p.Set(testsrv.Fault{Kind: testsrv.Slow, In: testsrv.ToServer, Rate: 256 << 10})
+	if err := st.Put(context.Background(), "v/a", bytes.NewReader(make([]byte, 1<<20))); err != nil {
+		t.Fatalf("a slow link was dropped: %v", err)
+	}
 }

@@ -429,20 +429,16 @@ func (s *watched) Delete(ctx context.Context, key string) error {
 }
 
 func (s *watched) Stale(ctx context.Context, prefix string) ([]Object, error) {
-	sw, ok := s.st.(Sweeper)
-	if !ok {
-		return nil, nil
-	}
-	ctx, done, err := s.w.Op(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	objs, err := sw.Stale(ctx, prefix)
-	return objs, s.result(err)
+	return s.sweep(ctx, prefix, Sweeper.Stale)
 }
 
 func (s *watched) RemoveStale(ctx context.Context, prefix string) ([]Object, error) {
+	return s.sweep(ctx, prefix, Sweeper.RemoveStale)
+}
+
+// sweep runs one of the backend's Sweeper methods under the watch; a
+// backend that is no Sweeper has nothing stale.
+func (s *watched) sweep(ctx context.Context, prefix string, op func(Sweeper, context.Context, string) ([]Object, error)) ([]Object, error) {
 	sw, ok := s.st.(Sweeper)
 	if !ok {
 		return nil, nil
@@ -452,7 +448,7 @@ func (s *watched) RemoveStale(ctx context.Context, prefix string) ([]Object, err
 		return nil, err
 	}
 	defer done()
-	objs, err := sw.RemoveStale(ctx, prefix)
+	objs, err := op(sw, ctx, prefix)
 	return objs, s.result(err)
 }
 

@@ -199,19 +199,15 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Duration = now().Sub(start).Seconds()
 	}
 	res.Manifest = m
-	// Manifests first, then what the failed destinations left: a failed
-	// one that shows a manifest it never wrote is another name of a
-	// destination that holds the snapshot (one the same-storage probe
-	// could not tell), and what it would remove is that one's.
+	// Manifests first, then what the failed destinations left, in this
+	// order: a failed one that shows a manifest it never wrote is another
+	// name of a destination that holds the snapshot (one the same-storage
+	// probe could not tell), and what it would remove is that one's.
 	manifestErrs := make([]error, len(dests))
 	for i, st := range dests {
 		if putErrs[i] == nil {
 			manifestErrs[i] = snapshot.Put(ctx, st, m)
 		}
-	}
-	anyHeld := false
-	for i := range dests {
-		anyHeld = anyHeld || (putErrs[i] == nil && manifestErrs[i] == nil)
 	}
 	// shows tells whether dests[i] holds the manifest: true, false, or
 	// (err) it cannot tell.
@@ -228,42 +224,53 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		}
 		return false, err
 	}
-	var failed []string
+	errs := make([]error, len(dests))
+	clean := make([]bool, len(dests)) // the archive there is this destination's to remove
+	held := false                     // some destination holds the whole snapshot
 	for i, st := range dests {
-		var err error
 		switch {
 		case putErrs[i] != nil:
-			err = storageError(st, putErrs[i])
-			if !storage.MayHaveCommitted(putErrs[i]) {
-				break
-			}
-			if anyHeld {
-				if there, serr := shows(i); there || serr != nil {
-					// A manifest it never wrote: another name of a
-					// destination that holds the snapshot, whose archive
-					// this one's cleanup would remove. Or it cannot tell.
-					log.Warn("not removing the archive from a failed destination: it may be another destination's", "storage", st.String())
-					break
-				}
-			}
-			undo(i)
+			errs[i] = storageError(st, putErrs[i])
+			clean[i] = storage.MayHaveCommitted(putErrs[i])
 		case manifestErrs[i] != nil:
-			err = fmt.Errorf("write manifest: %w", storageError(st, manifestErrs[i]))
+			errs[i] = fmt.Errorf("write manifest: %w", storageError(st, manifestErrs[i]))
 			there, serr := shows(i)
 			if there {
 				// Stored all the same (the answer was lost), or by another
 				// name of this storage: the snapshot is whole there. Puts
 				// are whole or nothing.
 				log.Warn("the manifest write was reported failed, but the manifest is there: the snapshot is whole", "storage", st.String(), "err", manifestErrs[i])
-				err = nil
+				errs[i] = nil
 				break
 			}
 			if serr == nil {
-				undo(i)
+				// A write cancelled on its way may still land: removed,
+				// or the archive stays beside it.
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+				derr := dests[i].Delete(cctx, m.Key())
+				cancel()
+				clean[i] = derr == nil || errors.Is(derr, storage.ErrNotExist)
 			}
 			// Cannot tell whether the manifest is there: the archive stays
 			// (a listed snapshot without it is worse than an archive too
 			// many).
+		}
+		held = held || errs[i] == nil
+	}
+	var failed []string
+	for i, st := range dests {
+		err := errs[i]
+		if err != nil && clean[i] {
+			keep := false
+			if held {
+				there, serr := shows(i)
+				keep = there || serr != nil
+			}
+			if keep {
+				log.Warn("not removing the archive from a failed destination: it shows the manifest another destination wrote (the same storage under another name), or cannot tell", "storage", st.String())
+			} else {
+				undo(i)
+			}
 		}
 		res.Errs[i] = err
 		if err != nil {

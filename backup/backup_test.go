@@ -268,3 +268,19 @@ func TestManifestThereAfterAll(t *testing.T) {
 		t.Fatalf("listed: %v %+v", err, c)
 	}
 }
+
+// Two names of one storage, one whose manifest write was reported failed
+// but landed, one whose archive Put may have committed: the second's
+// cleanup must not remove the archive the first's snapshot names.
+func TestManifestThereAfterAllKeepsTheArchive(t *testing.T) {
+	a := dir(t)
+	res, err := Volume(context.Background(), &fakeEngine{data: newData(2 << 20)}, []storage.Storage{manifestLost{a}, commitLost{a}}, "vol", Options{})
+	if res.Errs[0] != nil || res.Errs[1] == nil {
+		t.Fatalf("want the first written, the second failed: %v %v", err, res.Errs)
+	}
+	rc, err := a.Open(context.Background(), res.Manifest.Archive)
+	if err != nil {
+		t.Fatalf("a listed snapshot lost its archive: %v", err)
+	}
+	rc.Close()
+}

@@ -111,7 +111,11 @@ func (w *Watch) check() {
 		return
 	}
 	for c := range w.conns {
-		if c.acked() {
+		more, ok := c.poll()
+		if !ok { // closed under its wrapper
+			delete(w.conns, c)
+		}
+		if more {
 			w.Progress()
 		}
 	}
@@ -172,7 +176,10 @@ func Conn(ctx context.Context, c net.Conn) net.Conn {
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			wc.raw = raw
-			if _, ok := wc.poll(); ok {
+			// A connected Linux socket has its SYN acknowledged: 1. A
+			// kernel or sandbox that leaves the field 0 (before 4.1,
+			// gVisor) cannot tell, and writes count as they return.
+			if _, ok := wc.poll(); ok && wc.acks >= 1 {
 				wc.tcpInfo = true
 				w.mu.Lock()
 				if w.conns == nil {
@@ -194,13 +201,9 @@ type watchedConn struct {
 	acks    uint64 // bytes acknowledged at the last look
 }
 
-// acked tells whether the peer acknowledged bytes since the last look
-// (under the watch's lock).
-func (c *watchedConn) acked() bool {
-	more, _ := c.poll()
-	return more
-}
-
+// poll tells whether the peer acknowledged bytes since the last look
+// (under the watch's lock once the connection is registered), and whether
+// it could look.
 func (c *watchedConn) poll() (more, ok bool) {
 	var acks uint64
 	c.raw.Control(func(fd uintptr) {

@@ -122,10 +122,11 @@ func watched(ctx context.Context, dest string, opts Options, open func(context.C
 // under paths no name tells apart (a bind mount), or, whatever the
 // backends, a probe object written through a and read back through b (a
 // directory named both as /srv/b and over SFTP, a bucket through two
-// endpoints). A probe that fails (a dropped connection) is tried again;
-// one that fails twice is an error: the caller cannot know, and two names
-// of one storage taken for two is how one's cleanup removes what the
-// other wrote.
+// endpoints). A probe that fails (a dropped connection) is tried again.
+// One that cannot be written through a twice answers false: a is the
+// broken one, not b, and backup's cleanup of a failed destination never
+// removes what another wrote. One written but not readable through b
+// twice is an error (about b): the caller cannot know.
 func Same(ctx context.Context, a, b storage.Storage) (bool, error) {
 	if a.String() == b.String() {
 		return true, nil
@@ -139,11 +140,20 @@ func Same(ctx context.Context, a, b storage.Storage) (bool, error) {
 	if err != nil && ctx.Err() == nil {
 		same, err = probe(ctx, a, b)
 	}
+	if errors.Is(err, errProbeWrite) {
+		return false, nil
+	}
 	return same, err
 }
 
-// probeTimeout bounds a probe (and its removal) where no stall bound does.
-const probeTimeout = 30 * time.Second
+var errProbeWrite = errors.New("write a probe")
+
+// probeTimeout bounds a probe, probeCleanup its removal, where no stall
+// bound does: a silent server costs less than a minute per pair.
+const (
+	probeTimeout = 30 * time.Second
+	probeCleanup = 10 * time.Second
+)
 
 func probe(ctx context.Context, a, b storage.Storage) (bool, error) {
 	var r [16]byte
@@ -152,14 +162,16 @@ func probe(ctx context.Context, a, b storage.Storage) (bool, error) {
 	key := ".volbak-same-" + token[:12]
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	// Removed whatever the Put said: a failed one may have stored it.
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
-		defer cancel()
-		a.Delete(cctx, key)
-	}()
-	if err := a.Put(pctx, key, strings.NewReader(token)); err != nil {
-		return false, fmt.Errorf("write a probe to %s: %w", a, err)
+	err := a.Put(pctx, key, strings.NewReader(token))
+	if err == nil || storage.MayHaveCommitted(err) {
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeCleanup)
+			defer cancel()
+			a.Delete(cctx, key)
+		}()
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w to %s: %w", errProbeWrite, a, err)
 	}
 	rc, err := b.Open(pctx, key)
 	if errors.Is(err, storage.ErrNotExist) {

@@ -59,8 +59,25 @@ func (f flaky) Put(ctx context.Context, key string, r io.Reader) error {
 
 func (f flaky) String() string { return "flaky:" + f.Dir.String() }
 
-// A probe that fails once is tried again; twice, it is an error, never a
-// "different".
+// unreadable is a directory whose first n Opens fail.
+type unreadable struct {
+	*local.Dir
+	n *int
+}
+
+func (u unreadable) Open(ctx context.Context, key string) (io.ReadCloser, error) {
+	if *u.n > 0 {
+		*u.n--
+		return nil, errors.New("connection lost")
+	}
+	return u.Dir.Open(ctx, key)
+}
+
+func (u unreadable) String() string { return "unreadable:" + u.Dir.String() }
+
+// A probe that fails once is tried again. One that cannot be written twice
+// blames the storage written to: "not the same", so that the other is kept.
+// One that cannot be read back twice is an error about the other.
 func TestSameProbeRetries(t *testing.T) {
 	d, err := local.New(t.TempDir(), true)
 	if err != nil {
@@ -71,8 +88,12 @@ func TestSameProbeRetries(t *testing.T) {
 		t.Fatalf("one failure: same %v, %v", same, err)
 	}
 	n = 2
-	if same, err := Same(context.Background(), flaky{d, &n}, d); same || err == nil {
-		t.Fatalf("two failures: same %v, %v", same, err)
+	if same, err := Same(context.Background(), flaky{d, &n}, d); same || err != nil {
+		t.Fatalf("two failed writes: same %v, %v", same, err)
+	}
+	n = 2
+	if same, err := Same(context.Background(), d, unreadable{d, &n}); same || err == nil {
+		t.Fatalf("two failed reads: same %v, %v", same, err)
 	}
 	other, _ := local.New(t.TempDir(), true)
 	if same, err := Same(context.Background(), flaky{d, new(int)}, other); same || err != nil {

@@ -234,10 +234,18 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		// The size of the open handle, not of whatever now has its name.
 		pkgsftp.UseFstat(true),
 	}
+	// Nothing below watches ctx, and a server whose sftp process never
+	// answers (a home on a dead mount) would hold it for ever: an
+	// interrupt, or the Watch giving the server up, closes the client.
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
 	var reads atomic.Int64
 	sc, err := startSFTP(ctx, client, opts, &reads)
 	if err != nil {
 		client.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("ssh %s: start the sftp subsystem: %w", d.addr, context.Cause(ctx))
+		}
 		return nil, &transientError{fmt.Errorf("ssh %s: start the sftp subsystem: %w (does the server allow sftp?)", d.addr, err)}
 	}
 	if _, ok := sc.HasExtension("limits@openssh.com"); ok {
@@ -258,7 +266,10 @@ func (d *dialer) connectOnce(ctx context.Context) (*conn, error) {
 		sc.Wait()
 		close(c.dead)
 	}()
-	go keepalive(client, c.dead, &reads)
+	if !stop() { // closed under it
+		return nil, fmt.Errorf("ssh %s: start the sftp subsystem: %w", d.addr, context.Cause(ctx))
+	}
+	go keepalive(client, c.dead, &reads, keepaliveInterval, keepaliveTimeout)
 	return c, nil
 }
 
@@ -309,8 +320,8 @@ func (c counted) Read(p []byte) (int, error) {
 // reply may wait behind a channel window of data on a slow link (2 MiB at
 // 50 KB/s is 40 s): while the session's data keeps coming (reads counts
 // it), the server is answering, and the wait goes on.
-func keepalive(client *ssh.Client, dead <-chan struct{}, reads *atomic.Int64) {
-	t := time.NewTicker(keepaliveInterval)
+func keepalive(client *ssh.Client, dead <-chan struct{}, reads *atomic.Int64, interval, timeout time.Duration) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -332,7 +343,7 @@ func keepalive(client *ssh.Client, dead <-chan struct{}, reads *atomic.Int64) {
 					return
 				}
 				break wait
-			case <-time.After(keepaliveTimeout):
+			case <-time.After(timeout):
 				if reads.Load() == seen {
 					client.Close()
 					return

@@ -53,6 +53,13 @@ type Store struct {
 	cur    *conn
 	closed bool
 	made   map[string]bool // directories this Store's Puts made (see Delete)
+
+	// dialing serializes reconnections without holding mu, so that Close
+	// (a Watch giving the server up) never waits on a dial; life ends at
+	// Close, and with it a dial in progress.
+	dialing sync.Mutex
+	life    context.Context
+	end     context.CancelFunc
 }
 
 var _ storage.Storage = (*Store)(nil)
@@ -126,6 +133,7 @@ func Open(ctx context.Context, u *url.URL, create bool, opts Options) (*Store, e
 		return nil, err
 	}
 	s := &Store{d: d, cur: c}
+	s.life, s.end = context.WithCancel(context.Background())
 	// The requests below do not watch ctx: an interrupt, or a Watch giving
 	// the server up, ends them by closing the connection.
 	stop := context.AfterFunc(ctx, func() { s.Close() })
@@ -186,6 +194,7 @@ func (s *Store) String() string {
 
 // Close ends the connection.
 func (s *Store) Close() error {
+	s.end()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
@@ -199,9 +208,11 @@ func (s *Store) Close() error {
 // conn returns the live connection, or makes a new one when the last died:
 // a server restart between two operations costs a reconnect, not the run.
 func (s *Store) conn(ctx context.Context) (*conn, error) {
+	s.dialing.Lock()
+	defer s.dialing.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil, fmt.Errorf("%s: storage closed", s)
 	}
 	if s.cur != nil {
@@ -210,12 +221,27 @@ func (s *Store) conn(ctx context.Context) (*conn, error) {
 			s.cur.close()
 			s.cur = nil
 		default:
-			return s.cur, nil
+			c := s.cur
+			s.mu.Unlock()
+			return c, nil
 		}
 	}
-	c, err := s.d.connect(ctx)
+	s.mu.Unlock()
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(s.life, cancel)()
+	c, err := s.d.connect(dctx)
 	if err != nil {
+		if s.life.Err() != nil {
+			return nil, fmt.Errorf("%s: storage closed", s)
+		}
 		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.close()
+		return nil, fmt.Errorf("%s: storage closed", s)
 	}
 	s.cur = c
 	return c, nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -143,5 +144,26 @@ func TestSlowLinkKeepsConnection(t *testing.T) {
 	p.Set(testsrv.Fault{Kind: testsrv.Slow, In: testsrv.ToServer, Rate: 256 << 10})
 	if err := st.Put(context.Background(), "v/a", bytes.NewReader(make([]byte, 1<<20))); err != nil {
 		t.Fatalf("a slow link was dropped: %v", err)
+	}
+}
+
+// A server whose sftp process never answers (a home on a dead mount; here
+// a ForceCommand that sleeps) is given up at the bound while volbak opens
+// it: nothing after the ssh handshake watched the context before.
+func TestSilentSubsystemGivesUp(t *testing.T) {
+	s := configuredServer(t, "ForceCommand /bin/sleep 3600")
+	const bound = 2 * time.Second
+	w := storage.NewWatch("sftp", bound)
+	ctx, done, _ := w.Op(context.Background())
+	defer done()
+	u, _ := url.Parse(fmt.Sprintf("sftp://%s@%s%s", s.User, s.Addr, filepath.Join(s.Root, "x")))
+	opts := Options{KeyFile: s.KeyFile, KnownHosts: s.KnownHostsFile, Getenv: env("HOME", t.TempDir())}
+	start := time.Now()
+	_, err := Open(ctx, u, true, opts)
+	if err == nil || w.Err() == nil {
+		t.Fatalf("open of a silent sftp subsystem: %v (watch: %v)", err, w.Err())
+	}
+	if d := time.Since(start); d > 4*bound {
+		t.Errorf("gave up after %s with a bound of %s", d, bound)
 	}
 }

@@ -203,12 +203,20 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	// order: a failed one that shows a manifest it never wrote is another
 	// name of a destination that holds the snapshot (one the same-storage
 	// probe could not tell), and what it would remove is that one's.
+	// At once: a silent destination must not hold a healthy one's commit
+	// (an interrupt meanwhile removed a complete local copy).
 	manifestErrs := make([]error, len(dests))
+	var wg sync.WaitGroup
 	for i, st := range dests {
 		if putErrs[i] == nil {
-			manifestErrs[i] = snapshot.Put(ctx, st, m)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				manifestErrs[i] = snapshot.Put(ctx, st, m)
+			}()
 		}
 	}
+	wg.Wait()
 	// shows tells whether dests[i] holds the manifest: true, false, or
 	// (err) it cannot tell.
 	shows := func(i int) (bool, error) {
@@ -243,7 +251,9 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 				errs[i] = nil
 				break
 			}
-			if serr == nil {
+			if serr != nil {
+				errs[i] = fmt.Errorf("%w; the snapshot may be there all the same (its answer lost): verify will tell", errs[i])
+			} else {
 				// A write cancelled on its way may still land: removed,
 				// or the archive stays beside it.
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -267,7 +277,7 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 				keep = there || serr != nil
 			}
 			if keep {
-				log.Warn("not removing the archive from a failed destination: it shows the manifest another destination wrote (the same storage under another name), or cannot tell", "storage", st.String())
+				log.Warn("not removing the archive from a failed destination: it shows the manifest another destination wrote (the same storage under another name), or it could not be asked; if the archive was stored there, it stays unlisted", "storage", st.String())
 			} else {
 				undo(i)
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/dest"
+	"github.com/volbak/volbak/storage/local"
 	"github.com/volbak/volbak/storage/s3"
 	"github.com/volbak/volbak/storage/sftp"
 )
@@ -199,6 +200,17 @@ less CPU), default, better, best (much slower).
 						continue next
 					}
 					if same {
+						_, isDir := st.(*local.Dir)
+						_, prevIsDir := prev.(*local.Dir)
+						if isDir && !prevIsDir {
+							// Written through the directory: no network
+							// on the way to fail.
+							fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once, as %s\n", dest.Redact(named[i]), dest.Redact(d), st, st)
+							prev.Close() // again at the end: Close may be called twice
+							defer st.Close()
+							sts[i], named[i] = st, d
+							continue next
+						}
 						fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(named[i]), prev)
 						st.Close()
 						continue next

@@ -133,6 +133,12 @@ func TestSameStorageTwoWays(t *testing.T) {
 	if n := len(list(t, sftpr.dir, vol)); n != 1 {
 		t.Fatalf("the directory holds %d snapshots, want 1", n)
 	}
+	// Named over SFTP first, it is written through the directory all the
+	// same: no network on the way to fail.
+	res = mustOK(t, sftpr.run(t, "backup", vol, "--to", sftpr.url, "--to", sftpr.dir))
+	if !strings.Contains(res.stdout, "  "+sftpr.dir) || strings.Contains(res.stdout, "sftp://") {
+		t.Fatalf("want the snapshot written through the directory: %s", res)
+	}
 }
 
 // A server silent from the start costs the bound at the opening, once: the

@@ -97,46 +97,46 @@ func Open(ctx context.Context, u *url.URL, create bool, getenv func(string) stri
 	return s, nil
 }
 
-// connTimeout bounds how long sent data may stay unacknowledged, and a
-// response's headers may take, on one connection.
+// connTimeout bounds, without a stall bound, how long sent data may stay
+// unacknowledged, and a response's headers may take, on one connection.
 const connTimeout = time.Minute
 
 // notSentLowat is how much unsent data a watched connection queues.
 const notSentLowat = 256 << 10
 
 // newStore makes the client. stall is the storage.Watch bound the store
-// runs under (0: none): its connections' own timeouts are then set past
-// it, so that a silent server is given up by the watch rather than by a
-// timeout whose retry, on a fresh connection, would write a few megabytes
-// into socket buffers, count as progress, and start the wait over.
+// runs under (0: none).
 func newStore(cfg *config, stall time.Duration) (*Store, error) {
 	tr, err := minio.DefaultTransport(cfg.secure)
 	if err != nil {
 		return nil, err
 	}
-	userTimeout := connTimeout
 	if stall > 0 {
-		userTimeout = max(connTimeout, 2*stall)
-		tr.ResponseHeaderTimeout = userTimeout
+		// The watch gives a silent server up: a connection timeout that
+		// came first would retry on a fresh connection, whose bytes count
+		// as progress and start the wait over.
+		tr.ResponseHeaderTimeout = max(connTimeout, 2*stall)
 	}
-	// A peer that vanishes without a reset (a dropped route, a frozen VM)
-	// would otherwise hold a part's upload, and with it every destination of
-	// the backup, until the kernel gives up retransmitting (~15 min): data
-	// unacknowledged for a minute ends the connection, and the part is
-	// retried or the upload fails.
 	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 15 * time.Second,
 		Control: func(_, _ string, c syscall.RawConn) error {
-			// Best effort: where the option is refused (a sandbox, an
-			// old kernel) the connection works without it.
+			// Best effort: where an option is refused (a sandbox, an old
+			// kernel) the connection works without it.
 			return c.Control(func(fd uintptr) {
-				unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(userTimeout/time.Millisecond))
-				if stall > 0 {
-					// A writer blocked on a slow link wakes each time a
-					// little has gone, not once a third of a 4 MiB send
-					// buffer has: on a slow link, progress is seen well
-					// within the bound.
-					unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
+				if stall <= 0 {
+					// A peer that vanishes without a reset (a dropped
+					// route, a frozen VM) would otherwise hold a part's
+					// upload, and every destination with it, until the
+					// kernel gives up retransmitting (~15 min). Not under
+					// a watch: Linux also ends a connection whose slow
+					// receiver keeps its window shut that long, while
+					// bytes still go (uploads at 100 KB/s through a
+					// throttling gateway never finished).
+					unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(connTimeout/time.Millisecond))
+					return
 				}
+				// A writer blocked on a slow link wakes each time a little
+				// has gone, not once a third of a 4 MiB send buffer has.
+				unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, notSentLowat)
 			})
 		}}
 	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/volbak/volbak/internal/testsrv"
 	"github.com/volbak/volbak/storage"
+	"golang.org/x/sys/unix"
 )
 
 // watchedStore opens bucket through a fault proxy in front of the package's
@@ -225,5 +228,39 @@ func TestSlowLinkNotDropped(t *testing.T) {
 	got, err := io.ReadAll(rc)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("download over a slow link: %v", err)
+	}
+}
+
+// Under a stall bound the kernel's TCP_USER_TIMEOUT is left off: Linux
+// applied it to a slow receiver's shut window while bytes still went, and
+// uploads at 100 KB/s restarted each part at 60 s for ever. Without a
+// bound it is what ends a vanished peer's connection.
+func TestUserTimeoutOnlyWithoutABound(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cfg, err := parseConfig(mustURL(t, "s3://bucket?endpoint=http://"+ln.Addr().String()), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for bound, want := range map[time.Duration]int{0: int(connTimeout / time.Millisecond), 5 * time.Second: 0} {
+		s, err := newStore(cfg, bound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := s.tr.DialContext(context.Background(), "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got int
+		raw, _ := c.(syscall.Conn).SyscallConn()
+		raw.Control(func(fd uintptr) { got, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT) })
+		c.Close()
+		s.Close()
+		if got != want {
+			t.Errorf("bound %s: TCP_USER_TIMEOUT %d ms, want %d", bound, got, want)
+		}
 	}
 }

@@ -266,6 +266,11 @@ func (s *Store) path(key string) (string, error) {
 	return path.Join(s.root, key), nil
 }
 
+// interruptGrace is how long an interrupted Put may take to end by itself
+// (removing its temp file over the live connection) before its connection
+// is dropped under it.
+const interruptGrace = 5 * time.Second
+
 // Put writes to a temp file beside the target, syncs it where the server
 // can, and renames it into place: before Put returns, only a temp file that
 // List ignores can be left. Directories Put made for the key are removed
@@ -280,6 +285,24 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
+	// SFTP requests do not watch ctx: an interrupt that the Put does not
+	// see through its source within a few seconds (it waits on a reply, a
+	// server's sftp process hung on its disk) drops the connection, which
+	// fails the requests waiting on it.
+	finished := make(chan struct{})
+	defer close(finished)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-finished:
+			return
+		}
+		select {
+		case <-time.After(interruptGrace):
+			s.drop(c)
+		case <-finished:
+		}
+	}()
 	dir := path.Dir(full)
 	tmp := path.Join(dir, tempPrefix+randomHex())
 	f, made, err := s.createTemp(c, dir, tmp)

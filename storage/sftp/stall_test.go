@@ -167,3 +167,39 @@ func TestSilentSubsystemGivesUp(t *testing.T) {
 		t.Errorf("gave up after %s with a bound of %s", d, bound)
 	}
 }
+
+// An interrupt ends a Put whose server's sftp process hangs, without a
+// stall bound: the connection is dropped once the grace has passed (it
+// waited for the server before, for ever without a bound).
+func TestInterruptFrozenPut(t *testing.T) {
+	before := map[int]bool{}
+	for _, p := range srv.Sessions() {
+		before[p] = true
+	}
+	st := mustOpen(t, remoteDir(t), true, keyOpts(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var frozen []int
+	defer func() {
+		for _, p := range frozen {
+			syscall.Kill(p, syscall.SIGCONT)
+		}
+	}()
+	src := &freezeAfter{r: bytes.NewReader(make([]byte, 64<<20)), after: 1 << 20, freeze: func() {
+		for _, p := range srv.Sessions() {
+			if !before[p] {
+				syscall.Kill(p, syscall.SIGSTOP)
+				frozen = append(frozen, p)
+			}
+		}
+		time.AfterFunc(500*time.Millisecond, cancel)
+	}}
+	start := time.Now()
+	err := st.Put(ctx, "v/a", src)
+	if err == nil || len(frozen) == 0 {
+		t.Fatalf("want the interrupted Put failed: %v (frozen %v)", err, frozen)
+	}
+	if d := time.Since(start); d > interruptGrace+10*time.Second {
+		t.Errorf("an interrupted Put took %s", d)
+	}
+}

@@ -39,6 +39,9 @@ type Event struct {
 	// Kind classifies an error event for the controller (the Kind…
 	// constants), or is empty.
 	Kind string `json:"kind,omitempty"`
+	// ID names a restore's run in its target (ready): a recovery after
+	// it failed finishes that run's own switch.
+	ID string `json:"id,omitempty"`
 }
 
 // Error kinds.
@@ -234,7 +237,7 @@ func runExtract(args []string, stdin io.Reader, em *emitter) error {
 		return err
 	}
 	job.Warn = func(path, msg string) { em.emit(Event{Event: "warning", Path: path, Message: msg}) }
-	job.Ready = func() { em.emit(Event{Event: "ready"}) }
+	job.Ready = func(id string) { em.emit(Event{Event: "ready", ID: id}) }
 	job.Recovered = func(r stage.Report) { em.emit(Event{Event: "note", Message: r.String()}) }
 	job.Switching = func() { em.emit(Event{Event: "switching"}) }
 	// Done as soon as the snapshot is in place: the controller may start
@@ -260,6 +263,7 @@ func runRecover(args []string, em *emitter) error {
 	fl.SetOutput(io.Discard)
 	root := fl.String("root", "/data", "tree to recover")
 	replace := fl.Bool("replace", false, "finish a replacing switch too (for a replacing restore that failed)")
+	own := fl.String("own", "", "finish the switch of this run (for a restore that failed, whatever it had reported)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -268,9 +272,13 @@ func runRecover(args []string, em *emitter) error {
 		return err
 	}
 	defer unlock()
-	rep, err := stage.Recover(*root, *replace, func(path, msg string) {
-		em.emit(Event{Event: "warning", Path: path, Message: msg})
-	})
+	warn := func(path, msg string) { em.emit(Event{Event: "warning", Path: path, Message: msg}) }
+	var rep stage.Report
+	if *own != "" && !*replace {
+		rep, err = stage.RecoverOwn(*root, *own, warn)
+	} else {
+		rep, err = stage.Recover(*root, *replace, warn)
+	}
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ type Events struct {
 	// switching: the helper journaled its switch; the target is no longer
 	// as it was
 	switching bool
+	stageID   string // the run's name in its target, from "ready"
 	line      []byte
 	done      *Event
 	err       string
@@ -73,6 +74,7 @@ func (e *Events) handle(line []byte) {
 	case "switching":
 		e.switching = true
 	case "ready":
+		e.stageID = ev.ID
 		if !e.wasReady {
 			e.wasReady = true
 			close(e.readyChan())
@@ -105,6 +107,13 @@ func (e *Events) WasReady() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.wasReady
+}
+
+// StageID is the run's name in its target, once the helper was ready.
+func (e *Events) StageID() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stageID
 }
 
 // Switching reports whether the helper began its switch: from then on its

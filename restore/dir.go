@@ -38,7 +38,7 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 		Entries: m.Files, Bytes: m.Uncompressed,
 		SpaceCheck: !opts.NoSpaceCheck,
 		Warn:       warn,
-		Ready:      func() { ready = true },
+		Ready:      func(string) { ready = true },
 	})
 	if err == nil {
 		return nil

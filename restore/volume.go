@@ -93,7 +93,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 			log.Warn("interrupted after the restore had finished: the volume holds the snapshot", "target", name)
 			// The helper was stopped while it removed what the snapshot
 			// replaced: finish that under its journal.
-			if _, _, err := recoverVolume(ctx, eng, name, true, log); err != nil {
+			if _, _, err := recoverVolume(ctx, eng, name, true, "", log); err != nil {
 				log.Warn("could not remove what the snapshot replaced; the next volbak restore or backup of the volume does", "target", name, "error", err)
 			}
 		}
@@ -121,7 +121,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	if stopped != nil {
 		stopped.Hold()
 	}
-	finished, empty, err := recoverVolume(ctx, eng, name, events.Switching(), log)
+	finished, empty, err := recoverVolume(ctx, eng, name, events.Switching(), events.StageID(), log)
 	switch {
 	case err == nil && (finished || events.Switching()):
 		// Past every check and into the switch when it was cut short; the
@@ -286,7 +286,7 @@ func cleared(events *agent.Events) string {
 // staging directory goes, or, if it had begun switching (every check
 // passed), the switch is finished, and finished says so; empty says the
 // volume then holds nothing but an unfinished restore's mark.
-func recoverVolume(ctx context.Context, eng Engine, name string, replace bool, log *slog.Logger) (finished, empty bool, err error) {
+func recoverVolume(ctx context.Context, eng Engine, name string, replace bool, own string, log *slog.Logger) (finished, empty bool, err error) {
 	// replace: this restore's own switch began, and is a replacing one
 	// or not; either way it is finished. Otherwise a replacing switch an
 	// earlier run began is left alone: this one never got to replace.
@@ -296,6 +296,11 @@ func recoverVolume(ctx context.Context, eng Engine, name string, replace bool, l
 	args := []string{"agent", "recover", "--root", engine.MountPoint}
 	if replace {
 		args = append(args, "--replace")
+	}
+	if own != "" {
+		// This run's own switch, if its journal was written before the
+		// helper could say so (an interrupt right then), is finished too.
+		args = append(args, "--own", own)
 	}
 	rerr := eng.Run(rctx, engine.Helper{Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite, Stdout: io.Discard, Stderr: events})
 	done := events.Done()

@@ -50,11 +50,19 @@ func (r Report) changed() bool { return r.Finished+r.RolledBack+r.Removed+r.Unma
 // reached their switch are removed. A mark of an unfinished restore goes
 // once the volume holds data of its own.
 func Recover(root string, finishReplacing bool, warn func(path, msg string)) (Report, error) {
-	return recoverAt(root, finishReplacing, "", warn)
+	return recoverAt(root, finishReplacing, "", "", warn)
+}
+
+// RecoverOwn is Recover for a restore that failed after its helper named
+// its run (id): that run's own switch is finished like a replacing run's
+// (its journal is written only once every check passed), others' pending
+// replacing switches are left alone.
+func RecoverOwn(root, id string, warn func(path, msg string)) (Report, error) {
+	return recoverAt(root, false, "", id, warn)
 }
 
 // recoverAt is Recover, sparing the state of the live run keep.
-func recoverAt(root string, finishReplacing bool, keep string, warn func(path, msg string)) (Report, error) {
+func recoverAt(root string, finishReplacing bool, keep, own string, warn func(path, msg string)) (Report, error) {
 	if warn == nil {
 		warn = func(string, string) {}
 	}
@@ -81,12 +89,13 @@ func recoverAt(root string, finishReplacing bool, keep string, warn func(path, m
 		// A replacing switch whose staged entries are all in place has
 		// only the removal of what it replaced left to do, which its
 		// journal proves a replacing run gave up: anyone may finish that.
-		if j.Replace && !finishReplacing && !(j.Phase == kindNew && emptyDir(filepath.Join(root, name(e.id, kindNew)))) {
+		finishing := finishReplacing || e.id == own
+		if j.Replace && !finishing && !(j.Phase == kindNew && emptyDir(filepath.Join(root, name(e.id, kindNew)))) {
 			pending[e.id] = true
 			rep.Pending++
 			continue
 		}
-		if !finishReplacing && j.Root != nil {
+		if !finishing && j.Root != nil {
 			// Owner, mode and xattrs for the target itself, from a
 			// journal anyone who can write the target could have planted:
 			// applied only by a run that replaces the target (and then

@@ -26,7 +26,7 @@ type Job struct {
 	Warn       func(path, msg string)
 	// Ready is called once the target was checked and may be written:
 	// before it, nothing was touched, and the archive need not be read.
-	Ready func()
+	Ready func(id string)
 	// Recovered is told what was cleared of a dead run's state.
 	Recovered func(Report)
 	// Switching is called once the switch is journaled: from then on the
@@ -78,7 +78,7 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		return archive.Stats{}, err
 	}
 	if job.Ready != nil {
-		job.Ready()
+		job.Ready(s.ID())
 	}
 	var rootHdr *tar.Header
 	stopFlush := flushBehind(root)

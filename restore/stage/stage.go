@@ -293,6 +293,9 @@ func Begin(root string, fresh bool) (*Stage, error) {
 // Dir is where the archive is to be extracted.
 func (s *Stage) Dir() string { return s.path(kindNew) }
 
+// ID names this run's state in the target (.volbak-restore-ID.*).
+func (s *Stage) ID() string { return s.id }
+
 func (s *Stage) path(kind string) string { return filepath.Join(s.root, name(s.id, kind)) }
 
 // Abort removes what the restore staged; the target is as it was. The

@@ -211,7 +211,7 @@ func TestRun(t *testing.T) {
 			tree(t, root, oldFiles)
 			before := digest(t, root)
 			ready := false
-			c.j.Ready = func() { ready = true }
+			c.j.Ready = func(string) { ready = true }
 			_, err := Run(root, bytes.NewReader(c.data), c.j)
 			if !errors.Is(err, c.wantErr) {
 				t.Fatalf("got %v, want %v", err, c.wantErr)
@@ -496,7 +496,7 @@ func TestWrittenDuringRestore(t *testing.T) {
 	tree(t, src, newFiles)
 	buf, st := archiveOf(t, src)
 	root := t.TempDir()
-	_, err := Run(root, buf, Job{Entries: st.Entries, Bytes: st.Bytes, Ready: func() {
+	_, err := Run(root, buf, Job{Entries: st.Entries, Bytes: st.Bytes, Ready: func(string) {
 		os.WriteFile(filepath.Join(root, "notes.txt"), []byte("written meanwhile"), 0o644)
 	}})
 	if !errors.Is(err, ErrNotEmpty) {
@@ -719,5 +719,48 @@ func TestFailureBeforeTheJournalLeavesNothing(t *testing.T) {
 	unix.Lstat(root, &now)
 	if now.Mtim != was.Mtim {
 		t.Fatal("the target's mtime changed")
+	}
+}
+
+// A replacing run killed just after its journal, before it could say so:
+// a recovery that names the run (the id it gave when ready) finishes its
+// switch; one that does not leaves it pending, as an earlier run's might
+// be. (An interrupt at that moment left the journal, staged tree and old
+// directory behind, and volbak said the volume was as it was.)
+func TestRecoverOwnFinishesTheRunsSwitch(t *testing.T) {
+	want := t.TempDir()
+	tree(t, want, newFiles)
+	root := t.TempDir()
+	tree(t, root, oldFiles)
+	s, err := Begin(root, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree(t, s.Dir(), newFiles)
+	journaled := false
+	failpoint = func(step string) error {
+		if journaled {
+			panic(errCrash)
+		}
+		journaled = step == "journal"
+		return nil
+	}
+	func() {
+		defer func() { recover() }()
+		s.Commit(rootHdr, CommitOptions{Replace: true})
+	}()
+	failpoint = func(string) error { return nil }
+	if rep, err := Recover(root, false, nil); err != nil || rep.Pending != 1 {
+		t.Fatalf("a recovery that does not name the run: %+v %v", rep, err)
+	}
+	rep, err := RecoverOwn(root, s.ID(), nil)
+	if err != nil || rep.Finished != 1 {
+		t.Fatalf("the run's own recovery: %+v %v", rep, err)
+	}
+	if got := digest(t, root); !sameLines(got, digest(t, want)) {
+		t.Fatalf("not the new tree:\n%v", got)
+	}
+	if err := Check(root); err != nil {
+		t.Fatal(err)
 	}
 }

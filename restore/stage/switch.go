@@ -96,7 +96,7 @@ func (s *Stage) Commit(rootHdr *tar.Header, o CommitOptions) (journaled bool, er
 		warn = func(string, string) {}
 	}
 	if o.Replace {
-		if _, err := recoverAt(s.root, true, s.id, warn); err != nil {
+		if _, err := recoverAt(s.root, true, s.id, "", warn); err != nil {
 			return false, err
 		}
 	}

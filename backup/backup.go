@@ -199,12 +199,12 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Duration = now().Sub(start).Seconds()
 	}
 	res.Manifest = m
-	// Manifests first, then what the failed destinations left, in this
-	// order: a failed one that shows a manifest it never wrote is another
-	// name of a destination that holds the snapshot (one the same-storage
-	// probe could not tell), and what it would remove is that one's.
-	// At once: a silent destination must not hold a healthy one's commit
-	// (an interrupt meanwhile removed a complete local copy).
+	// Every manifest first, then what the failed destinations left: a
+	// failed one that shows a manifest it never wrote is another name of a
+	// destination that holds the snapshot (one the same-storage probe
+	// could not tell), and what it would remove is that one's. Manifests
+	// are written at once: a silent destination must not hold a healthy
+	// one's commit (an interrupt meanwhile removed a complete local copy).
 	manifestErrs := make([]error, len(dests))
 	var wg sync.WaitGroup
 	for i, st := range dests {

@@ -196,7 +196,7 @@ less CPU), default, better, best (much slower).
 					same, err := dest.Same(ctx, prev, st)
 					if err != nil && ctx.Err() == nil {
 						st.Close()
-						openErrs = append(openErrs, fmt.Errorf("%s: skipped: it could not be told apart from --to %s, and one storage written under two names can lose a copy when one fails: %w", dest.Redact(d), dest.Redact(named[i]), err))
+						openErrs = append(openErrs, fmt.Errorf("%s: skipped: a probe written through --to %s could not be read back through it, so whether they are one storage cannot be told (one storage written under two names can lose a copy when one fails): %w", dest.Redact(d), dest.Redact(named[i]), err))
 						continue next
 					}
 					if same {
@@ -205,7 +205,7 @@ less CPU), default, better, best (much slower).
 						if isDir && !prevIsDir {
 							// Written through the directory: no network
 							// on the way to fail.
-							fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once, as %s\n", dest.Redact(named[i]), dest.Redact(d), st, st)
+							fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s: writing it once, through %s\n", dest.Redact(named[i]), dest.Redact(d), st)
 							prev.Close() // again at the end: Close may be called twice
 							defer st.Close()
 							sts[i], named[i] = st, d

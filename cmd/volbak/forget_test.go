@@ -1,0 +1,66 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// forget applies a keep policy per host and volume: the plan first (a dry
+// run removes nothing), then the removal, manifest first, leaving the
+// kept snapshots whole; another host's snapshots are a group of their own.
+func TestForget(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(64<<10))
+	store := t.TempDir()
+	for range 4 {
+		mustOK(t, volbak(t, "backup", vol, "--to", store))
+	}
+	ms := list(t, store, vol)
+	if len(ms) != 4 {
+		t.Fatalf("%d snapshots", len(ms))
+	}
+	// The oldest is made another host's: its group keeps it.
+	oldest := filepath.Join(store, filepath.FromSlash(strings.TrimSuffix(ms[0].Archive, ".tar.zst")+".json"))
+	data, err := os.ReadFile(oldest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	json.Unmarshal(data, &raw)
+	raw["host"] = "otherhost"
+	data, _ = json.Marshal(raw)
+	if err := os.WriteFile(oldest, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	mustFail(t, volbak(t, "forget", "--from", store), exitUsage, "at least one --keep")
+	mustFail(t, volbak(t, "forget", "--from", store, "--keep-within", "5s"), exitUsage, "unknown unit")
+
+	r := mustOK(t, volbak(t, "forget", "--from", store, "--keep-last", "2", "--dry-run"))
+	if !strings.Contains(r.stdout, "keep 2, remove 1") || !strings.Contains(r.stdout, "dry run") {
+		t.Fatalf("plan: %s", r)
+	}
+	if n := len(list(t, store, vol)); n != 4 {
+		t.Fatalf("a dry run removed snapshots: %d left", n)
+	}
+	r = mustOK(t, volbak(t, "forget", "--from", store, "--keep-last", "2", "--json"))
+	var out forgetJSON
+	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
+		t.Fatalf("json: %v\n%s", err, r)
+	}
+	if out.Removed != 1 || len(out.Groups) != 2 {
+		t.Fatalf("json: %+v", out)
+	}
+	left := list(t, store, vol)
+	if len(left) != 3 || left[0].ID != ms[0].ID || left[1].ID != ms[2].ID {
+		t.Fatalf("left %+v", left)
+	}
+	for _, m := range left {
+		mustOK(t, volbak(t, "verify", vol+"@"+m.ID, "--from", store, "--host", m.Host))
+	}
+	if _, err := os.Stat(filepath.Join(store, filepath.FromSlash(ms[1].Archive))); !os.IsNotExist(err) {
+		t.Fatalf("the removed snapshot's archive: %v", err)
+	}
+}

@@ -1,0 +1,387 @@
+// Package schedule is volbak's sidecar: jobs that back up the volumes they
+// select on cron schedules. This file reads and checks the configuration:
+// environment variables for the one-job case, a YAML file for several.
+// Everything is refused at start, with the key and the reason, rather than
+// at 3 a.m.
+package schedule
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/retention"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is what volbak run runs.
+type Config struct {
+	Jobs []Job
+	// Concurrency is how many jobs may run at once: two helpers
+	// compressing at once on a small host only slow each other.
+	Concurrency   int
+	Listen        string // address of /metrics and /healthz; "" for none
+	ShutdownGrace time.Duration
+}
+
+// Job backs up what it selects, on its schedule, to its destinations.
+type Job struct {
+	Name     string
+	Spec     string // the schedule as written
+	Schedule Schedule
+	Jitter   time.Duration // a random delay up to this before each run
+	Select   Selection
+	To       []string
+	Level    archive.Level
+	Keep     retention.Policy // Empty: nothing is pruned
+	Notify   []string         // notification URLs (secrets: not printed)
+}
+
+// Selection says which volumes a job backs up, found anew at each run.
+type Selection struct {
+	Volumes         []string          // by name
+	VolumeLabels    map[string]string // label on the volume ("" matches any value)
+	ContainerLabels map[string]string // label on a container that mounts it
+	All             bool              // every named volume
+	Exclude         []string          // never these
+	Anonymous       bool              // anonymous volumes too (skipped otherwise)
+}
+
+func (s Selection) empty() bool {
+	return len(s.Volumes) == 0 && len(s.VolumeLabels) == 0 && len(s.ContainerLabels) == 0 && !s.All
+}
+
+// DefaultLabel selects a volume for the one job of the environment when
+// nothing else is said, as the compose example labels it.
+const DefaultLabel = "volbak.backup"
+
+// file is the YAML configuration, as written.
+type file struct {
+	Concurrency   int       `yaml:"concurrency"`
+	Listen        string    `yaml:"listen"`
+	ShutdownGrace string    `yaml:"shutdown_grace"`
+	Jobs          []fileJob `yaml:"jobs"`
+}
+
+type fileJob struct {
+	Name     string     `yaml:"name"`
+	Schedule string     `yaml:"schedule"`
+	Timezone string     `yaml:"timezone"`
+	Jitter   string     `yaml:"jitter"`
+	Select   fileSelect `yaml:"select"`
+	To       []string   `yaml:"to"`
+	Level    string     `yaml:"level"`
+	Keep     yaml.Node  `yaml:"keep"` // "daily=7,weekly=4" or a mapping
+	Notify   []string   `yaml:"notify"`
+}
+
+type fileSelect struct {
+	Volumes         []string          `yaml:"volumes"`
+	VolumeLabels    map[string]string `yaml:"volume_labels"`
+	ContainerLabels map[string]string `yaml:"container_labels"`
+	All             bool              `yaml:"all"`
+	Exclude         []string          `yaml:"exclude"`
+	Anonymous       bool              `yaml:"anonymous"`
+}
+
+// Load reads the configuration: the YAML file path names, or, if path is
+// empty, the environment (getenv) for one job.
+func Load(path string, getenv func(string) string, environ []string) (Config, error) {
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return Config{}, fmt.Errorf("config: %w", err)
+		}
+		if stray := volbakVars(environ, fileVars); len(stray) > 0 {
+			return Config{}, fmt.Errorf("config: %s set beside the config file %s, which it would not apply to: put it in the file, or unset it", strings.Join(stray, ", "), path)
+		}
+		return parseFile(path, data)
+	}
+	return fromEnv(getenv, environ)
+}
+
+// parseFile reads a YAML configuration; unknown keys are refused.
+func parseFile(path string, data []byte) (Config, error) {
+	var f file
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return Config{}, fmt.Errorf("config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	cfg := Config{Concurrency: f.Concurrency, Listen: f.Listen, ShutdownGrace: 30 * time.Second}
+	if f.ShutdownGrace != "" {
+		d, err := time.ParseDuration(f.ShutdownGrace)
+		if err != nil || d < 0 {
+			return Config{}, fmt.Errorf("config %s: shutdown_grace %q: want a duration such as 30s or 2m", path, f.ShutdownGrace)
+		}
+		cfg.ShutdownGrace = d
+	}
+	if len(f.Jobs) == 0 {
+		return Config{}, fmt.Errorf("config %s: no jobs: give at least one under jobs:", path)
+	}
+	seen := map[string]bool{}
+	for i, fj := range f.Jobs {
+		where := fmt.Sprintf("config %s: jobs[%d]", path, i)
+		if fj.Name != "" {
+			where = fmt.Sprintf("config %s: job %q", path, fj.Name)
+		}
+		keep := ""
+		switch fj.Keep.Kind {
+		case 0:
+		case yaml.ScalarNode:
+			keep = fj.Keep.Value
+		case yaml.MappingNode:
+			var kv []string
+			for j := 0; j+1 < len(fj.Keep.Content); j += 2 {
+				kv = append(kv, fj.Keep.Content[j].Value+"="+fj.Keep.Content[j+1].Value)
+			}
+			keep = strings.Join(kv, ",")
+		default:
+			return Config{}, fmt.Errorf("%s: keep: want daily=7,weekly=4 or a mapping (daily: 7)", where)
+		}
+		j, err := newJob(fj.Name, fj.Schedule, fj.Timezone, fj.Jitter, fj.To, fj.Level, keep, fj.Notify, Selection{
+			Volumes: fj.Select.Volumes, VolumeLabels: fj.Select.VolumeLabels, ContainerLabels: fj.Select.ContainerLabels,
+			All: fj.Select.All, Exclude: fj.Select.Exclude, Anonymous: fj.Select.Anonymous,
+		}, keyNames{schedule: "schedule", timezone: "timezone", jitter: "jitter", to: "to", level: "level", keep: "keep", sel: "select"})
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: %w", where, err)
+		}
+		if j.Name == "" {
+			j.Name = fmt.Sprintf("job%d", i+1)
+		}
+		if seen[j.Name] {
+			return Config{}, fmt.Errorf("%s: the name %q is taken by an earlier job: names must be unique (they name the metrics)", where, j.Name)
+		}
+		seen[j.Name] = true
+		cfg.Jobs = append(cfg.Jobs, j)
+	}
+	return cfg, cfg.check()
+}
+
+func (c *Config) check() error {
+	if c.Concurrency == 0 {
+		c.Concurrency = 1
+	}
+	if c.Concurrency < 0 {
+		return fmt.Errorf("concurrency %d: want 1 or more", c.Concurrency)
+	}
+	return nil
+}
+
+// keyNames are how the configuration names each setting, for messages.
+type keyNames struct{ schedule, timezone, jitter, to, level, keep, sel string }
+
+func newJob(name, spec, tz, jitter string, to []string, level, keep string, notify []string, sel Selection, k keyNames) (Job, error) {
+	j := Job{Name: name, Spec: spec, To: to, Notify: notify, Select: sel}
+	if spec == "" {
+		return j, fmt.Errorf("%s: missing (a cron line such as \"0 3 * * *\", or @daily, @every 6h)", k.schedule)
+	}
+	s, err := ParseSchedule(spec, tz)
+	if ze := (*zoneError)(nil); errors.As(err, &ze) && tz == ze.zone {
+		return j, fmt.Errorf("%s: %w", k.timezone, err)
+	}
+	if err != nil {
+		return j, fmt.Errorf("%s %q: %w", k.schedule, spec, err)
+	}
+	j.Schedule = s
+	if jitter != "" {
+		d, err := time.ParseDuration(jitter)
+		if err != nil || d < 0 {
+			return j, fmt.Errorf("%s %q: want a duration such as 5m", k.jitter, jitter)
+		}
+		j.Jitter = d
+	}
+	if len(to) == 0 {
+		return j, fmt.Errorf("%s: missing: where the snapshots go (a directory, s3:// or sftp:// URL)", k.to)
+	}
+	for _, d := range to {
+		if strings.TrimSpace(d) == "" {
+			return j, fmt.Errorf("%s: an empty destination", k.to)
+		}
+	}
+	if level == "" {
+		level = string(archive.DefaultLevel)
+	}
+	if j.Level, err = archive.ParseLevel(level); err != nil {
+		return j, fmt.Errorf("%s: %w", k.level, err)
+	}
+	if keep != "" {
+		if j.Keep, err = ParseKeep(keep); err != nil {
+			return j, fmt.Errorf("%s %q: %w", k.keep, keep, err)
+		}
+		j.Keep.Location = s.Location
+	}
+	if sel.empty() {
+		return j, fmt.Errorf("%s: selects nothing: name volumes, volume or container labels, or all", k.sel)
+	}
+	return j, nil
+}
+
+// ParseKeep reads a keep policy: rule=value pairs, comma-separated (last,
+// hourly, daily, weekly, monthly, yearly: a count or -1; within: a span).
+func ParseKeep(s string) (retention.Policy, error) {
+	var p retention.Policy
+	counts := map[string]*int{"last": &p.Last, "hourly": &p.Hourly, "daily": &p.Daily, "weekly": &p.Weekly, "monthly": &p.Monthly, "yearly": &p.Yearly}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		k = strings.TrimSpace(k)
+		if !ok {
+			return p, fmt.Errorf("%q: want RULE=VALUE (daily=7)", kv)
+		}
+		if k == "within" {
+			sp, err := retention.ParseSpan(strings.TrimSpace(v))
+			if err != nil {
+				return p, err
+			}
+			p.Within = sp
+			continue
+		}
+		c, known := counts[k]
+		if !known {
+			return p, fmt.Errorf("unknown rule %q (last, hourly, daily, weekly, monthly, yearly, within)", k)
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < -1 {
+			return p, fmt.Errorf("%s=%s: want a count, or -1 for every period", k, v)
+		}
+		*c = n
+	}
+	if p.Empty() {
+		return p, errors.New("keeps nothing: give at least one rule above 0")
+	}
+	return p, nil
+}
+
+// envVars are the environment's settings, each also as NAME_FILE (a file
+// holding the value: Docker secrets).
+var envVars = []string{
+	"VOLBAK_SCHEDULE", "VOLBAK_TZ", "VOLBAK_JITTER", "VOLBAK_TO", "VOLBAK_LEVEL", "VOLBAK_KEEP", "VOLBAK_NOTIFY",
+	"VOLBAK_VOLUMES", "VOLBAK_VOLUME_LABEL", "VOLBAK_CONTAINER_LABEL", "VOLBAK_ALL", "VOLBAK_EXCLUDE", "VOLBAK_ANONYMOUS",
+	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE",
+}
+
+// fileVars may stand beside a config file: they say where it is, or are
+// not the jobs' (volbak's own settings read elsewhere).
+var fileVars = []string{"VOLBAK_CONFIG"}
+
+// otherVars are VOLBAK_ variables volbak reads elsewhere.
+var otherVars = []string{"VOLBAK_CONFIG", "VOLBAK_HELPER_IMAGE", "VOLBAK_STALL_TIMEOUT"}
+
+// volbakVars are the VOLBAK_ variables of environ that are not in allowed
+// (nor, when allowed is fileVars, volbak's own).
+func volbakVars(environ []string, allowed []string) []string {
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		base := strings.TrimSuffix(k, "_FILE")
+		if !strings.HasPrefix(k, "VOLBAK_") || contains(allowed, k) || contains(otherVars, k) {
+			continue
+		}
+		if contains(allowed, base) {
+			continue
+		}
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// fromEnv reads the one job of the environment.
+func fromEnv(getenv func(string) string, environ []string) (Config, error) {
+	if stray := volbakVars(environ, envVars); len(stray) > 0 {
+		return Config{}, fmt.Errorf("environment: unknown %s (volbak run reads %s, each also as NAME_FILE)", strings.Join(stray, ", "), strings.Join(envVars, ", "))
+	}
+	var errs []error
+	get := func(k string) string {
+		v := getenv(k)
+		if f := getenv(k + "_FILE"); f != "" {
+			if v != "" {
+				errs = append(errs, fmt.Errorf("%s and %s_FILE are both set: give one", k, k))
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s_FILE: %w", k, err))
+			}
+			v = strings.TrimSpace(string(data))
+		}
+		return v
+	}
+	list := func(k string) []string {
+		return strings.FieldsFunc(get(k), func(r rune) bool { return r == ',' || r == ' ' || r == '\n' })
+	}
+	labels := func(k string) (map[string]string, error) {
+		out := map[string]string{}
+		for _, kv := range list(k) {
+			name, value, _ := strings.Cut(kv, "=")
+			if name == "" {
+				return nil, fmt.Errorf("%s %q: want LABEL or LABEL=VALUE", k, kv)
+			}
+			out[name] = value
+		}
+		if len(out) == 0 {
+			return nil, nil
+		}
+		return out, nil
+	}
+	flag := func(k string) bool {
+		v := get(k)
+		if v == "" {
+			return false
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want true or false", k, v))
+		}
+		return b
+	}
+	var sel Selection
+	var err error
+	sel.Volumes, sel.Exclude = list("VOLBAK_VOLUMES"), list("VOLBAK_EXCLUDE")
+	if sel.VolumeLabels, err = labels("VOLBAK_VOLUME_LABEL"); err != nil {
+		errs = append(errs, err)
+	}
+	if sel.ContainerLabels, err = labels("VOLBAK_CONTAINER_LABEL"); err != nil {
+		errs = append(errs, err)
+	}
+	sel.All, sel.Anonymous = flag("VOLBAK_ALL"), flag("VOLBAK_ANONYMOUS")
+	if sel.empty() {
+		sel.VolumeLabels = map[string]string{DefaultLabel: "true"}
+	}
+	cfg := Config{Listen: get("VOLBAK_LISTEN"), ShutdownGrace: 30 * time.Second}
+	if v := get("VOLBAK_CONCURRENCY"); v != "" {
+		if cfg.Concurrency, err = strconv.Atoi(v); err != nil || cfg.Concurrency < 1 {
+			errs = append(errs, fmt.Errorf("VOLBAK_CONCURRENCY %q: want 1 or more", v))
+		}
+	}
+	if v := get("VOLBAK_SHUTDOWN_GRACE"); v != "" {
+		if cfg.ShutdownGrace, err = time.ParseDuration(v); err != nil || cfg.ShutdownGrace < 0 {
+			errs = append(errs, fmt.Errorf("VOLBAK_SHUTDOWN_GRACE %q: want a duration such as 30s", v))
+		}
+	}
+	j, jerr := newJob("default", get("VOLBAK_SCHEDULE"), get("VOLBAK_TZ"), get("VOLBAK_JITTER"), list("VOLBAK_TO"),
+		get("VOLBAK_LEVEL"), get("VOLBAK_KEEP"), list("VOLBAK_NOTIFY"), sel,
+		keyNames{schedule: "VOLBAK_SCHEDULE", timezone: "VOLBAK_TZ", jitter: "VOLBAK_JITTER", to: "VOLBAK_TO", level: "VOLBAK_LEVEL", keep: "VOLBAK_KEEP", sel: "the selection"})
+	if jerr != nil {
+		errs = append(errs, jerr)
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("environment: %w", errors.Join(errs...))
+	}
+	cfg.Jobs = []Job{j}
+	return cfg, cfg.check()
+}

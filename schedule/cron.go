@@ -1,0 +1,102 @@
+package schedule
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// Schedule is a parsed cron line and the zone it is read in.
+type Schedule struct {
+	cron     cron.Schedule
+	Location *time.Location
+}
+
+// Next is the first run after t.
+func (s Schedule) Next(t time.Time) time.Time { return s.cron.Next(t.In(s.Location)) }
+
+// parser takes five fields or six (seconds first), and descriptors
+// (@daily, @every 6h); CRON_TZ= or TZ= before the fields names a zone.
+var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// fieldNames are the fields of a five-field line, seconds before them in
+// a six-field one.
+var fieldNames = []string{"minute", "hour", "day of month", "month", "day of week"}
+
+// ParseSchedule reads a cron line in the zone tz (an IANA name, or "" for
+// UTC unless the line says CRON_TZ=). An error names the field that is
+// wrong.
+func ParseSchedule(spec, tz string) (Schedule, error) {
+	loc := time.UTC
+	line := strings.TrimSpace(spec)
+	inline := ""
+	for _, p := range []string{"CRON_TZ=", "TZ="} {
+		if strings.HasPrefix(line, p) {
+			inline, line, _ = strings.Cut(strings.TrimPrefix(line, p), " ")
+			line = strings.TrimSpace(line)
+		}
+	}
+	switch {
+	case inline != "" && tz != "" && inline != tz:
+		return Schedule{}, fmt.Errorf("the line says CRON_TZ=%s and the job's time zone is %s: give one", inline, tz)
+	case inline != "":
+		tz = inline
+	}
+	if tz != "" {
+		l, err := time.LoadLocation(tz)
+		if err != nil {
+			return Schedule{}, &zoneError{tz, err}
+		}
+		loc = l
+	}
+	if line == "" {
+		return Schedule{}, errors.New("no schedule after the time zone")
+	}
+	// Always with a zone: the parser's default is the host's local one.
+	c, err := parser.Parse("CRON_TZ=" + loc.String() + " " + line)
+	if err != nil {
+		return Schedule{}, explainCron(line, err)
+	}
+	return Schedule{cron: c, Location: loc}, nil
+}
+
+// explainCron finds the field that made the parser fail: each field is
+// tried alone, with every other a wildcard.
+func explainCron(line string, err error) error {
+	if strings.HasPrefix(line, "@") {
+		return fmt.Errorf("%v (descriptors: @yearly, @monthly, @weekly, @daily, @hourly, @every DURATION)", err)
+	}
+	fields := strings.Fields(line)
+	names := fieldNames
+	switch len(fields) {
+	case 5:
+	case 6:
+		names = append([]string{"second"}, fieldNames...)
+	default:
+		return fmt.Errorf("%d fields: want 5 (minute hour day-of-month month day-of-week), or 6 with seconds first", len(fields))
+	}
+	for i, f := range fields {
+		try := make([]string, len(fields))
+		for j := range try {
+			try[j] = "*"
+		}
+		try[i] = f
+		if _, ferr := parser.Parse(strings.Join(try, " ")); ferr != nil {
+			return fmt.Errorf("the %s field %q is wrong: %v", names[i], f, ferr)
+		}
+	}
+	return err
+}
+
+// zoneError is an unknown time zone, named by the caller's key.
+type zoneError struct {
+	zone string
+	err  error
+}
+
+func (z *zoneError) Error() string {
+	return fmt.Sprintf("time zone %q: %v (an IANA name such as Europe/Berlin)", z.zone, z.err)
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 )
 
@@ -214,4 +215,39 @@ func RestartOwed(d time.Duration) string {
 		}
 	}
 	return strings.Join(msgs, "; ")
+}
+
+// Mounting is a container, its labels and the named volumes it mounts:
+// what a schedule's selection by container label reads.
+type Mounting struct {
+	Container
+	Labels  map[string]string
+	Volumes []string
+}
+
+// Containers lists every container (running or not) with its labels and
+// volumes, leaving out volbak's own helpers.
+func (e *Engine) Containers(ctx context.Context) ([]Mounting, error) {
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var out []Mounting
+	for _, c := range res.Items {
+		if _, helper := c.Labels[LabelHelper]; helper {
+			continue
+		}
+		name := c.ID[:min(12, len(c.ID))]
+		if len(c.Names) > 0 {
+			name = strings.TrimPrefix(c.Names[0], "/")
+		}
+		m := Mounting{Container: Container{ID: c.ID, Name: name, State: string(c.State)}, Labels: c.Labels}
+		for _, mp := range c.Mounts {
+			if mp.Type == mount.TypeVolume && mp.Name != "" {
+				m.Volumes = append(m.Volumes, mp.Name)
+			}
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

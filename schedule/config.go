@@ -46,8 +46,8 @@ type Job struct {
 // Selection says which volumes a job backs up, found anew at each run.
 type Selection struct {
 	Volumes         []string          // by name
-	VolumeLabels    map[string]string // label on the volume ("" matches any value)
-	ContainerLabels map[string]string // label on a container that mounts it
+	VolumeLabels    map[string]string // labels on the volume, all of them ("" matches any value)
+	ContainerLabels map[string]string // labels on a container that mounts it, all of them
 	All             bool              // every named volume
 	Exclude         []string          // never these
 	Anonymous       bool              // anonymous volumes too (skipped otherwise)

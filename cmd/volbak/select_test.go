@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/client"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/schedule"
+)
+
+// The sidecar's selection against the real daemon: a labelled volume, a
+// volume mounted by a labelled container (created, not running), and an
+// unlabelled one that no rule picks.
+func TestScheduleSelection(t *testing.T) {
+	ctx := context.Background()
+	labelled, _ := newVolume(t, map[string]string{"volbak.backup": "true"}, nil)
+	mounted, _ := newVolume(t, nil, nil)
+	plain, _ := newVolume(t, nil, nil)
+	app := randName("app")
+	res, err := dc.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name:       app,
+		Config:     &container.Config{Image: testImage(t), Entrypoint: []string{"/bin/busybox", "true"}, Labels: map[string]string{"volbaktest.app": app, schedule.LabelStopOffen: "true"}},
+		HostConfig: &container.HostConfig{Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: mounted, Target: "/data"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dc.ContainerRemove(context.Background(), res.ID, client.ContainerRemoveOptions{Force: true}) })
+
+	eng, err := engine.New(ctx, engine.Options{Version: testVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	vols, err := eng.Volumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := eng.Containers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := schedule.Select(schedule.Selection{
+		VolumeLabels:    map[string]string{"volbak.backup": "true"},
+		ContainerLabels: map[string]string{"volbaktest.app": app},
+	}, vols, cs)
+	got := map[string]string{}
+	for _, s := range sel {
+		if strings.HasPrefix(s.Volume, prefix) { // the daemon is shared
+			got[s.Volume] = s.By
+		}
+	}
+	if got[labelled] != "volume label volbak.backup=true" || !strings.HasPrefix(got[mounted], "container "+app) || got[plain] != "" || len(got) != 2 {
+		t.Fatalf("selected %v", got)
+	}
+	for _, c := range cs {
+		if c.Name == app && !schedule.Stops(c) {
+			t.Fatalf("offen's stop label not honoured: %+v", c.Labels)
+		}
+	}
+}

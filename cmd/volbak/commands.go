@@ -95,7 +95,7 @@ Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 	pf.StringVar(&g.ssh.Fingerprint, "host-fingerprint", "", "sftp: accept only the host key with this fingerprint (SHA256:..., as ssh-keygen -l prints)")
 	pf.StringVar(&g.ssh.PasswordFile, "ssh-password-file", "", "sftp: log in with the password in this file")
 	pf.DurationVar(&g.stallTimeout, "stall-timeout", storage.DefaultStallTimeout, "s3/sftp: give a storage up (for the rest of the run) once it has held volbak this long without a byte moving, retries included; 0: wait forever")
-	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), forgetCmd(g), storageTopic())
+	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), forgetCmd(g), runCmd(g), storageTopic())
 	return root
 }
 

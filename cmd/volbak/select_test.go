@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -62,4 +64,30 @@ func TestScheduleSelection(t *testing.T) {
 			t.Fatalf("offen's stop label not honoured: %+v", c.Labels)
 		}
 	}
+}
+
+// run --check reads the environment's job, refuses a malformed one with
+// the key and the field, and prints what the job would select now.
+func TestRunCheck(t *testing.T) {
+	labelled, _ := newVolume(t, map[string]string{"volbak.backup": "true"}, nil)
+	run := func(env ...string) result {
+		cmd := exec.Command(bin, "run", "--check")
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+		if h := os.Getenv("DOCKER_HOST"); h != "" {
+			cmd.Env = append(cmd.Env, "DOCKER_HOST="+h)
+		}
+		return volbakCmd(t, cmd)
+	}
+	r := mustOK(t, run("VOLBAK_SCHEDULE=CRON_TZ=Europe/Berlin 0 3 * * *", "VOLBAK_TO=/srv/backups,s3://user:hunter2@b/p", "VOLBAK_KEEP=daily=7,weekly=4"))
+	for _, want := range []string{"configuration ok: 1 job(s)", "job default", "0 3 * * * (Europe/Berlin)", labelled + "  volume label volbak.backup=true", "daily=7,weekly=4"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("run --check does not say %q: %s", want, r)
+		}
+	}
+	if strings.Contains(r.stdout, "hunter2") {
+		t.Fatalf("a secret printed: %s", r)
+	}
+	mustFail(t, run("VOLBAK_SCHEDULE=0 3 * * 9", "VOLBAK_TO=/b"), exitUsage, `the day of week field "9" is wrong`)
+	mustFail(t, run("VOLBAK_SCHEDULE=@daily", "VOLBAK_TO=/b", "VOLBAK_KEEPS=daily=7"), exitUsage, "unknown VOLBAK_KEEPS")
+	mustFail(t, volbak(t, "run"), exitUsage, "not in this version")
 }

@@ -8,6 +8,7 @@ package retention
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,9 +24,13 @@ type Policy struct {
 	// Within keeps the snapshots strictly newer than the newest one minus
 	// this span.
 	Within Span
-	// Location is where periods are counted (days, ISO weeks, months);
-	// UTC if nil.
+	// Location is where periods are counted (days, ISO weeks, months) and
+	// Within is stepped back on the calendar; UTC if nil.
 	Location *time.Location
+	// Now is the time of the decision: Within counts back from the newest
+	// snapshot not after it, so that one made by a host whose clock ran
+	// ahead does not push every real one out. The zero time: no such care.
+	Now time.Time
 }
 
 // Empty reports whether the policy keeps nothing by any rule: forgetting
@@ -38,7 +43,11 @@ func (p Policy) Empty() bool {
 func (p Policy) String() string {
 	var out []string
 	for _, r := range p.rules() {
-		if *r.count != 0 {
+		switch *r.count {
+		case 0:
+		case -1:
+			out = append(out, r.name+"=unlimited")
+		default:
 			out = append(out, fmt.Sprintf("%s=%d", r.name, *r.count))
 		}
 	}
@@ -126,7 +135,16 @@ func (p Policy) decide(ms []snapshot.Manifest) []Decision {
 	}
 	var cutoff time.Time
 	if len(ms) > 0 && !p.Within.zero() {
-		cutoff = p.Within.Before(ms[0].Created)
+		newest := ms[0].Created
+		if !p.Now.IsZero() {
+			for _, m := range ms {
+				if !m.Created.After(p.Now) {
+					newest = m.Created
+					break
+				}
+			}
+		}
+		cutoff = p.Within.Before(newest.In(loc))
 	}
 	out := make([]Decision, len(ms))
 	for i, m := range ms {
@@ -154,12 +172,12 @@ func (p Policy) decide(ms []snapshot.Manifest) []Decision {
 		}
 		out[i] = d
 	}
-	// The oldest snapshot, if no rule kept it, is kept by each rule whose
-	// count was not used up: fewer periods than asked for must not lose
-	// the oldest state there is.
-	if n := len(out); n > 1 && len(out[n-1].Reasons) == 0 {
+	// The oldest snapshot is kept by each rule whose count was not used up
+	// (or has none, -1), as restic does: fewer periods than asked for must
+	// not lose the oldest state there is.
+	if n := len(out); n > 1 {
 		for j, r := range rules {
-			if left[j] > 0 {
+			if left[j] != 0 && !slices.Contains(out[n-1].Reasons, r.name) {
 				out[n-1].Reasons = append(out[n-1].Reasons, "oldest "+r.name)
 			}
 		}
@@ -239,5 +257,23 @@ func ParseSpan(s string) (Span, error) {
 		}
 		rest = rest[i+1:]
 	}
+	// Past a century the arithmetic overflows, and the cutoff would land
+	// in the future: nothing but the newest kept.
+	if sp.Years*8766+sp.Months*731+sp.Days*24+sp.Hours > 100*8766 {
+		return Span{}, fmt.Errorf("span %q is over a century: give a shorter one", s)
+	}
 	return sp, nil
+}
+
+// ParseCount reads a rule's count: a number of periods, or "unlimited"
+// (-1 too, as restic took it before 0.16) for every period.
+func ParseCount(s string) (int, error) {
+	if s == "unlimited" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < -1 {
+		return 0, fmt.Errorf("%q: want a count, or unlimited", s)
+	}
+	return n, nil
 }

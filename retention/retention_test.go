@@ -111,9 +111,29 @@ func TestPolicy(t *testing.T) {
 		},
 		{
 			name:   "the newest is kept whatever the rules",
-			policy: Policy{Within: Span{Hours: 1}},
-			snaps:  snaps("2026-01-01 10:00"),
-			want:   []string{"01-01 10:00:within 1h"},
+			policy: Policy{Within: Span{Hours: 1}, Now: time.Date(2026, 1, 3, 0, 0, 0, 0, time.UTC)},
+			snaps:  snaps("2026-01-01 10:00", "2026-01-02 10:00"),
+			want:   []string{"01-02 10:00:within 1h"},
+		},
+		{
+			name:   "unlimited keeps the oldest too, as restic",
+			policy: Policy{Last: 1, Weekly: -1},
+			snaps:  snaps("2026-01-06 10:00", "2026-01-07 10:00", "2026-01-08 10:00"),
+			want:   []string{"01-08 10:00:last+weekly", "01-06 10:00:oldest weekly"},
+		},
+		{
+			name:   "a snapshot dated in the future does not set the within cutoff",
+			policy: Policy{Within: Span{Days: 30}, Now: time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)},
+			snaps:  snaps("2026-11-20 10:00", "2026-11-25 10:00", "2027-11-25 10:00"),
+			want:   []string{"11-25 10:00:within 30d", "11-25 10:00:within 30d", "11-20 10:00:within 30d"},
+		},
+		{
+			name:   "within steps back the calendar in the policy's zone",
+			policy: Policy{Within: Span{Days: 1}, Location: berlin},
+			// Berlin leaves summer time on 2026-10-25: one calendar day
+			// before 12:00+01:00 is 12:00+02:00 on the 24th, 10:00 UTC.
+			snaps: snaps("2026-10-24 10:30", "2026-10-25 11:00"),
+			want:  []string{"10-25 11:00:within 1d", "10-24 10:30:within 1d"},
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -163,12 +183,20 @@ func TestParseSpan(t *testing.T) {
 			t.Errorf("%+v does not round-trip through %q", want, want.String())
 		}
 	}
-	for _, bad := range []string{"", "d", "30", "5s", "1d1y", "1d1d", "-3d", "3 d"} {
+	for _, bad := range []string{"", "d", "30", "5s", "1d1y", "1d1d", "-3d", "3 d", "2562048h", "101y"} {
 		if _, err := ParseSpan(bad); err == nil {
 			t.Errorf("ParseSpan(%q) accepted", bad)
 		}
 	}
 	if !(Policy{}).Empty() || (Policy{Hourly: 1}).Empty() || (Policy{Within: Span{Days: 1}}).Empty() {
 		t.Error("Empty")
+	}
+	for in, want := range map[string]int{"unlimited": -1, "-1": -1, "7": 7} {
+		if got, err := ParseCount(in); err != nil || got != want {
+			t.Errorf("ParseCount(%q) = %d, %v", in, got, err)
+		}
+	}
+	if _, err := ParseCount("-2"); err == nil {
+		t.Error("ParseCount(-2) accepted")
 	}
 }

@@ -224,7 +224,8 @@ func newJob(name, spec, tz, jitter string, to []string, level, keep string, noti
 }
 
 // ParseKeep reads a keep policy: rule=value pairs, comma-separated (last,
-// hourly, daily, weekly, monthly, yearly: a count or -1; within: a span).
+// hourly, daily, weekly, monthly, yearly: a count or unlimited; within: a
+// span).
 func ParseKeep(s string) (retention.Policy, error) {
 	var p retention.Policy
 	counts := map[string]*int{"last": &p.Last, "hourly": &p.Hourly, "daily": &p.Daily, "weekly": &p.Weekly, "monthly": &p.Monthly, "yearly": &p.Yearly}
@@ -246,9 +247,9 @@ func ParseKeep(s string) (retention.Policy, error) {
 		if !known {
 			return p, fmt.Errorf("unknown rule %q (last, hourly, daily, weekly, monthly, yearly, within)", k)
 		}
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < -1 {
-			return p, fmt.Errorf("%s=%s: want a count, or -1 for every period", k, v)
+		n, err := retention.ParseCount(strings.TrimSpace(v))
+		if err != nil {
+			return p, fmt.Errorf("%s=%w", k, err)
 		}
 		*c = n
 	}

@@ -326,7 +326,11 @@ func Delete(ctx context.Context, st storage.Storage, key string) error {
 		return fmt.Errorf("delete manifest %s of %s@%s from %s: %w", key, vol, id, st, err)
 	}
 	archive := strings.TrimSuffix(key, ".json") + ".tar.zst"
-	if err := st.Delete(ctx, archive); err != nil && !errors.Is(err, storage.ErrNotExist) {
+	// The manifest is gone: an interrupt now would leave an unlisted
+	// archive, so this finishes, within a bound.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := st.Delete(actx, archive); err != nil && !errors.Is(err, storage.ErrNotExist) {
 		return fmt.Errorf("snapshot %s@%s is no longer listed, but its archive %s could not be deleted from %s (delete it by hand): %w", vol, id, archive, st, err)
 	}
 	return nil

@@ -17,6 +17,10 @@ func forgetCmd(g *globals) *cobra.Command {
 	var from, volume, host, within, zone string
 	var dryRun, asJSON bool
 	var p retention.Policy
+	counts := map[string]*string{}
+	for _, name := range []string{"last", "hourly", "daily", "weekly", "monthly", "yearly"} {
+		counts[name] = new(string)
+	}
 	c := &cobra.Command{
 		Use:   "forget --from STORAGE --keep-… [--volume V] [--host H] [--dry-run]",
 		Short: "Remove the snapshots a keep policy does not keep",
@@ -29,11 +33,12 @@ In each group, walking from the newest snapshot to the oldest, each
 each of the N newest hours (days, ISO weeks from Monday, months, years)
 that hold snapshots: periods without one do not count, so gaps push
 retention further back. --keep-last N keeps the N newest. A count not used
-up when the walk reaches the oldest snapshot keeps that one too. -1 keeps
-every period. --keep-within SPAN (1y6m, 30d, 36h) keeps the snapshots
-strictly newer than the newest minus SPAN. The rules are OR'd; the newest
-snapshot of a group is always kept. Periods are counted in --tz (default
-UTC).
+up when the walk reaches the oldest snapshot keeps that one too.
+'unlimited' (or -1) keeps every period. --keep-within SPAN (1y6m, 30d,
+36h) keeps the snapshots strictly newer than the newest minus SPAN,
+counted from the newest snapshot not in the future. The rules are OR'd;
+the newest snapshot of a group is always kept. Periods are counted in --tz
+(default: this host's zone, $TZ, as restic counts them).
 
 The plan is printed first (what each snapshot is kept by), then carried
 out: each snapshot removed manifest first, as delete does. --dry-run stops
@@ -47,10 +52,15 @@ after the plan. Manifests list warns about are never touched.
 			if from == "" {
 				return usageError{errors.New("forget needs --from STORAGE")}
 			}
-			for name, n := range map[string]int{"last": p.Last, "hourly": p.Hourly, "daily": p.Daily, "weekly": p.Weekly, "monthly": p.Monthly, "yearly": p.Yearly} {
-				if n < -1 {
-					return usageError{fmt.Errorf("--keep-%s %d: give a count, or -1 for every period", name, n)}
+			for name, dst := range map[string]*int{"last": &p.Last, "hourly": &p.Hourly, "daily": &p.Daily, "weekly": &p.Weekly, "monthly": &p.Monthly, "yearly": &p.Yearly} {
+				if *counts[name] == "" {
+					continue
 				}
+				n, err := retention.ParseCount(*counts[name])
+				if err != nil {
+					return usageError{fmt.Errorf("--keep-%s %w", name, err)}
+				}
+				*dst = n
 			}
 			if within != "" {
 				sp, err := retention.ParseSpan(within)
@@ -67,11 +77,15 @@ after the plan. Manifests list warns about are never touched.
 					return err
 				}
 			}
-			loc, err := time.LoadLocation(zone)
-			if err != nil {
-				return usageError{fmt.Errorf("--tz %s: %w", zone, err)}
+			loc := time.Local // as restic counts: the snapshots' zone, the host's
+			if zone != "" {
+				l, err := time.LoadLocation(zone)
+				if err != nil {
+					return usageError{fmt.Errorf("--tz %s: %w", zone, err)}
+				}
+				loc = l
 			}
-			p.Location = loc
+			p.Location, p.Now = loc, time.Now()
 			ctx := c.Context()
 			st, cat, err := g.catalog(ctx, from, volume)
 			if err != nil {
@@ -88,6 +102,14 @@ after the plan. Manifests list warns about are never touched.
 			if len(cat.Problems) > 0 {
 				fmt.Fprintf(g.stderr, "volbak: %d manifest(s) that list warns about are left alone (see volbak list --from %s)\n", len(cat.Problems), from)
 			}
+			if len(groups) == 0 {
+				fmt.Fprintf(g.stderr, "volbak: no snapshots match in %s\n", st)
+			}
+			for _, m := range ms {
+				if m.Created.After(p.Now.Add(time.Hour)) {
+					fmt.Fprintf(g.stderr, "volbak: warning: %s@%s is dated %s, in the future (its host's clock?): --keep-within counts from the newest snapshot not in the future\n", m.Volume, m.ID, m.Created.Format(time.RFC3339))
+				}
+			}
 			var failed []string
 			removed := 0
 			remove := func(m snapshot.Manifest) error {
@@ -103,18 +125,20 @@ after the plan. Manifests list warns about are never touched.
 				return nil
 			}
 			if asJSON {
-				out := forgetJSON{Policy: p.String(), DryRun: dryRun}
+				out := forgetJSON{Policy: p.String(), DryRun: dryRun, Groups: []jsonGroup{}}
 				for _, gr := range groups {
-					jg := jsonGroup{Volume: gr.Volume, Host: gr.Host}
+					jg := jsonGroup{Volume: gr.Volume, Host: gr.Host, Keep: []jsonDecision{}, Remove: []jsonDecision{}}
 					for _, d := range gr.Decisions {
 						e := jsonDecision{ID: d.Manifest.ID, Created: d.Manifest.Created, Reasons: d.Reasons}
 						if d.Keep {
 							jg.Keep = append(jg.Keep, e)
 							continue
 						}
-						if ctx.Err() == nil {
+						if ctx.Err() == nil && !dryRun {
 							if err := remove(d.Manifest); err != nil {
 								e.Error = err.Error()
+							} else {
+								e.Removed = true
 							}
 						}
 						jg.Remove = append(jg.Remove, e)
@@ -178,14 +202,14 @@ after the plan. Manifests list warns about are never touched.
 	f.StringVar(&from, "from", "", "storage to prune: directory, s3:// or sftp:// URL")
 	f.StringVar(&volume, "volume", "", "only this volume's snapshots")
 	f.StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
-	f.IntVar(&p.Last, "keep-last", 0, "keep the N newest snapshots")
-	f.IntVar(&p.Hourly, "keep-hourly", 0, "keep the newest snapshot of each of the N newest hours that hold one (-1: every hour)")
-	f.IntVar(&p.Daily, "keep-daily", 0, "keep the newest snapshot of each of the N newest days that hold one (-1: every day)")
-	f.IntVar(&p.Weekly, "keep-weekly", 0, "keep the newest snapshot of each of the N newest ISO weeks that hold one (-1: every week)")
-	f.IntVar(&p.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the N newest months that hold one (-1: every month)")
-	f.IntVar(&p.Yearly, "keep-yearly", 0, "keep the newest snapshot of each of the N newest years that hold one (-1: every year)")
-	f.StringVar(&within, "keep-within", "", "keep the snapshots newer than the newest minus SPAN (1y6m, 30d, 36h)")
-	f.StringVar(&zone, "tz", "UTC", "time zone in which hours, days, weeks, months and years are counted (e.g. Europe/Berlin)")
+	f.StringVar(counts["last"], "keep-last", "", "keep the N newest snapshots")
+	f.StringVar(counts["hourly"], "keep-hourly", "", "keep the newest snapshot of each of the N newest hours that hold one (unlimited: every hour)")
+	f.StringVar(counts["daily"], "keep-daily", "", "keep the newest snapshot of each of the N newest days that hold one (unlimited: every day)")
+	f.StringVar(counts["weekly"], "keep-weekly", "", "keep the newest snapshot of each of the N newest ISO weeks that hold one (unlimited: every week)")
+	f.StringVar(counts["monthly"], "keep-monthly", "", "keep the newest snapshot of each of the N newest months that hold one (unlimited: every month)")
+	f.StringVar(counts["yearly"], "keep-yearly", "", "keep the newest snapshot of each of the N newest years that hold one (unlimited: every year)")
+	f.StringVar(&within, "keep-within", "", "keep the snapshots newer than the newest (not in the future) minus SPAN (1y6m, 30d, 36h)")
+	f.StringVar(&zone, "tz", "", "time zone in which hours, days, weeks, months and years are counted, and --keep-within steps back (default: this host's, $TZ; e.g. Europe/Berlin)")
 	f.BoolVar(&dryRun, "dry-run", false, "print the plan, remove nothing")
 	f.BoolVar(&asJSON, "json", false, "print the plan and what was removed as JSON")
 	return c
@@ -209,5 +233,6 @@ type jsonDecision struct {
 	ID      string    `json:"id"`
 	Created time.Time `json:"created"`
 	Reasons []string  `json:"reasons,omitempty"`
+	Removed bool      `json:"removed,omitempty"` // in remove: it was (not in a dry run, nor after an interrupt)
 	Error   string    `json:"error,omitempty"`
 }

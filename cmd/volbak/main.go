@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	// The image is FROM scratch: no zoneinfo but the binary's own, for
+	// --tz and the scheduler's time zones.
+	_ "time/tzdata"
 
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/engine"

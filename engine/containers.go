@@ -42,10 +42,7 @@ func (e *Engine) ContainersUsing(ctx context.Context, volume string) ([]Containe
 		if _, helper := c.Labels[LabelHelper]; helper {
 			continue
 		}
-		name := c.ID[:min(12, len(c.ID))]
-		if len(c.Names) > 0 {
-			name = strings.TrimPrefix(c.Names[0], "/")
-		}
+		name := nameOf(c)
 		ct := Container{ID: c.ID, Name: name, State: string(c.State)}
 		if ct.Running() {
 			info, err := e.cli.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
@@ -237,11 +234,7 @@ func (e *Engine) Containers(ctx context.Context) ([]Mounting, error) {
 		if _, helper := c.Labels[LabelHelper]; helper {
 			continue
 		}
-		name := c.ID[:min(12, len(c.ID))]
-		if len(c.Names) > 0 {
-			name = strings.TrimPrefix(c.Names[0], "/")
-		}
-		m := Mounting{Container: Container{ID: c.ID, Name: name, State: string(c.State)}, Labels: c.Labels}
+		m := Mounting{Container: Container{ID: c.ID, Name: nameOf(c), State: string(c.State)}, Labels: c.Labels}
 		for _, mp := range c.Mounts {
 			if mp.Type == mount.TypeVolume && mp.Name != "" {
 				m.Volumes = append(m.Volumes, mp.Name)
@@ -250,4 +243,12 @@ func (e *Engine) Containers(ctx context.Context) ([]Mounting, error) {
 		out = append(out, m)
 	}
 	return out, nil
+}
+
+// nameOf is a listed container's name, or its short id.
+func nameOf(c container.Summary) string {
+	if len(c.Names) > 0 {
+		return strings.TrimPrefix(c.Names[0], "/")
+	}
+	return c.ID[:min(12, len(c.ID))]
 }

@@ -1,0 +1,182 @@
+package schedule
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Clock is the scheduler's time: the real one in production, a fake one
+// the tests move by hand (no sleeping).
+type Clock interface {
+	Now() time.Time
+	// After sends once d has passed.
+	After(d time.Duration) <-chan time.Time
+}
+
+// RealClock is the system's.
+type RealClock struct{}
+
+func (RealClock) Now() time.Time                         { return time.Now() }
+func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Scheduler fires each job on its schedule. A job whose run is still going
+// when its next tick comes is skipped (logged, and counted in Skipped);
+// at most Concurrency runs go at once, the others wait their turn.
+type Scheduler struct {
+	Jobs        []Job
+	Concurrency int
+	Clock       Clock
+	// Run runs one job now; the scheduler does not look inside (selection,
+	// backups, retention are the runner's).
+	Run func(ctx context.Context, j Job)
+	// Jitter picks the delay before a run, up to max; random if nil.
+	Jitter func(max time.Duration) time.Duration
+	Log    *slog.Logger
+
+	mu      sync.Mutex
+	running map[string]bool
+	skipped map[string]int
+	wg      sync.WaitGroup
+}
+
+// Skipped is how many ticks of job were skipped because its previous run
+// was still going.
+func (s *Scheduler) Skipped(job string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.skipped[job]
+}
+
+// Running reports whether a run of job is going (waiting for its jitter or
+// a slot included).
+func (s *Scheduler) Running(job string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running[job]
+}
+
+// Next is when job runs next after now (jitter not counted).
+func Next(j Job, now time.Time) time.Time { return j.Schedule.Next(now) }
+
+// Loop fires the jobs until ctx ends, then waits for the runs in flight
+// (which see ctx end, and stop as they can).
+func (s *Scheduler) Loop(ctx context.Context) {
+	log := s.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	jitter := s.Jitter
+	if jitter == nil {
+		jitter = func(max time.Duration) time.Duration {
+			if max <= 0 {
+				return 0
+			}
+			return rand.N(max)
+		}
+	}
+	slots := make(chan struct{}, max(s.Concurrency, 1))
+	s.mu.Lock()
+	s.running, s.skipped = map[string]bool{}, map[string]int{}
+	s.mu.Unlock()
+	defer s.wg.Wait()
+
+	now := s.Clock.Now()
+	next := make([]time.Time, len(s.Jobs))
+	for i, j := range s.Jobs {
+		next[i] = Next(j, now)
+	}
+	for {
+		first := 0
+		for i := range next {
+			if next[i].Before(next[first]) {
+				first = i
+			}
+		}
+		if len(next) == 0 {
+			<-ctx.Done()
+			return
+		}
+		wait := next[first].Sub(s.Clock.Now())
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.Clock.After(wait):
+			}
+		}
+		now = s.Clock.Now()
+		for i, j := range s.Jobs {
+			if next[i].After(now) {
+				continue
+			}
+			// Ticks missed while the host was suspended are one run, now.
+			next[i] = Next(j, now)
+			s.mu.Lock()
+			busy := s.running[j.Name]
+			if busy {
+				s.skipped[j.Name]++
+			} else {
+				s.running[j.Name] = true
+			}
+			s.mu.Unlock()
+			if busy {
+				log.Warn("skipped a run: the previous one is still going", "job", j.Name, "next", next[i])
+				continue
+			}
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer func() {
+					s.mu.Lock()
+					delete(s.running, j.Name)
+					s.mu.Unlock()
+				}()
+				if d := jitter(j.Jitter); d > 0 {
+					select {
+					case <-ctx.Done():
+						return
+					case <-s.Clock.After(d):
+					}
+				}
+				select {
+				case slots <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+				defer func() { <-slots }()
+				s.Run(ctx, j)
+			}()
+		}
+	}
+}
+
+// Locks keeps two runs off one volume, across jobs: a job that finds a
+// volume taken skips it this run, and says so.
+type Locks struct {
+	mu    sync.Mutex
+	taken map[string]string // volume: the job that has it
+}
+
+// TryLock takes volume for job, or reports which job has it.
+func (l *Locks) TryLock(volume, job string) (holder string, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.taken == nil {
+		l.taken = map[string]string{}
+	}
+	if h, busy := l.taken[volume]; busy {
+		return h, false
+	}
+	l.taken[volume] = job
+	return "", true
+}
+
+// Unlock gives volume back.
+func (l *Locks) Unlock(volume string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.taken, volume)
+}

@@ -330,20 +330,6 @@ type failing struct{ err error }
 
 func (f failing) Read([]byte) (int, error) { return 0, f.err }
 
-// keys lists prefix in d, as key names.
-func keys(t *testing.T, d *Dir, prefix string) string {
-	t.Helper()
-	objs, err := d.List(context.Background(), prefix)
-	if err != nil {
-		t.Fatalf("list %q: %v", prefix, err)
-	}
-	var out []string
-	for _, o := range objs {
-		out = append(out, o.Key)
-	}
-	return strings.Join(out, " ")
-}
-
 // A link to a real directory at the top, or to the root, lists nothing,
 // whatever the names' order: a link pgdata-old -> pgdata listed pgdata's
 // snapshots a second time, as pgdata-old's, and deleting them from there
@@ -376,7 +362,7 @@ func TestOneDirectoryOneName(t *testing.T) {
 		"out-too/":    "out-too/b.json",
 		"p":           "pgdata/a.json",
 	} {
-		if got := keys(t, d, prefix); got != want {
+		if got := storagetest.Keys(t, d, prefix); got != want {
 			t.Errorf("list %q: %q, want %q", prefix, got, want)
 		}
 	}
@@ -429,7 +415,7 @@ func TestOpenNotRegular(t *testing.T) {
 	if err := unix.Mkfifo(filepath.Join(d.root, "vol", "fifo.json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := keys(t, d, "vol/"); got != "vol/fifo.json" {
+	if got := storagetest.Keys(t, d, "vol/"); got != "vol/fifo.json" {
 		t.Fatalf("list: %q, want the FIFO and not the directory", got)
 	}
 	for _, k := range []string{"vol/fifo.json", "vol/dir.json"} {

@@ -474,20 +474,6 @@ func TestStaleTempFiles(t *testing.T) {
 	}
 }
 
-// keys lists prefix in st, as key names.
-func keys(t *testing.T, st *Store, prefix string) string {
-	t.Helper()
-	objs, err := st.List(context.Background(), prefix)
-	if err != nil {
-		t.Fatalf("list %q: %v", prefix, err)
-	}
-	var out []string
-	for _, o := range objs {
-		out = append(out, o.Key)
-	}
-	return strings.Join(out, " ")
-}
-
 // As in a local directory: keys are <volume>/<name>, so the walk goes two
 // levels deep and no further; a link at the top is walked unless it leads
 // to the root or to a real directory at the top; something that is not a file is refused by Open before it is
@@ -523,7 +509,7 @@ func TestWalk(t *testing.T) {
 		"zz-out/":     "zz-out/b.json",
 		"out-too/":    "out-too/b.json",
 	} {
-		if got := keys(t, st, prefix); got != want {
+		if got := storagetest.Keys(t, st, prefix); got != want {
 			t.Errorf("list %q: %q, want %q", prefix, got, want)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -83,38 +84,56 @@ func TestStallGivesUp(t *testing.T) {
 // ends the Put. The bound is past the keepalive interval on purpose.
 func TestFrozenSessionGivesUp(t *testing.T) {
 	bound := keepaliveInterval + 5*time.Second
-	before := map[int]bool{}
-	for _, p := range srv.Sessions() {
-		before[p] = true
-	}
+	freeze, frozen := sessionFreezer(t)
 	st := mustOpen(t, remoteDir(t), true, keyOpts(t))
 	ws := storage.Watched(st, storage.NewWatch("sftp", bound))
-	var frozen []int
-	defer func() {
-		for _, p := range frozen {
-			syscall.Kill(p, syscall.SIGCONT)
-		}
-	}()
-	src := &freezeAfter{r: bytes.NewReader(make([]byte, 64<<20)), after: 1 << 20, freeze: func() {
-		for _, p := range srv.Sessions() {
-			if !before[p] {
-				syscall.Kill(p, syscall.SIGSTOP)
-				frozen = append(frozen, p)
-			}
-		}
-	}}
+	src := &freezeAfter{r: bytes.NewReader(make([]byte, 64<<20)), after: 1 << 20, freeze: freeze}
 	start := time.Now()
 	err := ws.Put(context.Background(), "v/a", src)
 	var se *storage.StalledError
 	if !errors.As(err, &se) {
 		t.Fatalf("got %v, want a StalledError", err)
 	}
-	if len(frozen) == 0 {
+	if len(frozen()) == 0 {
 		t.Fatal("no session process was frozen")
 	}
 	if d := time.Since(start); d > 2*bound {
 		t.Errorf("gave up after %s with a bound of %s", d, bound)
 	}
+}
+
+// sessionFreezer returns freeze, which SIGSTOPs the server's session
+// processes started after this call (those of the test's own store, opened
+// after it), and frozen, which lists them; they run again when the test
+// ends.
+func sessionFreezer(t *testing.T) (freeze func(), frozen func() []int) {
+	before := map[int]bool{}
+	for _, p := range srv.Sessions() {
+		before[p] = true
+	}
+	var mu sync.Mutex
+	var stopped []int
+	t.Cleanup(func() {
+		for _, p := range stopped {
+			syscall.Kill(p, syscall.SIGCONT)
+		}
+	})
+	freeze = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, p := range srv.Sessions() {
+			if !before[p] {
+				syscall.Kill(p, syscall.SIGSTOP)
+				before[p], stopped = true, append(stopped, p)
+			}
+		}
+	}
+	frozen = func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]int(nil), stopped...)
+	}
+	return freeze, frozen
 }
 
 // freezeAfter calls freeze once after n bytes were read.
@@ -172,32 +191,18 @@ func TestSilentSubsystemGivesUp(t *testing.T) {
 // stall bound: the connection is dropped once the grace has passed (it
 // waited for the server before, for ever without a bound).
 func TestInterruptFrozenPut(t *testing.T) {
-	before := map[int]bool{}
-	for _, p := range srv.Sessions() {
-		before[p] = true
-	}
+	freeze, frozen := sessionFreezer(t)
 	st := mustOpen(t, remoteDir(t), true, keyOpts(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var frozen []int
-	defer func() {
-		for _, p := range frozen {
-			syscall.Kill(p, syscall.SIGCONT)
-		}
-	}()
 	src := &freezeAfter{r: bytes.NewReader(make([]byte, 64<<20)), after: 1 << 20, freeze: func() {
-		for _, p := range srv.Sessions() {
-			if !before[p] {
-				syscall.Kill(p, syscall.SIGSTOP)
-				frozen = append(frozen, p)
-			}
-		}
+		freeze()
 		time.AfterFunc(500*time.Millisecond, cancel)
 	}}
 	start := time.Now()
 	err := st.Put(ctx, "v/a", src)
-	if err == nil || len(frozen) == 0 {
-		t.Fatalf("want the interrupted Put failed: %v (frozen %v)", err, frozen)
+	if err == nil || len(frozen()) == 0 {
+		t.Fatalf("want the interrupted Put failed: %v (frozen %v)", err, frozen())
 	}
 	if d := time.Since(start); d > interruptGrace+10*time.Second {
 		t.Errorf("an interrupted Put took %s", d)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volbak/volbak/storage/storagetest"
 )
 
 // A root that is a symlink lists what its target holds, as local storage
@@ -50,7 +52,7 @@ func TestSymlinkedRoot(t *testing.T) {
 			"back/":      "",
 			"back-real/": "",
 		} {
-			if got := keys(t, st, prefix); got != want {
+			if got := storagetest.Keys(t, st, prefix); got != want {
 				t.Errorf("root %s, list %q: %q, want %q", root, prefix, got, want)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 
@@ -154,4 +155,19 @@ func get(t *testing.T, st storage.Storage, key string) []byte {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// Keys lists prefix in st as its keys, space-separated, for a test that
+// compares listings.
+func Keys(t *testing.T, st storage.Storage, prefix string) string {
+	t.Helper()
+	objs, err := st.List(context.Background(), prefix)
+	if err != nil {
+		t.Fatalf("list %q: %v", prefix, err)
+	}
+	var out []string
+	for _, o := range objs {
+		out = append(out, o.Key)
+	}
+	return strings.Join(out, " ")
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/volbak/volbak/retention"
 	"github.com/volbak/volbak/snapshot"
+	"github.com/volbak/volbak/storage"
 )
 
 func forgetCmd(g *globals) *cobra.Command {
@@ -116,7 +118,18 @@ after the plan. Manifests list warns about are never touched.
 				if dryRun {
 					return nil
 				}
-				if err := snapshot.Delete(ctx, st, m.ManifestKey); err != nil {
+				err := snapshot.Delete(ctx, st, m.ManifestKey)
+				if errors.Is(err, storage.ErrNotExist) {
+					// Gone since the listing: another forget or delete
+					// took it. Its archive goes too, in case that run was
+					// cut short between the two.
+					actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+					st.Delete(actx, m.Archive)
+					cancel()
+					fmt.Fprintf(g.stderr, "volbak: %s@%s was already removed (by another forget or delete)\n", m.Volume, m.ID)
+					return nil
+				}
+				if err != nil {
 					failed = append(failed, m.Volume+"@"+m.ID)
 					fmt.Fprintf(g.stderr, "volbak: remove %s@%s: %v\n", m.Volume, m.ID, err)
 					return err

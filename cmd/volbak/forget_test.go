@@ -64,3 +64,29 @@ func TestForget(t *testing.T) {
 		t.Fatalf("the removed snapshot's archive: %v", err)
 	}
 }
+
+// Two forgets at once on one storage: each removes what the other has not,
+// a snapshot the other took first is said to be gone already, not a
+// failure, and nothing is left half-removed.
+func TestForgetTwiceAtOnce(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(16<<10))
+	store := t.TempDir()
+	for range 6 {
+		mustOK(t, volbak(t, "backup", vol, "--to", store))
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() { results <- volbak(t, "forget", "--from", store, "--keep-last", "1") }()
+	}
+	for range 2 {
+		mustOK(t, <-results)
+	}
+	left := list(t, store, vol)
+	if len(left) != 1 {
+		t.Fatalf("%d snapshots left, want 1", len(left))
+	}
+	entries, _ := os.ReadDir(filepath.Join(store, vol))
+	if len(entries) != 2 {
+		t.Fatalf("%d files left beside the kept snapshot's two", len(entries))
+	}
+}

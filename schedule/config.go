@@ -98,7 +98,7 @@ func Load(path string, getenv func(string) string, environ []string) (Config, er
 		if err != nil {
 			return Config{}, fmt.Errorf("config: %w", err)
 		}
-		if stray := volbakVars(environ, fileVars); len(stray) > 0 {
+		if stray := volbakVars(environ, nil); len(stray) > 0 {
 			return Config{}, fmt.Errorf("config: %s set beside the config file %s, which it would not apply to: put it in the file, or unset it", strings.Join(stray, ", "), path)
 		}
 		return parseFile(path, data)
@@ -267,24 +267,13 @@ var envVars = []string{
 	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE",
 }
 
-// fileVars may stand beside a config file: they say where it is, or are
-// not the jobs' (volbak's own settings read elsewhere).
-var fileVars = []string{"VOLBAK_CONFIG"}
-
-// otherVars are VOLBAK_ variables volbak reads elsewhere.
-var otherVars = []string{"VOLBAK_CONFIG", "VOLBAK_HELPER_IMAGE", "VOLBAK_STALL_TIMEOUT"}
-
-// volbakVars are the VOLBAK_ variables of environ that are not in allowed
-// (nor, when allowed is fileVars, volbak's own).
+// volbakVars are the VOLBAK_ variables of environ that are neither in
+// allowed (as NAME or NAME_FILE) nor VOLBAK_CONFIG, which names the file.
 func volbakVars(environ []string, allowed []string) []string {
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		base := strings.TrimSuffix(k, "_FILE")
-		if !strings.HasPrefix(k, "VOLBAK_") || contains(allowed, k) || contains(otherVars, k) {
-			continue
-		}
-		if contains(allowed, base) {
+		if !strings.HasPrefix(k, "VOLBAK_") || k == "VOLBAK_CONFIG" || contains(allowed, strings.TrimSuffix(k, "_FILE")) {
 			continue
 		}
 		out = append(out, k)

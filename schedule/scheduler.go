@@ -58,9 +58,6 @@ func (s *Scheduler) Running(job string) bool {
 	return s.running[job]
 }
 
-// Next is when job runs next after now (jitter not counted).
-func Next(j Job, now time.Time) time.Time { return j.Schedule.Next(now) }
-
 // Loop fires the jobs until ctx ends, then waits for the runs in flight
 // (which see ctx end, and stop as they can).
 func (s *Scheduler) Loop(ctx context.Context) {
@@ -86,7 +83,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 	now := s.Clock.Now()
 	next := make([]time.Time, len(s.Jobs))
 	for i, j := range s.Jobs {
-		next[i] = Next(j, now)
+		next[i] = j.Schedule.Next(now)
 	}
 	for {
 		first := 0
@@ -113,7 +110,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 				continue
 			}
 			// Ticks missed while the host was suspended are one run, now.
-			next[i] = Next(j, now)
+			next[i] = j.Schedule.Next(now)
 			s.mu.Lock()
 			busy := s.running[j.Name]
 			if busy {

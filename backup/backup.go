@@ -37,6 +37,12 @@ type Options struct {
 	Log     *slog.Logger
 	// Progress, if set, gets a meter per volume (a terminal).
 	Progress io.Writer
+	// Streamed, if set, is called once the helper has read the whole
+	// volume (or given up), before the uploads are committed: containers
+	// stopped for the backup need not wait for a slow destination's last
+	// part. The caller still makes sure of what it undoes on every path:
+	// a backup that fails before its helper reads never calls it.
+	Streamed func()
 }
 
 // errStorageGaveUp is what the helper's stdout writes see once every
@@ -153,6 +159,11 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	})
 	if runErr != nil && !errors.Is(runErr, errStorageGaveUp) {
 		runErr = helperError(runErr, events, name)
+	}
+	// Not after a helper that found a dead restore's leftovers: the
+	// volume is backed up again once they are cleared.
+	if opts.Streamed != nil && !errors.Is(runErr, errLeftovers) {
+		opts.Streamed()
 	}
 	// Engine.Run returns once the helper's stderr is drained: whether it
 	// sent its final report is known before any Put may commit.

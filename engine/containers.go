@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
@@ -68,6 +69,7 @@ func Names(cs []Container) string {
 // Stopped are containers volbak stopped and owes a start.
 type Stopped struct {
 	e  *Engine
+	j  Journal
 	mu sync.Mutex // Restart may come from main's quit-at-once path too
 	cs []Container
 }
@@ -77,7 +79,29 @@ type Stopped struct {
 // to be started again with Restart, on every path. If one cannot be
 // stopped, those already stopped are started again before it returns.
 func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, error) {
-	s := &Stopped{e: e}
+	return e.StopContainersJournaled(ctx, cs, nil)
+}
+
+// Journal records what volbak stops, durably, so that a volbak killed
+// outright while they are down can start them again the next time
+// (schedule.State is one).
+type Journal interface {
+	// Stopping is told before c is stopped; an error keeps it running
+	// (and fails the stop): a stop that could not be recorded is one a
+	// kill -9 would make permanent.
+	Stopping(c Container) error
+	// Stopped is told once c is down, with the time the daemon says it
+	// exited: what tells volbak's stop from a later one by someone else.
+	Stopped(c Container, finished time.Time)
+	// Started is told once c was started again (or could not be: the
+	// message says so, and the record is of no more use).
+	Started(c Container)
+}
+
+// StopContainersJournaled is StopContainers, telling j of each container
+// before and after it is stopped, and after it is started again.
+func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j Journal) (*Stopped, error) {
+	s := &Stopped{e: e, j: j}
 	owed.add(s)
 	fail := func(err error) (*Stopped, error) {
 		if rerr := s.Restart(ctx); rerr != nil {
@@ -92,17 +116,31 @@ func (e *Engine) StopContainers(ctx context.Context, cs []Container) (*Stopped, 
 		if err := ctx.Err(); err != nil {
 			return fail(err)
 		}
+		if j != nil {
+			if err := j.Stopping(c); err != nil {
+				return fail(fmt.Errorf("not stopping container %s: %w", c.Name, err))
+			}
+		}
 		// A stop is seen through even if volbak is interrupted meanwhile:
 		// the daemon would finish it anyway, and then the container must
 		// be among those started again.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 		_, err := e.cli.ContainerStop(sctx, c.ID, client.ContainerStopOptions{})
+		var finished time.Time
+		if err == nil && j != nil {
+			if info, ierr := e.cli.ContainerInspect(sctx, c.ID, client.ContainerInspectOptions{}); ierr == nil && info.Container.State != nil {
+				finished, _ = time.Parse(time.RFC3339Nano, info.Container.State.FinishedAt)
+			}
+		}
 		cancel()
 		s.mu.Lock()
 		s.cs = append(s.cs, c) // started again below if this failed: whatever state it is in
 		s.mu.Unlock()
 		if err != nil {
 			return fail(fmt.Errorf("stop container %s: %w", c.Name, err))
+		}
+		if j != nil {
+			j.Stopped(c, finished)
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -137,8 +175,14 @@ func (s *Stopped) Restart(ctx context.Context) error {
 	var errs []error
 	for i := len(s.cs) - 1; i >= 0; i-- {
 		c := s.cs[i]
-		if _, err := s.e.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
+		_, err := s.e.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{})
+		if err != nil {
 			errs = append(errs, fmt.Errorf("container %s, stopped by volbak, could not be started again (start it with: docker start %s): %w", c.Name, c.Name, err))
+		}
+		if s.j != nil && (err == nil || cerrdefs.IsNotFound(err)) {
+			// One that could not be started stays recorded: the next
+			// run tries again.
+			s.j.Started(c)
 		}
 	}
 	s.cs = nil
@@ -251,4 +295,35 @@ func nameOf(c container.Summary) string {
 		return strings.TrimPrefix(c.Names[0], "/")
 	}
 	return c.ID[:min(12, len(c.ID))]
+}
+
+// Status is what the daemon says of a container now.
+type Status struct {
+	Exists   bool
+	Name     string
+	Running  bool      // running, paused or restarting
+	Finished time.Time // when it last exited
+}
+
+// ContainerStatus asks the daemon about the container id.
+func (e *Engine) ContainerStatus(ctx context.Context, id string) (Status, error) {
+	info, err := e.cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(err) {
+		return Status{}, nil
+	}
+	if err != nil {
+		return Status{}, fmt.Errorf("inspect container %s: %w", short(id), err)
+	}
+	st := Status{Exists: true, Name: strings.TrimPrefix(info.Container.Name, "/")}
+	if s := info.Container.State; s != nil {
+		st.Running = s.Running || s.Paused || s.Restarting
+		st.Finished, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
+	}
+	return st, nil
+}
+
+// StartContainer starts the container id.
+func (e *Engine) StartContainer(ctx context.Context, id string) error {
+	_, err := e.cli.ContainerStart(ctx, id, client.ContainerStartOptions{})
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -28,7 +29,19 @@ type Config struct {
 	Concurrency   int
 	Listen        string // address of /metrics and /healthz; "" for none
 	ShutdownGrace time.Duration
+	// HealthGrace is how long past its next run after the one due a job
+	// may go before /healthz calls it overdue.
+	HealthGrace time.Duration
+	// HookTimeout bounds each exec-pre and exec-post command.
+	HookTimeout time.Duration
 }
+
+// Defaults of the settings that have one.
+const (
+	DefaultShutdownGrace = 30 * time.Second
+	DefaultHealthGrace   = 10 * time.Minute
+	DefaultHookTimeout   = 5 * time.Minute
+)
 
 // Job backs up what it selects, on its schedule, to its destinations.
 type Job struct {
@@ -41,6 +54,10 @@ type Job struct {
 	Level    archive.Level
 	Keep     retention.Policy // Empty: nothing is pruned
 	Notify   []string         // notification URLs (secrets: not printed)
+	// NotifySuccess: notify after runs that succeeded too (failures only
+	// otherwise).
+	NotifySuccess bool
+	Ping          string // a healthchecks.io-style URL (a secret: not printed)
 }
 
 // Selection says which volumes a job backs up, found anew at each run.
@@ -66,6 +83,8 @@ type file struct {
 	Concurrency   int       `yaml:"concurrency"`
 	Listen        string    `yaml:"listen"`
 	ShutdownGrace string    `yaml:"shutdown_grace"`
+	HealthGrace   string    `yaml:"health_grace"`
+	HookTimeout   string    `yaml:"hook_timeout"`
 	Jobs          []fileJob `yaml:"jobs"`
 }
 
@@ -79,6 +98,11 @@ type fileJob struct {
 	Level    string     `yaml:"level"`
 	Keep     yaml.Node  `yaml:"keep"` // "daily=7,weekly=4" or a mapping
 	Notify   []string   `yaml:"notify"`
+	// Secrets from files (Docker secrets): one URL a line.
+	NotifyFile    string `yaml:"notify_file"`
+	NotifySuccess bool   `yaml:"notify_success"`
+	Ping          string `yaml:"ping"`
+	PingFile      string `yaml:"ping_file"`
 }
 
 type fileSelect struct {
@@ -114,13 +138,21 @@ func parseFile(path string, data []byte) (Config, error) {
 	if err := dec.Decode(&f); err != nil {
 		return Config{}, fmt.Errorf("config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
-	cfg := Config{Concurrency: f.Concurrency, Listen: f.Listen, ShutdownGrace: 30 * time.Second}
-	if f.ShutdownGrace != "" {
-		d, err := time.ParseDuration(f.ShutdownGrace)
-		if err != nil || d < 0 {
-			return Config{}, fmt.Errorf("config %s: shutdown_grace %q: want a duration such as 30s or 2m", path, f.ShutdownGrace)
+	cfg := Config{Concurrency: f.Concurrency, Listen: f.Listen}
+	for _, d := range []struct {
+		key, value string
+		to         *time.Duration
+		def        time.Duration
+	}{
+		{"shutdown_grace", f.ShutdownGrace, &cfg.ShutdownGrace, DefaultShutdownGrace},
+		{"health_grace", f.HealthGrace, &cfg.HealthGrace, DefaultHealthGrace},
+		{"hook_timeout", f.HookTimeout, &cfg.HookTimeout, DefaultHookTimeout},
+	} {
+		v, err := duration(d.value, d.def, d.key == "hook_timeout")
+		if err != nil {
+			return Config{}, fmt.Errorf("config %s: %s %q: %w", path, d.key, d.value, err)
 		}
-		cfg.ShutdownGrace = d
+		*d.to = v
 	}
 	if len(f.Jobs) == 0 {
 		return Config{}, fmt.Errorf("config %s: no jobs: give at least one under jobs:", path)
@@ -145,7 +177,24 @@ func parseFile(path string, data []byte) (Config, error) {
 		default:
 			return Config{}, fmt.Errorf("%s: keep: want daily=7,weekly=4 or a mapping (daily: 7)", where)
 		}
-		j, err := newJob(fj.Name, fj.Schedule, fj.Timezone, fj.Jitter, fj.To, fj.Level, keep, fj.Notify, Selection{
+		notify, ping := fj.Notify, fj.Ping
+		if fj.NotifyFile != "" {
+			more, err := secretFile(fj.NotifyFile)
+			if err != nil {
+				return Config{}, fmt.Errorf("%s: notify_file: %w", where, err)
+			}
+			notify = append(notify, urls(more)...)
+		}
+		if fj.PingFile != "" {
+			if ping != "" {
+				return Config{}, fmt.Errorf("%s: ping and ping_file are both set: give one", where)
+			}
+			var err error
+			if ping, err = secretFile(fj.PingFile); err != nil {
+				return Config{}, fmt.Errorf("%s: ping_file: %w", where, err)
+			}
+		}
+		j, err := newJob(fj.Name, fj.Schedule, fj.Timezone, fj.Jitter, fj.To, fj.Level, keep, notify, Selection{
 			Volumes: fj.Select.Volumes, VolumeLabels: fj.Select.VolumeLabels, ContainerLabels: fj.Select.ContainerLabels,
 			All: fj.Select.All, Exclude: fj.Select.Exclude, Anonymous: fj.Select.Anonymous,
 		}, keyNames{schedule: "schedule", timezone: "timezone", jitter: "jitter", to: "to", level: "level", keep: "keep", sel: "select"})
@@ -154,6 +203,10 @@ func parseFile(path string, data []byte) (Config, error) {
 		}
 		if j.Name == "" {
 			j.Name = fmt.Sprintf("job%d", i+1)
+		}
+		j.NotifySuccess = fj.NotifySuccess
+		if j.Ping, err = checkPing(ping); err != nil {
+			return Config{}, fmt.Errorf("%s: ping: %w", where, err)
 		}
 		if seen[j.Name] {
 			return Config{}, fmt.Errorf("%s: the name %q is taken by an earlier job: names must be unique (they name the metrics)", where, j.Name)
@@ -172,6 +225,61 @@ func (c *Config) check() error {
 		return fmt.Errorf("concurrency %d: want 1 or more", c.Concurrency)
 	}
 	return nil
+}
+
+// duration reads a setting's duration: def if empty; zero allowed unless
+// positive is asked for.
+func duration(v string, def time.Duration, positive bool) (time.Duration, error) {
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || positive && d == 0 {
+		return 0, errors.New("want a duration such as 30s, 10m or 1h")
+	}
+	return d, nil
+}
+
+// secretFile reads a file holding a secret, trimmed.
+func secretFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+// urls splits a list of URLs on white space, and on commas that begin a
+// new URL (offen's NOTIFICATION_URLS are comma-separated), not on commas
+// inside one (telegram://…?chats=@a,@b).
+func urls(s string) []string {
+	var out []string
+	for _, f := range strings.Fields(s) {
+		for i, part := range strings.Split(f, ",") {
+			if i > 0 && !strings.Contains(part, "://") && len(out) > 0 {
+				out[len(out)-1] += "," + part
+				continue
+			}
+			if part != "" {
+				out = append(out, part)
+			}
+		}
+	}
+	return out
+}
+
+// checkPing checks a healthchecks.io-style URL, without printing it (its
+// path is the check's secret).
+func checkPing(raw string) (string, error) {
+	raw = strings.TrimSpace(raw)
+	if raw == "" {
+		return "", nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errors.New("want an http:// or https:// URL, such as https://hc-ping.com/UUID")
+	}
+	return strings.TrimSuffix(raw, "/"), nil
 }
 
 // keyNames are how the configuration names each setting, for messages.
@@ -264,16 +372,21 @@ func ParseKeep(s string) (retention.Policy, error) {
 var envVars = []string{
 	"VOLBAK_SCHEDULE", "VOLBAK_TZ", "VOLBAK_JITTER", "VOLBAK_TO", "VOLBAK_LEVEL", "VOLBAK_KEEP", "VOLBAK_NOTIFY",
 	"VOLBAK_VOLUMES", "VOLBAK_VOLUME_LABEL", "VOLBAK_CONTAINER_LABEL", "VOLBAK_ALL", "VOLBAK_EXCLUDE", "VOLBAK_ANONYMOUS",
-	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE",
+	"VOLBAK_NOTIFY_SUCCESS", "VOLBAK_PING",
+	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE", "VOLBAK_HEALTH_GRACE", "VOLBAK_HOOK_TIMEOUT",
 }
 
+// deploymentVars are read whichever way the jobs are given: where the
+// sidecar keeps its state is the deployment's, not a job's.
+var deploymentVars = []string{"VOLBAK_CONFIG", "VOLBAK_STATE_DIR"}
+
 // volbakVars are the VOLBAK_ variables of environ that are neither in
-// allowed (as NAME or NAME_FILE) nor VOLBAK_CONFIG, which names the file.
+// allowed (as NAME or NAME_FILE) nor deploymentVars.
 func volbakVars(environ []string, allowed []string) []string {
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(k, "VOLBAK_") || k == "VOLBAK_CONFIG" || contains(allowed, strings.TrimSuffix(k, "_FILE")) {
+		if !strings.HasPrefix(k, "VOLBAK_") || contains(deploymentVars, k) || contains(allowed, strings.TrimSuffix(k, "_FILE")) {
 			continue
 		}
 		out = append(out, k)
@@ -352,22 +465,35 @@ func fromEnv(getenv func(string) string, environ []string) (Config, error) {
 	if sel.empty() {
 		sel.VolumeLabels = map[string]string{DefaultLabel: "true"}
 	}
-	cfg := Config{Listen: get("VOLBAK_LISTEN"), ShutdownGrace: 30 * time.Second}
+	cfg := Config{Listen: get("VOLBAK_LISTEN")}
 	if v := get("VOLBAK_CONCURRENCY"); v != "" {
 		if cfg.Concurrency, err = strconv.Atoi(v); err != nil || cfg.Concurrency < 1 {
 			errs = append(errs, fmt.Errorf("VOLBAK_CONCURRENCY %q: want 1 or more", v))
 		}
 	}
-	if v := get("VOLBAK_SHUTDOWN_GRACE"); v != "" {
-		if cfg.ShutdownGrace, err = time.ParseDuration(v); err != nil || cfg.ShutdownGrace < 0 {
-			errs = append(errs, fmt.Errorf("VOLBAK_SHUTDOWN_GRACE %q: want a duration such as 30s", v))
+	for _, d := range []struct {
+		key string
+		to  *time.Duration
+		def time.Duration
+	}{
+		{"VOLBAK_SHUTDOWN_GRACE", &cfg.ShutdownGrace, DefaultShutdownGrace},
+		{"VOLBAK_HEALTH_GRACE", &cfg.HealthGrace, DefaultHealthGrace},
+		{"VOLBAK_HOOK_TIMEOUT", &cfg.HookTimeout, DefaultHookTimeout},
+	} {
+		v := get(d.key)
+		if *d.to, err = duration(v, d.def, d.key == "VOLBAK_HOOK_TIMEOUT"); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: %w", d.key, v, err))
 		}
 	}
 	j, jerr := newJob("default", get("VOLBAK_SCHEDULE"), get("VOLBAK_TZ"), get("VOLBAK_JITTER"), list("VOLBAK_TO"),
-		get("VOLBAK_LEVEL"), get("VOLBAK_KEEP"), list("VOLBAK_NOTIFY"), sel,
+		get("VOLBAK_LEVEL"), get("VOLBAK_KEEP"), urls(get("VOLBAK_NOTIFY")), sel,
 		keyNames{schedule: "VOLBAK_SCHEDULE", timezone: "VOLBAK_TZ", jitter: "VOLBAK_JITTER", to: "VOLBAK_TO", level: "VOLBAK_LEVEL", keep: "VOLBAK_KEEP", sel: "the selection"})
 	if jerr != nil {
 		errs = append(errs, jerr)
+	}
+	j.NotifySuccess = flag("VOLBAK_NOTIFY_SUCCESS")
+	if j.Ping, err = checkPing(get("VOLBAK_PING")); err != nil {
+		errs = append(errs, fmt.Errorf("VOLBAK_PING: %w", err))
 	}
 	if len(errs) > 0 {
 		return Config{}, fmt.Errorf("environment: %w", errors.Join(errs...))

@@ -35,6 +35,13 @@ type Scheduler struct {
 	// Jitter picks the delay before a run, up to max; random if nil.
 	Jitter func(max time.Duration) time.Duration
 	Log    *slog.Logger
+	// RunContext, if set, is what runs are given instead of Loop's: a
+	// shutdown ends the ticks first and the runs after a grace.
+	RunContext context.Context
+	// OnNext, if set, is told each job's next tick whenever it is set;
+	// OnSkip, of each tick skipped for overlap.
+	OnNext func(job string, t time.Time)
+	OnSkip func(job string)
 
 	mu      sync.Mutex
 	running map[string]bool
@@ -59,7 +66,8 @@ func (s *Scheduler) Running(job string) bool {
 }
 
 // Loop fires the jobs until ctx ends, then waits for the runs in flight
-// (which see ctx end, and stop as they can).
+// (which see RunContext end, or ctx if it is nil, and stop as they can). A
+// run still waiting for its jitter or a slot when ctx ends never begins.
 func (s *Scheduler) Loop(ctx context.Context) {
 	log := s.Log
 	if log == nil {
@@ -82,8 +90,14 @@ func (s *Scheduler) Loop(ctx context.Context) {
 
 	now := s.Clock.Now()
 	next := make([]time.Time, len(s.Jobs))
+	onNext := func(j Job, t time.Time) {
+		if s.OnNext != nil {
+			s.OnNext(j.Name, t)
+		}
+	}
 	for i, j := range s.Jobs {
 		next[i] = j.Schedule.Next(now)
+		onNext(j, next[i])
 	}
 	for {
 		first := 0
@@ -111,6 +125,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 			}
 			// Ticks missed while the host was suspended are one run, now.
 			next[i] = j.Schedule.Next(now)
+			onNext(j, next[i])
 			s.mu.Lock()
 			busy := s.running[j.Name]
 			if busy {
@@ -121,6 +136,9 @@ func (s *Scheduler) Loop(ctx context.Context) {
 			s.mu.Unlock()
 			if busy {
 				log.Warn("skipped a run: the previous one is still going", "job", j.Name, "next", next[i])
+				if s.OnSkip != nil {
+					s.OnSkip(j.Name)
+				}
 				continue
 			}
 			s.wg.Add(1)
@@ -144,7 +162,14 @@ func (s *Scheduler) Loop(ctx context.Context) {
 					return
 				}
 				defer func() { <-slots }()
-				s.Run(ctx, j)
+				if ctx.Err() != nil {
+					return
+				}
+				rctx := s.RunContext
+				if rctx == nil {
+					rctx = ctx
+				}
+				s.Run(rctx, j)
 			}()
 		}
 	}

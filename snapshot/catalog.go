@@ -28,6 +28,10 @@ type Catalog struct {
 	// SkipErr says why the first was.
 	Skipped []string
 	SkipErr error
+	// Orphans are archives without a manifest beside them: a backup
+	// killed between its archive and its manifest, or one writing its
+	// manifest right now. They are never listed as snapshots.
+	Orphans []storage.Object
 	where   string // the storage, for messages
 }
 
@@ -135,6 +139,9 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		listed[o.Key] = true
 	}
 	for _, o := range objs {
+		if base, ok := strings.CutSuffix(o.Key, ".tar.zst"); ok && IsKey(o.Key) && !listed[base+".json"] {
+			c.Orphans = append(c.Orphans, o)
+		}
 		vol, created, id, ok := parseKey(o.Key)
 		if !ok {
 			continue // not volbak's

@@ -8,7 +8,6 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -20,7 +19,6 @@ import (
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
 	"github.com/volbak/volbak/storage/dest"
-	"github.com/volbak/volbak/storage/local"
 	"github.com/volbak/volbak/storage/s3"
 	"github.com/volbak/volbak/storage/sftp"
 )
@@ -95,7 +93,7 @@ Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 	pf.StringVar(&g.ssh.Fingerprint, "host-fingerprint", "", "sftp: accept only the host key with this fingerprint (SHA256:..., as ssh-keygen -l prints)")
 	pf.StringVar(&g.ssh.PasswordFile, "ssh-password-file", "", "sftp: log in with the password in this file")
 	pf.DurationVar(&g.stallTimeout, "stall-timeout", storage.DefaultStallTimeout, "s3/sftp: give a storage up (for the rest of the run) once it has held volbak this long without a byte moving, retries included; 0: wait forever")
-	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), forgetCmd(g), runCmd(g), storageTopic())
+	root.AddCommand(backupCmd(g), listCmd(g), restoreCmd(g), verifyCmd(g), deleteCmd(g), forgetCmd(g), runCmd(g), healthcheckCmd(g), storageTopic())
 	return root
 }
 
@@ -154,74 +152,17 @@ less CPU), default, better, best (much slower).
 				return usageError{errors.New("backup needs --to STORAGE (a directory, s3:// or sftp:// URL)")}
 			}
 			ctx := c.Context()
-			// A destination that cannot be reached is reported and skipped:
-			// an offsite outage must not cost the local backup. They are
-			// opened at once, so that one silent server costs its bound
-			// once, not once per destination after it.
-			opened := make([]storage.Storage, len(to))
-			errs := make([]error, len(to))
-			var wg sync.WaitGroup
-			for i, d := range to {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					opened[i], errs[i] = g.open(ctx, d, true)
-				}()
+			set, err := dest.OpenAll(ctx, to, g.destOptions())
+			if err != nil {
+				return err
 			}
-			wg.Wait()
-			if ctx.Err() != nil {
-				for _, st := range opened {
-					if st != nil {
-						st.Close()
-					}
-				}
-				return ctx.Err()
+			defer set.Close()
+			if err := set.Err(); err != nil {
+				return err
 			}
-			var sts []storage.Storage
-			var named []string // the --to that named each of sts
-			var openErrs []error
-		next:
-			for i, d := range to {
-				st, err := opened[i], errs[i]
-				if err != nil {
-					openErrs = append(openErrs, fmt.Errorf("%s: %w", dest.Redact(d), err))
-					continue
-				}
-				// Two names of one storage (X and X/, a path and its
-				// file:// URL, a symlink, a bind mount, a directory and
-				// the SFTP URL of it, a bucket through two endpoints)
-				// would count one copy as two, and one name's cleanup
-				// after a failure could remove what the other wrote.
-				for i, prev := range sts {
-					same, err := dest.Same(ctx, prev, st)
-					if err != nil && ctx.Err() == nil {
-						st.Close()
-						openErrs = append(openErrs, fmt.Errorf("%s: skipped: a probe written through --to %s could not be read back through it, so whether they are one storage cannot be told (one storage written under two names can lose a copy when one fails): %w", dest.Redact(d), dest.Redact(named[i]), err))
-						continue next
-					}
-					if same {
-						_, isDir := st.(*local.Dir)
-						_, prevIsDir := prev.(*local.Dir)
-						if isDir && !prevIsDir {
-							// Written through the directory: no network
-							// on the way to fail.
-							fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s: writing it once, through %s\n", dest.Redact(named[i]), dest.Redact(d), st)
-							prev.Close() // again at the end: Close may be called twice
-							defer st.Close()
-							sts[i], named[i] = st, d
-							continue next
-						}
-						fmt.Fprintf(g.stderr, "volbak: --to %s is the same storage as --to %s (%s): writing it once\n", dest.Redact(d), dest.Redact(named[i]), prev)
-						st.Close()
-						continue next
-					}
-				}
-				defer st.Close()
-				sts = append(sts, st)
-				named = append(named, d)
-			}
-			if len(sts) == 0 {
-				return errors.Join(openErrs...)
+			sts, openErrs := set.Storages, set.Failed
+			for _, n := range set.Notes {
+				fmt.Fprintf(g.stderr, "volbak: --to %s\n", n)
 			}
 			for _, err := range openErrs {
 				fmt.Fprintf(g.stderr, "volbak: %v\n", err)

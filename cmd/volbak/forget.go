@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/volbak/volbak/retention"
 	"github.com/volbak/volbak/snapshot"
-	"github.com/volbak/volbak/storage"
 )
 
 func forgetCmd(g *globals) *cobra.Command {
@@ -118,14 +116,8 @@ after the plan. Manifests list warns about are never touched.
 				if dryRun {
 					return nil
 				}
-				err := snapshot.Delete(ctx, st, m.ManifestKey)
-				if errors.Is(err, storage.ErrNotExist) {
-					// Gone since the listing: another forget or delete
-					// took it. Its archive goes too, in case that run was
-					// cut short between the two.
-					actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-					st.Delete(actx, m.Archive)
-					cancel()
+				gone, err := retention.Remove(ctx, st, m)
+				if gone {
 					fmt.Fprintf(g.stderr, "volbak: %s@%s was already removed (by another forget or delete)\n", m.Volume, m.ID)
 					return nil
 				}

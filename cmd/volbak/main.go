@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	// The image is FROM scratch: no zoneinfo but the binary's own, for
@@ -49,6 +50,11 @@ func main() {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		s := <-sigs
+		if drain := draining.Load(); drain != nil {
+			// volbak run: the running backups get their grace.
+			(*drain)()
+			s = <-sigs
+		}
 		fmt.Fprintf(os.Stderr, "\nvolbak: %v: stopping and cleaning up (again to quit at once)\n", s)
 		cancel()
 		<-sigs
@@ -70,6 +76,12 @@ func main() {
 	}
 	os.Exit(code)
 }
+
+// draining, if set, is what a first SIGTERM or SIGINT does instead of
+// cancelling: volbak run lets its running backups finish within a grace.
+var draining atomic.Pointer[func()]
+
+func onDrain(f func()) { draining.Store(&f) }
 
 type usageError struct{ error }
 
@@ -136,7 +148,13 @@ func (g *globals) progress() io.Writer {
 
 // open opens a storage for reading (--from) or, with create, writing (--to).
 func (g *globals) open(ctx context.Context, raw string, create bool) (storage.Storage, error) {
-	return dest.Open(ctx, raw, dest.Options{Create: create, SSH: g.ssh, StallTimeout: g.stallTimeout})
+	o := g.destOptions()
+	o.Create = create
+	return dest.Open(ctx, raw, o)
+}
+
+func (g *globals) destOptions() dest.Options {
+	return dest.Options{SSH: g.ssh, StallTimeout: g.stallTimeout}
 }
 
 func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {

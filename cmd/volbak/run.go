@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,82 +16,130 @@ import (
 )
 
 func runCmd(g *globals) *cobra.Command {
-	var config string
-	var check bool
+	var o runOptions
 	c := &cobra.Command{
-		Use:   "run --check [--config FILE]",
-		Short: "The scheduler sidecar (this version: --check only)",
-		Long: `The scheduler sidecar backs up the volumes its jobs select on cron
-schedules. This version checks a configuration (--check); the scheduler
-itself comes in a later one.
-
---check reads the configuration, refusing any unknown key or malformed
-value with the key and the reason, and prints each job: its schedule and
-next runs, its destinations, level and keep policy, and the volumes it
-would select now, with why, and the containers it would stop.
+		Use:   "run [--config FILE] [--once | --check]",
+		Short: "The scheduler sidecar: back up on cron schedules, prune, report",
+		Long: `volbak run is the scheduler sidecar: a daemon that backs up the volumes
+its jobs select on cron schedules, prunes each to its keep policy, and
+tells you when it did not (metrics, /healthz, notifications, pings).
+--once runs every job now and exits (1 if any failed: for host cron,
+systemd timers, CI); --check validates the configuration and prints the
+jobs, their next runs, and the volumes they would select now, with why,
+and the containers they would stop, then exits.
 
 One job from the environment: VOLBAK_SCHEDULE (a cron line: five fields,
 or six with seconds first; @daily, @every 6h; CRON_TZ=ZONE before it),
 VOLBAK_TO (destinations, comma-separated), VOLBAK_KEEP
 (daily=7,weekly=4,monthly=6,within=30d; see volbak forget), VOLBAK_TZ,
-VOLBAK_JITTER, VOLBAK_LEVEL, VOLBAK_NOTIFY; the selection VOLBAK_VOLUMES,
-VOLBAK_VOLUME_LABEL (default volbak.backup=true), VOLBAK_CONTAINER_LABEL,
-VOLBAK_ALL, VOLBAK_EXCLUDE, VOLBAK_ANONYMOUS; VOLBAK_CONCURRENCY,
-VOLBAK_LISTEN, VOLBAK_SHUTDOWN_GRACE. Each also as NAME_FILE (a file
-holding the value). Several jobs: a YAML file (--config, VOLBAK_CONFIG):
+VOLBAK_JITTER, VOLBAK_LEVEL; VOLBAK_NOTIFY (shoutrrr URLs: ntfy://,
+slack://, discord://, telegram://, smtp://, generic://),
+VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); the selection
+VOLBAK_VOLUMES, VOLBAK_VOLUME_LABEL (default volbak.backup=true),
+VOLBAK_CONTAINER_LABEL, VOLBAK_ALL, VOLBAK_EXCLUDE, VOLBAK_ANONYMOUS; and
+VOLBAK_CONCURRENCY, VOLBAK_LISTEN, VOLBAK_SHUTDOWN_GRACE,
+VOLBAK_HEALTH_GRACE, VOLBAK_HOOK_TIMEOUT. Each also as NAME_FILE (a file
+holding the value: Docker secrets). Several jobs: a YAML file (--config,
+VOLBAK_CONFIG):
 
-  concurrency: 1
+  concurrency: 1            # jobs running at once
+  listen: ":9090"           # /metrics and /healthz
   jobs:
     - name: db
       schedule: "CRON_TZ=Europe/Berlin 0 3 * * *"
-      select: {container_labels: {app: db}}
+      jitter: 5m
+      select: {container_labels: {app: db}}   # or volumes, volume_labels, all, exclude, anonymous
       to: [/backups, "s3://bucket/prefix"]
       keep: {daily: 7, weekly: 4}
+      notify_file: /run/secrets/notify       # or notify: [URL...]
+      ping_file: /run/secrets/healthchecks   # or ping: URL
 
-Containers labelled volbak.stop=true (or offen's
-docker-volume-backup.stop-during-backup=true) that mount a selected volume
-will be stopped while it is archived.`,
+Each run selects its volumes anew. For each volume: the volbak.exec-pre
+command of each running container that mounts it runs first (/bin/sh -c,
+within the hook timeout; one that fails fails that volume only); running
+containers labelled volbak.stop=true that mount it are stopped, dependents
+first where compose's labels say, recorded first in the state directory;
+once the helper has read the volume they are started again and
+volbak.exec-post runs. A volbak killed meanwhile starts them at its next
+start (a container stopped by someone else since stays stopped). After a
+volume's backup succeeded everywhere, its snapshots from this host are
+pruned to the job's keep policy, and archives left without a manifest for
+a day are removed. offen's labels docker-volume-backup.stop-during-backup,
+.archive-pre and .archive-post are honoured as aliases.
+
+SIGTERM (docker stop) starts no new run and lets a running one finish
+within --shutdown-grace, then aborts it cleanly (no snapshot listed, its
+containers started again, its helper removed), and exits 0. Give docker
+stop longer than that (compose: stop_grace_period: 60s).
+
+/healthz (and volbak healthcheck) is unhealthy after a job's failed run,
+and when a job is overdue: no run begun by its next run after the one
+due, plus jitter and the health grace.`,
 		Args: args(0, 0),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if !check {
-				return usageError{errors.New("volbak run without --check (the scheduler itself) is not in this version: --check validates a configuration")}
+			if o.once && o.check {
+				return usageError{errors.New("--once and --check: give one")}
 			}
-			if config == "" {
-				config = os.Getenv("VOLBAK_CONFIG")
+			if o.config == "" {
+				o.config = os.Getenv("VOLBAK_CONFIG")
 			}
-			cfg, err := schedule.Load(config, os.Getenv, os.Environ())
+			cfg, err := schedule.Load(o.config, os.Getenv, os.Environ())
 			if err != nil {
 				return usageError{err}
 			}
-			ctx := c.Context()
-			eng, err := g.engine(ctx)
-			if err != nil {
-				return err
+			if c.Flags().Changed("listen") {
+				cfg.Listen = o.listen
 			}
-			defer eng.Close()
-			vols, err := eng.Volumes(ctx)
-			if err != nil {
-				return err
+			if c.Flags().Changed("shutdown-grace") {
+				cfg.ShutdownGrace = o.grace
 			}
-			cs, err := eng.Containers(ctx)
-			if err != nil {
-				return err
+			if o.check {
+				return check(c.Context(), g, cfg)
 			}
-			now := time.Now()
-			fmt.Fprintf(g.stdout, "configuration ok: %d job(s), %d at once", len(cfg.Jobs), cfg.Concurrency)
-			if cfg.Listen != "" {
-				fmt.Fprintf(g.stdout, ", /metrics and /healthz on %s", cfg.Listen)
-			}
-			fmt.Fprintln(g.stdout)
-			for _, j := range cfg.Jobs {
-				printJob(g, j, now, vols, cs)
-			}
-			return nil
+			return runDaemon(c.Context(), g, cfg, o)
 		},
 	}
-	c.Flags().StringVar(&config, "config", "", "YAML file of jobs (default $VOLBAK_CONFIG; without either, one job from the environment)")
-	c.Flags().BoolVar(&check, "check", false, "check the configuration, print the jobs and what they would select now, and exit")
+	f := c.Flags()
+	f.StringVar(&o.config, "config", "", "YAML file of jobs (default $VOLBAK_CONFIG; without either, one job from the environment)")
+	f.BoolVar(&o.check, "check", false, "check the configuration, print the jobs and what they would select now, and exit")
+	f.BoolVar(&o.once, "once", false, "run every job now, once, and exit (1 if any failed)")
+	f.StringVar(&o.stateDir, "state-dir", "", "where the containers volbak stops are recorded, and its health (default $VOLBAK_STATE_DIR, else "+schedule.DefaultStateDir+"; mount a volume there)")
+	f.StringVar(&o.listen, "listen", "", "serve /metrics and /healthz on this address (:9090); default $VOLBAK_LISTEN, else none")
+	f.DurationVar(&o.grace, "shutdown-grace", schedule.DefaultShutdownGrace, "on SIGTERM, how long a running backup may go on before it is aborted")
 	return c
+}
+
+type runOptions struct {
+	config, stateDir, listen string
+	once, check              bool
+	grace                    time.Duration
+}
+
+// check prints what each job of cfg would do now.
+func check(ctx context.Context, g *globals, cfg schedule.Config) error {
+	eng, err := g.engine(ctx)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	vols, err := eng.Volumes(ctx)
+	if err != nil {
+		return err
+	}
+	cs, err := eng.Containers(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	fmt.Fprintf(g.stdout, "configuration ok: %d job(s), %d at once", len(cfg.Jobs), cfg.Concurrency)
+	if cfg.Listen != "" {
+		fmt.Fprintf(g.stdout, ", /metrics and /healthz on %s", cfg.Listen)
+	}
+	fmt.Fprintln(g.stdout)
+	for _, j := range cfg.Jobs {
+		printJob(g, j, now, vols, cs)
+	}
+	return nil
 }
 
 func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, cs []engine.Mounting) {
@@ -134,7 +183,7 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 		}
 		var stops []string
 		for _, c := range cs {
-			if schedule.Stops(c) && c.Running() && mounts(c, s.Volume) {
+			if schedule.Stops(c) && c.Running() && schedule.Mounts(c, s.Volume) {
 				stops = append(stops, c.Name)
 			}
 		}
@@ -148,13 +197,4 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 	for _, n := range schedule.Missing(j.Select, vols) {
 		fmt.Fprintf(g.stderr, "volbak: warning: job %s names volume %s, which does not exist (now)\n", j.Name, n)
 	}
-}
-
-func mounts(c engine.Mounting, vol string) bool {
-	for _, v := range c.Volumes {
-		if v == vol {
-			return true
-		}
-	}
-	return false
 }

@@ -89,5 +89,8 @@ func TestRunCheck(t *testing.T) {
 	}
 	mustFail(t, run("VOLBAK_SCHEDULE=0 3 * * 9", "VOLBAK_TO=/b"), exitUsage, `the day of week field "9" is wrong`)
 	mustFail(t, run("VOLBAK_SCHEDULE=@daily", "VOLBAK_TO=/b", "VOLBAK_KEEPS=daily=7"), exitUsage, "unknown VOLBAK_KEEPS")
-	mustFail(t, volbak(t, "run"), exitUsage, "not in this version")
+	// The daemon refuses a malformed configuration at start, as --check does.
+	cmd := exec.Command(bin, "run", "--state-dir", t.TempDir())
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VOLBAK_SCHEDULE=@every 1x", "VOLBAK_TO=/b"}
+	mustFail(t, volbakCmd(t, cmd), exitUsage, `VOLBAK_SCHEDULE "@every 1x"`)
 }

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/schedule"
+)
+
+// runDaemon is volbak run (and run --once): it takes the state directory,
+// starts what a killed volbak left stopped, serves /metrics and /healthz,
+// and runs the jobs on their schedules (or once each).
+func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOptions) error {
+	log := g.logger()
+	dir := stateDir(o.stateDir)
+	state, err := schedule.OpenState(dir)
+	if err != nil {
+		return err
+	}
+	defer state.Close()
+	if len(state.Pending()) > 0 {
+		eng, err := g.engine(ctx)
+		if err != nil {
+			return err
+		}
+		rerr := state.Recover(ctx, eng, log)
+		eng.Close()
+		if rerr != nil {
+			// The runs go on: backups matter more, and the record stays
+			// for the next start.
+			log.Error("containers a killed volbak had stopped could not all be started again", "err", rerr)
+		}
+	}
+	metrics := schedule.NewMetrics(cfg.Jobs)
+	health := schedule.NewHealth(cfg.Jobs, time.Now(), cfg.HealthGrace, dir)
+	notifiers, err := newNotifiers(cfg.Jobs, log)
+	if err != nil {
+		return usageError{err}
+	}
+	if cfg.Listen != "" {
+		stop, err := serve(cfg.Listen, metrics, health, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	runner := &schedule.Runner{
+		Engine:      g.engine,
+		Dest:        g.destOptions(),
+		State:       state,
+		Locks:       &schedule.Locks{},
+		Metrics:     metrics,
+		Health:      health,
+		HookTimeout: cfg.HookTimeout,
+		Version:     version,
+		Log:         log,
+		OnStart:     notifiers.started,
+		OnDone:      notifiers.done,
+	}
+	if o.once {
+		return runOnce(ctx, cfg, runner)
+	}
+
+	// A first SIGTERM ends the ticks; the runs going on get the grace,
+	// then are called off. A second one calls them off at once (main).
+	runCtx, cancelRuns := context.WithCancel(ctx)
+	defer cancelRuns()
+	loopCtx, stopLoop := context.WithCancel(runCtx)
+	defer stopLoop()
+	onDrain(func() {
+		log.Info("shutting down: no new runs; the running ones may take the grace", "grace", cfg.ShutdownGrace.String())
+		stopLoop()
+		time.AfterFunc(cfg.ShutdownGrace, func() {
+			log.Warn("shutdown grace over: aborting the runs still going")
+			cancelRuns()
+		})
+	})
+	sch := &schedule.Scheduler{
+		Jobs: cfg.Jobs, Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
+		RunContext: runCtx,
+		Run:        func(ctx context.Context, j schedule.Job) { runner.Run(ctx, j) },
+		OnNext:     metrics.Next,
+		OnSkip:     metrics.Skipped,
+	}
+	log.Info("volbak run started", "jobs", len(cfg.Jobs), "concurrency", cfg.Concurrency, "state_dir", dir, "listen", cfg.Listen, "version", version)
+	sch.Loop(loopCtx)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	log.Info("volbak run stopped")
+	return nil
+}
+
+// runOnce runs every job now, at most cfg.Concurrency at once; an error if
+// any failed.
+func runOnce(ctx context.Context, cfg schedule.Config, runner *schedule.Runner) error {
+	slots := make(chan struct{}, cfg.Concurrency)
+	results := make([]schedule.Result, len(cfg.Jobs))
+	var wg sync.WaitGroup
+	for i, j := range cfg.Jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			results[i] = runner.Run(ctx, j)
+		}()
+	}
+	wg.Wait()
+	var failed []string
+	for _, r := range results {
+		if r.Err != nil {
+			failed = append(failed, r.Job)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d job(s) failed: %s (the log says why)", len(failed), len(cfg.Jobs), strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func stateDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if d := os.Getenv("VOLBAK_STATE_DIR"); d != "" {
+		return d
+	}
+	return schedule.DefaultStateDir
+}
+
+// serve starts the /metrics and /healthz listener; stop ends it.
+func serve(addr string, m *schedule.Metrics, h *schedule.Health, log interface {
+	Error(string, ...any)
+}) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s for /metrics and /healthz: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		rep := h.Report(time.Now())
+		w.Header().Set("Content-Type", "application/json")
+		if !rep.Healthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("the /metrics and /healthz listener stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}, nil
+}
+
+func healthcheckCmd(g *globals) *cobra.Command {
+	var dir string
+	c := &cobra.Command{
+		Use:   "healthcheck [--state-dir DIR]",
+		Short: "Exit 0 if volbak run is healthy (the image's HEALTHCHECK)",
+		Long: `Read the health that volbak run keeps in its state directory and judge it
+now, as /healthz does: healthy while every job's last run succeeded and
+none is overdue. Exit 0 if healthy, 1 otherwise, saying which job and why.
+It needs no listener, so the image's HEALTHCHECK works without --listen.`,
+		Args: args(0, 0),
+		RunE: func(c *cobra.Command, _ []string) error {
+			rep, err := schedule.ReadHealth(stateDir(dir), time.Now())
+			if err != nil {
+				return err
+			}
+			if !rep.Healthy {
+				return errors.New(strings.Join(rep.Reasons, "; "))
+			}
+			fmt.Fprintf(g.stdout, "healthy: %d job(s)\n", len(rep.Jobs))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "state-dir", "", "volbak run's state directory (default $VOLBAK_STATE_DIR, else "+schedule.DefaultStateDir+")")
+	return c
+}
+
+var _ schedule.Recoverer = (*engine.Engine)(nil)

@@ -1,4 +1,9 @@
-# volbak's image: the static binary and CA certificates, nothing else.
+# volbak's image: the static binary and CA certificates, nothing else. It is
+# the CLI (docker run --rm volbak backup ...) and the scheduler sidecar
+# (command: ["run"]): its HEALTHCHECK asks the sidecar's health file, in
+# /var/lib/volbak (mount a volume there: it also records the containers the
+# sidecar stops, to start them again after a crash). The helper containers
+# are made from this same binary, by volbak itself.
 #
 # With a registry:  docker build -t volbak .
 # Without one (only FROM scratch works), from a binary built on this host:
@@ -10,6 +15,7 @@ FROM scratch AS prebuilt
 COPY bin/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY bin/volbak /volbak
 ENTRYPOINT ["/volbak"]
+HEALTHCHECK --interval=1m --timeout=10s --start-period=30s CMD ["/volbak", "healthcheck"]
 
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -23,3 +29,4 @@ FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/volbak /volbak
 ENTRYPOINT ["/volbak"]
+HEALTHCHECK --interval=1m --timeout=10s --start-period=30s CMD ["/volbak", "healthcheck"]

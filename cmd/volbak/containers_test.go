@@ -44,7 +44,8 @@ func buildBusybox() (string, error) {
 		mode int64
 		data []byte
 	}{
-		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY busybox /bin/busybox\n")},
+		// /bin/sh: the sidecar's hooks run through it.
+		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"ln\", \"-s\", \"/bin/busybox\", \"/bin/sh\"]\n")},
 		{"busybox", 0o755, bb},
 	} {
 		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))})

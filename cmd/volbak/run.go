@@ -93,6 +93,9 @@ due, plus jitter and the health grace.`,
 			if c.Flags().Changed("shutdown-grace") {
 				cfg.ShutdownGrace = o.grace
 			}
+			if _, err := newNotifiers(cfg.Jobs, g.logger()); err != nil {
+				return usageError{err}
+			}
 			if o.check {
 				return check(c.Context(), g, cfg)
 			}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real round trip, start to end: build volbak, make a demo volume with a
 # few awkward files, back it up, list, verify, restore it into a new volume,
-# and compare the two; then change the source and restore it in place. Needs Go, Docker, and root (it writes the demo files
+# and compare the two; then change the source and restore it in place; then
+# run the sidecar once, as a container. Needs Go, Docker, and root (it writes the demo files
 # through the volume's mountpoint). Backups go to ./demo-backups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,3 +57,16 @@ else
   echo "demo: the in-place restore differs from the snapshot" >&2
   exit 1
 fi
+
+# The sidecar: the image built from this binary (no registry), run once
+# as a container with the socket, as examples/compose.yaml runs it on a
+# schedule: it backs up the volumes labelled app=demo and keeps the 2
+# newest snapshots of each.
+image=$(scripts/image.sh)
+set -x
+docker run --rm -v /var/run/docker.sock:/var/run/docker.sock -v "$PWD/demo-backups:/backups" \
+  -e VOLBAK_SCHEDULE=@daily -e VOLBAK_TO=/backups -e VOLBAK_VOLUME_LABEL=app=demo -e VOLBAK_KEEP=last=2 \
+  "$image" run --once
+bin/volbak list --from ./demo-backups --volume "$src"
+{ set +x; } 2>/dev/null
+echo "demo: the sidecar backed $src up (volbak run --once); examples/compose.yaml runs it on a schedule"

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -467,4 +468,53 @@ func TestSidecarSilentDestination(t *testing.T) {
 	if n := len(r.list(t, vol)); n != 0 {
 		t.Fatalf("%d snapshots listed after a failed run", n)
 	}
+}
+
+// The README's compose example runs as it is, with the images this
+// machine can have (no registry: the test image for postgres, the image
+// under test for volbak) and a per-second schedule swapped in.
+func TestComposeExample(t *testing.T) {
+	compose, err := exec.LookPath("docker-compose")
+	if err != nil {
+		t.Fatalf("docker-compose (scripts/test-deps.sh installs Debian's): %v", err)
+	}
+	project := prefix + "compose"
+	backups := t.TempDir()
+	override := filepath.Join(t.TempDir(), "override.yaml")
+	os.WriteFile(override, []byte(fmt.Sprintf(`services:
+  db:
+    image: %s
+    entrypoint: ["/bin/busybox", "sleep", "3600"]
+    stop_grace_period: 2s
+  volbak:
+    image: %s
+    volumes: ["%s:/backups"]
+    environment:
+      VOLBAK_SCHEDULE: "*/2 * * * * *"
+`, testImage(t), sidecarImage(t), backups)), 0o644)
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(compose, append([]string{"-p", project, "-f", "../../examples/compose.yaml", "-f", override}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command(compose, "-p", project, "-f", "../../examples/compose.yaml", "-f", override, "logs", "volbak").CombinedOutput()
+			t.Logf("volbak's log:\n%s", out)
+		}
+		exec.Command(compose, "-p", project, "-f", "../../examples/compose.yaml", "-f", override, "down", "-v", "--timeout", "5").Run()
+	})
+	run("up", "-d")
+	db := strings.TrimSpace(run("ps", "-q", "db"))
+	_, started := containerState(t, db)
+	vol := project + "_pgdata"
+	waitFor(t, "a snapshot of "+vol, func() bool { return len(list(t, backups, vol)) > 0 })
+	waitFor(t, "the db to run again, restarted", func() bool {
+		running, s := containerState(t, db)
+		return running && s != started
+	})
 }

@@ -33,6 +33,7 @@ type Engine interface {
 type Options struct {
 	Level   archive.Level
 	Version string           // volbak's, for the manifest
+	Job     string           // the sidecar job making it, for the manifest
 	Now     func() time.Time // the snapshot's time; time.Now if nil
 	Log     *slog.Logger
 	// Progress, if set, gets a meter per volume (a terminal).
@@ -138,7 +139,7 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	start := now()
 	m := snapshot.New(name, start)
 	m.Labels, m.Driver, m.DriverOpts = vol.Labels, vol.Driver, vol.Options
-	m.VolbakVersion, m.Host, m.Level = opts.Version, eng.Hostname(ctx), string(opts.Level)
+	m.VolbakVersion, m.Host, m.Level, m.Job = opts.Version, eng.Hostname(ctx), string(opts.Level), opts.Job
 
 	events := &agent.Events{OnWarning: func(path, msg string) {
 		log.Warn("file not archived as it was", "path", path, "reason", msg)

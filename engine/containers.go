@@ -93,9 +93,10 @@ type Journal interface {
 	// Stopped is told once c is down, with the time the daemon says it
 	// exited: what tells volbak's stop from a later one by someone else.
 	Stopped(c Container, finished time.Time)
-	// Started is told once c was started again (or could not be: the
-	// message says so, and the record is of no more use).
-	Started(c Container)
+	// Started is told once volbak is done with c: started again (ok), or
+	// not (it could not be started: the record is to stay, for a later
+	// try, and the error says so).
+	Started(c Container, ok bool)
 }
 
 // StopContainersJournaled is StopContainers, telling j of each container
@@ -125,14 +126,24 @@ func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j 
 		// the daemon would finish it anyway, and then the container must
 		// be among those started again.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		began := time.Now()
 		_, err := e.cli.ContainerStop(sctx, c.ID, client.ContainerStopOptions{})
 		var finished time.Time
-		if err == nil && j != nil {
+		if err == nil {
 			if info, ierr := e.cli.ContainerInspect(sctx, c.ID, client.ContainerInspectOptions{}); ierr == nil && info.Container.State != nil {
 				finished, _ = time.Parse(time.RFC3339Nano, info.Container.State.FinishedAt)
 			}
 		}
 		cancel()
+		if err == nil && !finished.IsZero() && finished.Before(began.Add(-time.Second)) {
+			// It had exited on its own since it was listed (the daemon
+			// answers a stop of a stopped container with success): not
+			// volbak's to start.
+			if j != nil {
+				j.Started(c, true)
+			}
+			continue
+		}
 		s.mu.Lock()
 		s.cs = append(s.cs, c) // started again below if this failed: whatever state it is in
 		s.mu.Unlock()
@@ -170,19 +181,18 @@ func (s *Stopped) Restart(ctx context.Context) error {
 	owed.remove(s)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ctx, cancel := cleanupContext(ctx)
-	defer cancel()
 	var errs []error
 	for i := len(s.cs) - 1; i >= 0; i-- {
 		c := s.cs[i]
-		_, err := s.e.cli.ContainerStart(ctx, c.ID, client.ContainerStartOptions{})
+		// Each its own bound: a slow start must not use up the others'.
+		cctx, cancel := cleanupContext(ctx)
+		_, err := s.e.cli.ContainerStart(cctx, c.ID, client.ContainerStartOptions{})
+		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("container %s, stopped by volbak, could not be started again (start it with: docker start %s): %w", c.Name, c.Name, err))
 		}
-		if s.j != nil && (err == nil || cerrdefs.IsNotFound(err)) {
-			// One that could not be started stays recorded: the next
-			// run tries again.
-			s.j.Started(c)
+		if s.j != nil {
+			s.j.Started(c, err == nil || cerrdefs.IsNotFound(err))
 		}
 	}
 	s.cs = nil

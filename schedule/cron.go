@@ -60,6 +60,11 @@ func ParseSchedule(spec, tz string) (Schedule, error) {
 	if err != nil {
 		return Schedule{}, explainCron(line, err)
 	}
+	// robfig/cron gives up after five years without a match, and says so
+	// with the zero time: a job that would never run (30 February).
+	if c.Next(time.Now()).IsZero() {
+		return Schedule{}, errors.New("never fires (no such date within five years)")
+	}
 	return Schedule{cron: c, Location: loc}, nil
 }
 

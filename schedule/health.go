@@ -51,8 +51,21 @@ func NewHealth(jobs []Job, now time.Time, grace time.Duration, dir string) *Heal
 	if dir != "" {
 		h.file = filepath.Join(dir, healthFile)
 	}
+	// A failed last run stays failed across a restart of volbak, until a
+	// run succeeds: restarting is not a fix.
+	var before map[string]JobHealth
+	if prev, err := ReadHealth(dir, now); err == nil && dir != "" {
+		before = map[string]JobHealth{}
+		for _, jh := range prev.Jobs {
+			before[jh.Job] = jh
+		}
+	}
 	for _, j := range jobs {
-		h.jobs[j.Name] = &JobHealth{Job: j.Name, Status: "waiting", Deadline: h.deadline(j, now)}
+		jh := &JobHealth{Job: j.Name, Status: "waiting", Deadline: h.deadline(j, now)}
+		if p, ok := before[j.Name]; ok && p.Status == "failed" {
+			jh.Status, jh.Error, jh.LastStart, jh.LastEnd = p.Status, p.Error, p.LastStart, p.LastEnd
+		}
+		h.jobs[j.Name] = jh
 	}
 	h.write(now)
 	return h
@@ -109,7 +122,10 @@ func (r *HealthReport) check(now time.Time) {
 		if jh.Status == "failed" {
 			r.Reasons = append(r.Reasons, fmt.Sprintf("job %s: last run failed: %s", jh.Job, jh.Error))
 		}
-		if now.After(jh.Deadline) {
+		// A run going on is not overdue: it is bounded by its hooks' and
+		// storages' own limits, and a restart by an autoheal would only
+		// cut it short.
+		if now.After(jh.Deadline) && jh.Status != "running" {
 			r.Reasons = append(r.Reasons, fmt.Sprintf("job %s: overdue: no run has begun since %s (deadline %s)", jh.Job, since(jh), jh.Deadline.Format(time.RFC3339)))
 		}
 	}

@@ -1,6 +1,7 @@
 package schedule
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -105,5 +106,58 @@ func TestURLs(t *testing.T) {
 		if got := strings.Join(urls(in), "|"); got != want {
 			t.Errorf("urls(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A run going on is not overdue, however long; a failed last run stays
+// failed across a restart of volbak.
+func TestHealthRunningAndRestart(t *testing.T) {
+	s, _ := ParseSchedule("0 * * * *", "UTC")
+	j := Job{Name: "hourly", Schedule: s}
+	t0 := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	dir := t.TempDir()
+	h := NewHealth([]Job{j}, t0, time.Minute, dir)
+	h.Started(j, t0)
+	if r := h.Report(t0.Add(5 * time.Hour)); !r.Healthy {
+		t.Fatalf("a long run called overdue: %v", r.Reasons)
+	}
+	h.Done(j, t0.Add(5*time.Hour), errors.New("boom"))
+	h2 := NewHealth([]Job{j}, t0.Add(6*time.Hour), time.Minute, dir)
+	if r := h2.Report(t0.Add(6 * time.Hour)); r.Healthy || !strings.Contains(r.Reasons[0], "boom") {
+		t.Fatalf("a restart forgot the failure: %+v", r)
+	}
+}
+
+// Two volumes' backups that would stop one container take turns.
+func TestLocksHoldContainers(t *testing.T) {
+	var l Locks
+	ctx := context.Background()
+	if err := l.Hold(ctx, []string{"app", "db"}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- l.Hold(ctx, []string{"app"}) }()
+	select {
+	case <-got:
+		t.Fatal("a held container was held twice")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if !l.Held("db") {
+		t.Fatal("db not held")
+	}
+	l.Release([]string{"app", "db"})
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := l.Hold(cctx, []string{"app"}); err == nil {
+		t.Fatal("a cancelled wait held")
+	}
+}
+
+func TestScheduleThatNeverFires(t *testing.T) {
+	if _, err := ParseSchedule("0 0 30 2 *", ""); err == nil || !strings.Contains(err.Error(), "never fires") {
+		t.Fatalf("30 February: %v", err)
 	}
 }

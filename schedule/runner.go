@@ -75,10 +75,16 @@ const (
 	LabelExecPostOffen = "docker-volume-backup.archive-post"
 )
 
-// orphanAge is how old an archive without a manifest must be before
-// retention removes it: a backup writing its manifest right now has one
-// seconds old.
-const orphanAge = 24 * time.Hour
+// An archive without a manifest is removed by retention once untouched
+// for orphanAge and begun orphanBegun ago. Both, because it may be a
+// backup that is about to write its manifest: one whose other destination
+// is still uploading (the manifests are written once every upload is
+// done), on another host sharing the storage; and S3 dates a multipart
+// upload's object from the upload's start.
+const (
+	orphanAge   = 24 * time.Hour
+	orphanBegun = 7 * 24 * time.Hour
+)
 
 // Run runs job j now and reports what it did. It never panics on a daemon
 // or storage error: those are in the Result.
@@ -126,6 +132,11 @@ func (r *Runner) run(ctx context.Context, j Job, log *slog.Logger, res *Result) 
 		return err
 	}
 	defer eng.Close()
+	// What a run before could not start again (or a volbak killed
+	// outright left stopped) is tried at every run, not only at start.
+	if err := r.State.Recover(ctx, eng, log); err != nil {
+		log.Error("containers volbak had stopped could not all be started again", "err", err)
+	}
 	res.Host = eng.Hostname(ctx)
 	vols, err := eng.Volumes(ctx)
 	if err != nil {
@@ -175,7 +186,7 @@ func (r *Runner) run(ctx context.Context, j Job, log *slog.Logger, res *Result) 
 			errs = append(errs, fmt.Errorf("stopped before backing up %s: %w", s.Volume, err))
 			break
 		}
-		v := r.volume(ctx, eng, j, set.Storages, s, res.Host, log)
+		v := r.volume(ctx, eng, j, set.Storages, s, res.Host, len(set.Failed) == 0, log)
 		r.Metrics.Volume(j.Name, v)
 		res.Volumes = append(res.Volumes, v)
 		if v.Err != nil {
@@ -205,8 +216,9 @@ func sweep(ctx context.Context, st storage.Storage, log *slog.Logger) {
 }
 
 // volume backs up one volume: its pre-hooks, its stops, the archive, its
-// restarts and post-hooks, then retention.
-func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []storage.Storage, s Selected, host string, jlog *slog.Logger) (v VolumeResult) {
+// restarts and post-hooks, then retention (prune: every destination of
+// the job was opened).
+func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []storage.Storage, s Selected, host string, prune bool, jlog *slog.Logger) (v VolumeResult) {
 	v = VolumeResult{Volume: s.Volume, By: s.By, Kept: -1}
 	log := jlog.With("volume", s.Volume)
 	start := time.Now()
@@ -228,49 +240,84 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 		v.Err = err
 		return v
 	}
-	var mounting []engine.Mounting
+	// The containers to stop, held against other volumes' backups: one
+	// that another backup holds stopped now counts as running, and is
+	// waited for.
+	var hold []string
 	for _, c := range all {
-		if Mounts(c, s.Volume) {
-			mounting = append(mounting, c)
+		if Mounts(c, s.Volume) && Stops(c) && (c.Running() || r.Locks.Held(c.ID)) {
+			hold = append(hold, c.ID)
 		}
 	}
-	hooks := &hookRun{eng: eng, timeout: r.HookTimeout, log: log}
-	defer func() {
-		if err := hooks.post(ctx); err != nil && v.Err == nil {
-			v.Err = err
+	release := sync.OnceFunc(func() { r.Locks.Release(hold) })
+	if len(hold) > 0 {
+		if err := r.Locks.Hold(ctx, hold); err != nil {
+			v.Err = fmt.Errorf("waiting for another backup to start its containers again: %w", err)
+			return v
 		}
+		defer release()
+		if all, err = eng.Containers(ctx); err != nil {
+			v.Err = err
+			return v
+		}
+	}
+	var mounting, stops []engine.Mounting
+	for _, c := range all {
+		if !Mounts(c, s.Volume) {
+			continue
+		}
+		mounting = append(mounting, c)
+		if Stops(c) && c.Running() && contains(hold, c.ID) {
+			stops = append(stops, c)
+		}
+	}
+
+	// Post-hooks run once the containers are up again, beside the uploads
+	// (a slow one must not hold a commit), and are waited for at the end;
+	// after a failed pre-hook, in those whose pre-hook ran.
+	hooks := &hookRun{eng: eng, timeout: r.HookTimeout, log: log}
+	postDone := make(chan struct{})
+	var postErr error
+	postStarted := false
+	runPost := func() {
+		postStarted = true
+		go func() {
+			defer close(postDone)
+			postErr = hooks.post(ctx)
+		}()
+	}
+	defer func() {
+		if !postStarted {
+			runPost()
+		}
+		<-postDone
+		v.Err = errors.Join(v.Err, postErr)
 	}()
 	if err := hooks.pre(ctx, mounting); err != nil {
 		v.Err = err
 		return v
-	}
-	var stops []engine.Mounting
-	for _, c := range mounting {
-		if Stops(c) && c.Running() {
-			stops = append(stops, c)
-		}
 	}
 	stopped, err := r.stop(ctx, eng, j, s.Volume, stops, log)
 	if err != nil {
 		v.Err = err
 		return v
 	}
+	// Once the archive is read: the containers are started again, without
+	// waiting for the uploads to be committed.
 	var restartErr error
-	// Once the archive is read: the containers are started again and the
-	// post-hooks run, without waiting for the uploads to be committed.
 	restart := sync.OnceFunc(func() {
 		if stopped != nil {
 			names := engine.Names(stopped.Containers())
-			restartErr = stopped.Restart(ctx)
-			if restartErr == nil {
+			if restartErr = stopped.Restart(ctx); restartErr == nil {
 				log.Info("containers started again", "containers", names)
 			}
 		}
-		restartErr = errors.Join(restartErr, hooks.post(ctx))
+		release()
+		runPost()
 	})
 	defer restart()
 	bres, berr := backup.Volume(ctx, eng, sts, s.Volume, backup.Options{
-		Level: j.Level, Version: r.Version, Log: jlog, Streamed: restart, // it names the volume
+		Level: j.Level, Version: r.Version, Job: j.Name, Log: jlog, Streamed: restart, // it names the volume
 	})
 	restart()
 	if bres.OK() > 0 {
@@ -278,13 +325,14 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 		v.Snapshot, v.Stored, v.Uncompressed, v.Files = m.ID, m.Size, m.Uncompressed, m.Files
 	}
 	v.Err = errors.Join(berr, restartErr)
-	if v.Err != nil || j.Keep.Empty() {
-		// Never pruned after a failure: the newest snapshot kept might be
-		// the last good one.
+	if v.Err != nil || !prune || j.Keep.Empty() {
+		// Never pruned after a failure (a destination that could not be
+		// opened included): the newest snapshot kept might be the last
+		// good one.
 		return v
 	}
 	for i, st := range sts {
-		kept, pruned, err := prune(ctx, st, j.Keep, s.Volume, host, log)
+		kept, pruned, err := r.prune(ctx, st, j, s.Volume, host, log)
 		v.Pruned += pruned
 		if i == 0 {
 			v.Kept = kept
@@ -329,19 +377,21 @@ func (r *Runner) stop(ctx context.Context, eng *engine.Engine, j Job, volume str
 	return eng.StopContainersJournaled(ctx, order, r.State.Journal(j.Name, volume))
 }
 
-// prune applies keep to this host's snapshots of volume in st, and removes
-// archives left without a manifest for a day.
-func prune(ctx context.Context, st storage.Storage, keep retention.Policy, volume, host string, log *slog.Logger) (kept, pruned int, err error) {
+// prune applies j's keep policy to the snapshots of volume in st that j
+// made on this host (another job's, or host's, are theirs to prune), and
+// removes archives left without a manifest long enough.
+func (r *Runner) prune(ctx context.Context, st storage.Storage, j Job, volume, host string, log *slog.Logger) (kept, pruned int, err error) {
 	cat, err := snapshot.List(ctx, st, volume)
 	if err != nil {
 		return 0, 0, err
 	}
 	var ms []snapshot.Manifest
 	for _, m := range cat.Snapshots {
-		if m.Host == host {
+		if m.Host == host && m.Job == j.Name {
 			ms = append(ms, m)
 		}
 	}
+	keep := j.Keep
 	keep.Now = time.Now()
 	var errs []error
 	for _, g := range retention.Apply(keep, ms) {
@@ -359,7 +409,8 @@ func prune(ctx context.Context, st storage.Storage, keep retention.Policy, volum
 		}
 	}
 	for _, o := range cat.Orphans {
-		if time.Since(o.ModTime) < orphanAge {
+		began, _ := snapshot.ArchiveTime(o.Key)
+		if time.Since(o.ModTime) < orphanAge || time.Since(began) < orphanBegun {
 			continue
 		}
 		// Asked again right before: a manifest written since the listing

@@ -100,13 +100,21 @@ func (s *Scheduler) Loop(ctx context.Context) {
 		onNext(j, next[i])
 	}
 	for {
+		if ctx.Err() != nil {
+			return
+		}
 		first := 0
 		for i := range next {
-			if next[i].Before(next[first]) {
+			if !next[i].IsZero() && (next[first].IsZero() || next[i].Before(next[first])) {
 				first = i
 			}
 		}
 		if len(next) == 0 {
+			<-ctx.Done()
+			return
+		}
+		if next[first].IsZero() {
+			// Past the parser's horizon (checked at start): nothing is due.
 			<-ctx.Done()
 			return
 		}
@@ -120,7 +128,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 		}
 		now = s.Clock.Now()
 		for i, j := range s.Jobs {
-			if next[i].After(now) {
+			if next[i].IsZero() || next[i].After(now) {
 				continue
 			}
 			// Ticks missed while the host was suspended are one run, now.
@@ -176,10 +184,68 @@ func (s *Scheduler) Loop(ctx context.Context) {
 }
 
 // Locks keeps two runs off one volume, across jobs: a job that finds a
-// volume taken skips it this run, and says so.
+// volume taken skips it this run, and says so. It also keeps the
+// containers one volume's backup holds stopped: another volume's backup
+// that would stop one of them waits until it is started again, lest it
+// archive with the container coming back up halfway, or start it while
+// the first is still reading.
 type Locks struct {
-	mu    sync.Mutex
-	taken map[string]string // volume: the job that has it
+	mu      sync.Mutex
+	taken   map[string]string // volume: the job that has it
+	held    map[string]bool   // container ids
+	changed chan struct{}     // closed when a container is let go
+}
+
+// Held reports whether a backup holds the container id stopped.
+func (l *Locks) Held(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.held[id]
+}
+
+// Hold waits until none of ids is held, then holds them all; it gives up
+// when ctx ends.
+func (l *Locks) Hold(ctx context.Context, ids []string) error {
+	for {
+		l.mu.Lock()
+		if l.held == nil {
+			l.held = map[string]bool{}
+		}
+		busy := false
+		for _, id := range ids {
+			busy = busy || l.held[id]
+		}
+		if !busy {
+			for _, id := range ids {
+				l.held[id] = true
+			}
+			l.mu.Unlock()
+			return nil
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		wait := l.changed
+		l.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Release lets ids go.
+func (l *Locks) Release(ids []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		delete(l.held, id)
+	}
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 }
 
 // TryLock takes volume for job, or reports which job has it.

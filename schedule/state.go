@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -31,6 +32,7 @@ type State struct {
 	lock *os.File
 	mu   sync.Mutex
 	recs map[string]Record // by container id
+	live map[string]bool   // stopped by a run of this process that is still going
 }
 
 // Record is one container volbak stopped.
@@ -66,7 +68,7 @@ func OpenState(dir string) (*State, error) {
 		}
 		return nil, fmt.Errorf("lock state directory %s: %w", dir, err)
 	}
-	s := &State{dir: dir, lock: f, recs: map[string]Record{}}
+	s := &State{dir: dir, lock: f, recs: map[string]Record{}, live: map[string]bool{}}
 	data, err := os.ReadFile(filepath.Join(dir, stoppedFile))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -157,8 +159,10 @@ func (j *journal) Stopping(c engine.Container) error {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
 	j.s.recs[c.ID] = Record{ID: c.ID, Name: c.Name, Job: j.job, Volume: j.volume, Stopping: time.Now()}
+	j.s.live[c.ID] = true
 	if err := j.s.save(); err != nil {
 		delete(j.s.recs, c.ID)
+		delete(j.s.live, c.ID)
 		return fmt.Errorf("cannot record it in the state directory %s first (%w): a crash meanwhile would leave it stopped", j.s.dir, err)
 	}
 	return nil
@@ -176,11 +180,14 @@ func (j *journal) Stopped(c engine.Container, finished time.Time) {
 	j.s.save() // without it, the Stopping time still tells
 }
 
-func (j *journal) Started(c engine.Container) {
+func (j *journal) Started(c engine.Container, ok bool) {
 	j.s.mu.Lock()
 	defer j.s.mu.Unlock()
-	delete(j.s.recs, c.ID)
-	j.s.save() // a stale record is harmless: the container runs
+	delete(j.s.live, c.ID) // a record left is the next Recover's
+	if ok {
+		delete(j.s.recs, c.ID)
+		j.s.save() // a stale record is harmless: the container runs
+	}
 }
 
 // Recoverer is what a recovery needs of the daemon.
@@ -189,16 +196,29 @@ type Recoverer interface {
 	StartContainer(ctx context.Context, id string) error
 }
 
-// Recover starts the containers a volbak killed outright had stopped, and
-// forgets them: those still down since that stop. One running, removed,
-// or stopped again since by someone else (it exited after volbak's stop)
-// is left as it is. A container that cannot be asked about or started
-// stays recorded, for the next try, and is in the error.
+// Recover starts the containers a volbak killed outright had stopped (or
+// that this one could not start again), and forgets them: those still
+// down since that stop, last stopped first, as they were to be started.
+// One running, removed, or stopped again since by someone else (it exited
+// after volbak's stop) is left as it is. A container that cannot be asked
+// about or started stays recorded, for the next try, and is in the error.
+// Those a run of this process holds stopped now are not touched.
 func (s *State) Recover(ctx context.Context, eng Recoverer, log *slog.Logger) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var errs []error
+	var recs []Record
 	for id, r := range s.recs {
+		if !s.live[id] {
+			recs = append(recs, r)
+		}
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	sort.Slice(recs, func(a, b int) bool { return recs[a].Stopping.After(recs[b].Stopping) })
+	var errs []error
+	for _, r := range recs {
+		id := r.ID
 		st, err := eng.ContainerStatus(ctx, id)
 		if err != nil {
 			errs = append(errs, err)

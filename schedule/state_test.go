@@ -97,6 +97,12 @@ func TestRecoverKeepsWhatFailed(t *testing.T) {
 	j.Stopping(engine.Container{ID: "a", Name: "a"})
 	fin := time.Now()
 	j.Stopped(engine.Container{ID: "a"}, fin)
+	// Held by a run of this process: not touched.
+	d0 := &fakeDaemon{status: map[string]engine.Status{"a": {Exists: true, Name: "a", Finished: fin}}}
+	if err := s.Recover(context.Background(), d0, slog.New(slog.DiscardHandler)); err != nil || len(d0.started) > 0 {
+		t.Fatalf("a live stop was recovered: %v %v", err, d0.started)
+	}
+	j.Started(engine.Container{ID: "a"}, false) // its start failed
 	d := &fakeDaemon{status: map[string]engine.Status{"a": {Exists: true, Name: "a", Finished: fin}}, fail: errors.New("no")}
 	if err := s.Recover(context.Background(), d, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "docker start a") {
 		t.Fatalf("error %v", err)

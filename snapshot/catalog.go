@@ -342,3 +342,14 @@ func Delete(ctx context.Context, st storage.Storage, key string) error {
 	}
 	return nil
 }
+
+// ArchiveTime is when the backup that wrote the archive key began, as its
+// name says.
+func ArchiveTime(key string) (time.Time, bool) {
+	base, ok := strings.CutSuffix(key, ".tar.zst")
+	if !ok {
+		return time.Time{}, false
+	}
+	_, created, _, ok := parseKey(base + ".json")
+	return created, ok
+}

@@ -44,14 +44,18 @@ type Manifest struct {
 	Created       time.Time         `json:"created"`
 	VolbakVersion string            `json:"volbak_version"`
 	Host          string            `json:"host"`
-	Archive       string            `json:"archive"` // key of the archive, beside the manifest
-	Size          int64             `json:"size"`    // stored bytes of the archive
-	SHA256        string            `json:"sha256"`  // of the stored bytes
-	Uncompressed  int64             `json:"uncompressed_size"`
-	Files         int64             `json:"files"` // tar entries of every kind
-	Level         string            `json:"zstd_level"`
-	Duration      float64           `json:"duration_seconds"`
-	Warnings      int64             `json:"warnings,omitempty"`
+	// Job is the sidecar job that made it ("" for volbak backup): a job's
+	// retention prunes its own snapshots only, so that an hourly job
+	// keeping 24 never pushes out a daily job's month.
+	Job          string  `json:"job,omitempty"`
+	Archive      string  `json:"archive"` // key of the archive, beside the manifest
+	Size         int64   `json:"size"`    // stored bytes of the archive
+	SHA256       string  `json:"sha256"`  // of the stored bytes
+	Uncompressed int64   `json:"uncompressed_size"`
+	Files        int64   `json:"files"` // tar entries of every kind
+	Level        string  `json:"zstd_level"`
+	Duration     float64 `json:"duration_seconds"`
+	Warnings     int64   `json:"warnings,omitempty"`
 
 	// ManifestKey is the key List read the manifest from: what Delete
 	// removes, never a key rebuilt from the fields above.

@@ -67,24 +67,36 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 		OnStart:     notifiers.started,
 		OnDone:      notifiers.done,
 	}
-	if o.once {
-		return runOnce(ctx, cfg, runner)
-	}
 
-	// A first SIGTERM ends the ticks; the runs going on get the grace,
-	// then are called off. A second one calls them off at once (main).
+	// A first SIGTERM ends the ticks (no new run begins); the runs going
+	// on get the grace, then are called off. A second one calls them off
+	// at once (main).
 	runCtx, cancelRuns := context.WithCancel(ctx)
 	defer cancelRuns()
 	loopCtx, stopLoop := context.WithCancel(runCtx)
 	defer stopLoop()
+	var mu sync.Mutex
+	var grace *time.Timer
 	onDrain(func() {
 		log.Info("shutting down: no new runs; the running ones may take the grace", "grace", cfg.ShutdownGrace.String())
 		stopLoop()
-		time.AfterFunc(cfg.ShutdownGrace, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		grace = time.AfterFunc(cfg.ShutdownGrace, func() {
 			log.Warn("shutdown grace over: aborting the runs still going")
 			cancelRuns()
 		})
 	})
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if grace != nil {
+			grace.Stop()
+		}
+	}()
+	if o.once {
+		return runOnce(ctx, loopCtx, runCtx, cfg, runner)
+	}
 	sch := &schedule.Scheduler{
 		Jobs: cfg.Jobs, Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
 		RunContext: runCtx,
@@ -101,25 +113,36 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 	return nil
 }
 
-// runOnce runs every job now, at most cfg.Concurrency at once; an error if
-// any failed.
-func runOnce(ctx context.Context, cfg schedule.Config, runner *schedule.Runner) error {
+// runOnce runs every job now, at most cfg.Concurrency at once: those not
+// begun when begin ends never begin, those going run on run; an error if
+// any failed or did not run.
+func runOnce(ctx, begin, run context.Context, cfg schedule.Config, runner *schedule.Runner) error {
 	slots := make(chan struct{}, cfg.Concurrency)
+	ran := make([]bool, len(cfg.Jobs))
 	results := make([]schedule.Result, len(cfg.Jobs))
 	var wg sync.WaitGroup
 	for i, j := range cfg.Jobs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			slots <- struct{}{}
+			select {
+			case slots <- struct{}{}:
+			case <-begin.Done():
+				return
+			}
 			defer func() { <-slots }()
-			results[i] = runner.Run(ctx, j)
+			if begin.Err() != nil {
+				return
+			}
+			ran[i], results[i] = true, runner.Run(run, j)
 		}()
 	}
 	wg.Wait()
 	var failed []string
-	for _, r := range results {
-		if r.Err != nil {
+	for i, r := range results {
+		if !ran[i] {
+			failed = append(failed, cfg.Jobs[i].Name+" (not run: shutting down)")
+		} else if r.Err != nil {
 			failed = append(failed, r.Job)
 		}
 	}

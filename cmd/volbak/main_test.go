@@ -269,7 +269,14 @@ func noTempFiles(t *testing.T, store string) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	waitWithin(t, 60*time.Second, what, cond)
+}
+
+// waitWithin is waitFor with its own limit: a sidecar's runs, several in a
+// row on a loaded machine, take minutes.
+func waitWithin(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

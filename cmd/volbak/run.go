@@ -62,15 +62,18 @@ first where compose's labels say, recorded first in the state directory;
 once the helper has read the volume they are started again and
 volbak.exec-post runs. A volbak killed meanwhile starts them at its next
 start (a container stopped by someone else since stays stopped). After a
-volume's backup succeeded everywhere, its snapshots from this host are
-pruned to the job's keep policy, and archives left without a manifest for
-a day are removed. offen's labels docker-volume-backup.stop-during-backup,
+volume's backup succeeded to every destination of the job, the snapshots
+of it that this job made on this host are pruned to the job's keep policy
+(another job's or host's are left to it), and archives left without a
+manifest (begun a week ago, untouched for a day) are removed. A container
+that two volumes' backups would stop is stopped for one at a time. offen's labels docker-volume-backup.stop-during-backup,
 .archive-pre and .archive-post are honoured as aliases.
 
 SIGTERM (docker stop) starts no new run and lets a running one finish
 within --shutdown-grace, then aborts it cleanly (no snapshot listed, its
-containers started again, its helper removed), and exits 0. Give docker
-stop longer than that (compose: stop_grace_period: 60s).
+containers started again, its helper removed), and exits 0 (run --once:
+1 if a job was cut short or not begun). Give docker stop longer than that
+(compose: stop_grace_period: 60s).
 
 /healthz (and volbak healthcheck) is unhealthy after a job's failed run,
 and when a job is overdue: no run begun by its next run after the one

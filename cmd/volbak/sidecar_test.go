@@ -264,7 +264,7 @@ func TestSidecarSchedule(t *testing.T) {
 		_, m := httpGet("http://" + listen + "/metrics")
 		return strings.Contains(m, `volbak_pruned_snapshots_total{job="default"}`) && !strings.Contains(m, `volbak_pruned_snapshots_total{job="default"} 0`)
 	}
-	waitFor(t, "a run that prunes", pruned)
+	waitWithin(t, 5*time.Minute, "a run that prunes", pruned)
 	for _, v := range []string{a, b} {
 		if n := len(list(t, s.backups, v)); n < 1 || n > 3 {
 			t.Fatalf("%s: %d snapshots listed with keep last=2 (one more only while a run is between its backup and its pruning)", v, n)
@@ -315,13 +315,13 @@ func TestSidecarSchedule(t *testing.T) {
 
 	// b's pre-hook fails from now on: b fails, a goes on.
 	os.WriteFile(filepath.Join(mountpoint(t, b), "fail"), nil, 0o644)
-	waitFor(t, "/healthz to say the failure", func() bool {
+	waitWithin(t, 3*time.Minute, "/healthz to say the failure", func() bool {
 		code, body := httpGet("http://" + listen + "/healthz")
 		return code == 503 && strings.Contains(body, "exec-pre in container") && strings.Contains(body, "exited with status 7")
 	})
-	waitFor(t, "a failure notification", func() bool { return hook.got("1 of 2 volumes failed") && hook.got("refusing") })
+	waitWithin(t, 3*time.Minute, "a failure notification", func() bool { return hook.got("1 of 2 volumes failed") && hook.got("refusing") })
 	lastA := list(t, s.backups, a)
-	waitFor(t, "a to be backed up again after b failed", func() bool {
+	waitWithin(t, 3*time.Minute, "a to be backed up again after b failed", func() bool {
 		now := list(t, s.backups, a)
 		return len(now) > 0 && now[len(now)-1].ID != lastA[len(lastA)-1].ID
 	})
@@ -512,7 +512,7 @@ func TestComposeExample(t *testing.T) {
 	db := strings.TrimSpace(run("ps", "-q", "db"))
 	_, started := containerState(t, db)
 	vol := project + "_pgdata"
-	waitFor(t, "a snapshot of "+vol, func() bool { return len(list(t, backups, vol)) > 0 })
+	waitWithin(t, 3*time.Minute, "a snapshot of "+vol, func() bool { return len(list(t, backups, vol)) > 0 })
 	waitFor(t, "the db to run again, restarted", func() bool {
 		running, s := containerState(t, db)
 		return running && s != started

@@ -68,10 +68,12 @@ func Names(cs []Container) string {
 
 // Stopped are containers volbak stopped and owes a start.
 type Stopped struct {
-	e  *Engine
-	j  Journal
-	mu sync.Mutex // Restart may come from main's quit-at-once path too
-	cs []Container
+	e        *Engine
+	j        Journal
+	mu       sync.Mutex // Restart may come from main's quit-at-once path too
+	cs       []Container
+	finished map[string]time.Time // when each exited from volbak's stop
+	left     []string             // started or stopped again by someone else meanwhile
 }
 
 // StopContainers stops the running ones of cs, each with its own stop
@@ -102,7 +104,7 @@ type Journal interface {
 // StopContainersJournaled is StopContainers, telling j of each container
 // before and after it is stopped, and after it is started again.
 func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j Journal) (*Stopped, error) {
-	s := &Stopped{e: e, j: j}
+	s := &Stopped{e: e, j: j, finished: map[string]time.Time{}}
 	owed.add(s)
 	fail := func(err error) (*Stopped, error) {
 		if rerr := s.Restart(ctx); rerr != nil {
@@ -146,6 +148,7 @@ func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j 
 		}
 		s.mu.Lock()
 		s.cs = append(s.cs, c) // started again below if this failed: whatever state it is in
+		s.finished[c.ID] = finished
 		s.mu.Unlock()
 		if err != nil {
 			return fail(fmt.Errorf("stop container %s: %w", c.Name, err))
@@ -186,8 +189,20 @@ func (s *Stopped) Restart(ctx context.Context) error {
 		c := s.cs[i]
 		// Each its own bound: a slow start must not use up the others'.
 		cctx, cancel := cleanupContext(ctx)
+		if s.touched(cctx, c) {
+			cancel()
+			s.left = append(s.left, c.Name)
+			if s.j != nil {
+				s.j.Started(c, true)
+			}
+			continue
+		}
 		_, err := s.e.cli.ContainerStart(cctx, c.ID, client.ContainerStartOptions{})
 		cancel()
+		if cerrdefs.IsNotFound(err) {
+			err = nil // removed meanwhile: nothing to start
+			s.left = append(s.left, c.Name)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("container %s, stopped by volbak, could not be started again (start it with: docker start %s): %w", c.Name, c.Name, err))
 		}
@@ -197,6 +212,37 @@ func (s *Stopped) Restart(ctx context.Context) error {
 	}
 	s.cs = nil
 	return errors.Join(errs...)
+}
+
+// touched reports whether someone else started c, or started and stopped
+// it again, since volbak stopped it: then it is theirs, and left as it is.
+// When that cannot be told, it is not.
+func (s *Stopped) touched(ctx context.Context, c Container) bool {
+	ours, ok := s.finished[c.ID]
+	if !ok || ours.IsZero() {
+		return false
+	}
+	info, err := s.e.cli.ContainerInspect(ctx, c.ID, client.ContainerInspectOptions{})
+	if err != nil || info.Container.State == nil {
+		return false
+	}
+	st := info.Container.State
+	if st.Running || st.Paused || st.Restarting {
+		return true
+	}
+	finished, err := time.Parse(time.RFC3339Nano, st.FinishedAt)
+	return err == nil && !finished.Equal(ours)
+}
+
+// LeftAlone names the containers Restart did not start: started, stopped
+// again or removed by someone else while volbak held them.
+func (s *Stopped) LeftAlone() []string {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.left...)
 }
 
 // Volumes lists the daemon's volumes.

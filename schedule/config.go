@@ -9,6 +9,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
 	"sort"
@@ -135,8 +137,14 @@ func parseFile(path string, data []byte) (Config, error) {
 	var f file
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
+	if err := dec.Decode(&f); errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("config %s: empty: give at least one job under jobs:", path)
+	} else if err != nil {
 		return Config{}, fmt.Errorf("config %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("config %s: more than one YAML document (---): put every job in one", path)
 	}
 	cfg := Config{Concurrency: f.Concurrency, Listen: f.Listen}
 	for _, d := range []struct {
@@ -204,6 +212,9 @@ func parseFile(path string, data []byte) (Config, error) {
 		if j.Name == "" {
 			j.Name = fmt.Sprintf("job%d", i+1)
 		}
+		if !validName(j.Name) {
+			return Config{}, fmt.Errorf("%s: name: letters, digits, _ . - (it names the metrics and the logs)", where)
+		}
 		j.NotifySuccess = fj.NotifySuccess
 		if j.Ping, err = checkPing(ping); err != nil {
 			return Config{}, fmt.Errorf("%s: ping: %w", where, err)
@@ -214,17 +225,38 @@ func parseFile(path string, data []byte) (Config, error) {
 		seen[j.Name] = true
 		cfg.Jobs = append(cfg.Jobs, j)
 	}
-	return cfg, cfg.check()
+	if err := cfg.check(strings.ToLower); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
 }
 
-func (c *Config) check() error {
+// check checks the settings beside the jobs; key names them as the
+// configuration does, from their upper-case names.
+func (c *Config) check(key func(string) string) error {
 	if c.Concurrency == 0 {
 		c.Concurrency = 1
 	}
 	if c.Concurrency < 0 {
-		return fmt.Errorf("concurrency %d: want 1 or more", c.Concurrency)
+		return fmt.Errorf("%s %d: want 1 or more", key("CONCURRENCY"), c.Concurrency)
+	}
+	if c.Listen != "" {
+		_, port, err := net.SplitHostPort(c.Listen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+			return fmt.Errorf("%s %q: want HOST:PORT or :PORT (:9090, 127.0.0.1:9090)", key("LISTEN"), c.Listen)
+		}
 	}
 	return nil
+}
+
+func validName(s string) bool {
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')
+		if !ok {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // duration reads a setting's duration: def if empty; zero allowed unless
@@ -499,5 +531,8 @@ func fromEnv(getenv func(string) string, environ []string) (Config, error) {
 		return Config{}, fmt.Errorf("environment: %w", errors.Join(errs...))
 	}
 	cfg.Jobs = []Job{j}
-	return cfg, cfg.check()
+	if err := cfg.check(func(k string) string { return "VOLBAK_" + k }); err != nil {
+		return Config{}, fmt.Errorf("environment: %w", err)
+	}
+	return cfg, nil
 }

@@ -55,6 +55,12 @@ func ParseSchedule(spec, tz string) (Schedule, error) {
 	if line == "" {
 		return Schedule{}, errors.New("no schedule after the time zone")
 	}
+	if rest, ok := strings.CutPrefix(line, "@every "); ok {
+		// robfig/cron rounds anything below a second up to one.
+		if d, err := time.ParseDuration(strings.TrimSpace(rest)); err == nil && d < time.Second {
+			return Schedule{}, fmt.Errorf("@every %s: want a second or more", strings.TrimSpace(rest))
+		}
+	}
 	// Always with a zone: the parser's default is the host's local one.
 	c, err := parser.Parse("CRON_TZ=" + loc.String() + " " + line)
 	if err != nil {

@@ -24,8 +24,12 @@ type Health struct {
 // JobHealth is one job's: what its last run did, and by when the next must
 // have begun.
 type JobHealth struct {
-	Job       string    `json:"job"`
-	Status    string    `json:"status"` // "ok", "failed", "running" or "waiting" (no run yet)
+	Job string `json:"job"`
+	// Status is how the last run ended: "ok", "failed", "interrupted"
+	// (called off by a shutdown: not the job's failure), or "waiting" (no
+	// run yet). A failed run stays failed while the next one runs.
+	Status    string    `json:"status"`
+	Running   bool      `json:"running"`
 	Error     string    `json:"error,omitempty"`
 	LastStart time.Time `json:"last_start,omitzero"`
 	LastEnd   time.Time `json:"last_end,omitzero"`
@@ -82,18 +86,23 @@ func (h *Health) Started(j Job, at time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	jh := h.jobs[j.Name]
-	jh.Status, jh.LastStart, jh.Deadline = "running", at, h.deadline(j, at)
+	jh.Running, jh.LastStart, jh.Deadline = true, at, h.deadline(j, at)
 	h.writeLocked(at)
 }
 
-// Done records how a run of j ended.
-func (h *Health) Done(j Job, at time.Time, err error) {
+// Done records how a run of j ended; interrupted, by a shutdown.
+func (h *Health) Done(j Job, at time.Time, err error, interrupted bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	jh := h.jobs[j.Name]
-	jh.Status, jh.Error, jh.LastEnd = "ok", "", at
-	if err != nil {
+	jh.Running, jh.LastEnd = false, at
+	switch {
+	case interrupted:
+		jh.Status, jh.Error = "interrupted", ""
+	case err != nil:
 		jh.Status, jh.Error = "failed", err.Error()
+	default:
+		jh.Status, jh.Error = "ok", ""
 	}
 	h.writeLocked(at)
 }
@@ -125,7 +134,7 @@ func (r *HealthReport) check(now time.Time) {
 		// A run going on is not overdue: it is bounded by its hooks' and
 		// storages' own limits, and a restart by an autoheal would only
 		// cut it short.
-		if now.After(jh.Deadline) && jh.Status != "running" {
+		if now.After(jh.Deadline) && !jh.Running {
 			r.Reasons = append(r.Reasons, fmt.Sprintf("job %s: overdue: no run has begun since %s (deadline %s)", jh.Job, since(jh), jh.Deadline.Format(time.RFC3339)))
 		}
 	}

@@ -36,14 +36,21 @@ func TestHealth(t *testing.T) {
 	check(time.Date(2026, 11, 26, 12, 10, 1, 0, time.UTC), false, "job hourly: overdue: no run has begun since volbak started")
 
 	h.Started(j, time.Date(2026, 11, 26, 11, 0, 0, 0, time.UTC))
-	h.Done(j, time.Date(2026, 11, 26, 11, 5, 0, 0, time.UTC), nil)
+	h.Done(j, time.Date(2026, 11, 26, 11, 5, 0, 0, time.UTC), nil, false)
 	check(time.Date(2026, 11, 26, 13, 10, 0, 0, time.UTC), true, "")
 	h.Started(j, time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
-	h.Done(j, time.Date(2026, 11, 26, 12, 1, 0, 0, time.UTC), errors.New("volume x: helper failed"))
+	h.Done(j, time.Date(2026, 11, 26, 12, 1, 0, 0, time.UTC), errors.New("volume x: helper failed"), false)
 	check(time.Date(2026, 11, 26, 12, 2, 0, 0, time.UTC), false, "job hourly: last run failed: volume x: helper failed")
+	// Still failed while the next run goes on.
+	h.Started(j, time.Date(2026, 11, 26, 12, 30, 0, 0, time.UTC))
+	check(time.Date(2026, 11, 26, 12, 31, 0, 0, time.UTC), false, "last run failed")
 	h.Started(j, time.Date(2026, 11, 26, 13, 0, 0, 0, time.UTC))
-	h.Done(j, time.Date(2026, 11, 26, 13, 1, 0, 0, time.UTC), nil)
+	h.Done(j, time.Date(2026, 11, 26, 13, 1, 0, 0, time.UTC), nil, false)
 	check(time.Date(2026, 11, 26, 13, 2, 0, 0, time.UTC), true, "")
+	// A run a shutdown called off is no failure of the job's.
+	h.Started(j, time.Date(2026, 11, 26, 14, 0, 0, 0, time.UTC))
+	h.Done(j, time.Date(2026, 11, 26, 14, 1, 0, 0, time.UTC), errors.New("context canceled"), true)
+	check(time.Date(2026, 11, 26, 14, 2, 0, 0, time.UTC), true, "")
 }
 
 func mustRead(t *testing.T, dir string, at time.Time) HealthReport {
@@ -121,7 +128,7 @@ func TestHealthRunningAndRestart(t *testing.T) {
 	if r := h.Report(t0.Add(5 * time.Hour)); !r.Healthy {
 		t.Fatalf("a long run called overdue: %v", r.Reasons)
 	}
-	h.Done(j, t0.Add(5*time.Hour), errors.New("boom"))
+	h.Done(j, t0.Add(5*time.Hour), errors.New("boom"), false)
 	h2 := NewHealth([]Job{j}, t0.Add(6*time.Hour), time.Minute, dir)
 	if r := h2.Report(t0.Add(6 * time.Hour)); r.Healthy || !strings.Contains(r.Reasons[0], "boom") {
 		t.Fatalf("a restart forgot the failure: %+v", r)

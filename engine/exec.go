@@ -19,6 +19,10 @@ type ExecResult struct {
 	Output string
 }
 
+// ErrStillRunning: a command outlived its timeout, or its caller gave up
+// on it; it goes on inside the container (the daemon cannot stop it).
+var ErrStillRunning = errors.New("still running inside the container (the daemon cannot stop it)")
+
 // maxExecOutput bounds what is kept of a hook's output: enough for its
 // error, never a pg_dumpall to stdout in memory.
 const maxExecOutput = 64 << 10
@@ -51,9 +55,9 @@ func (e *Engine) Exec(ctx context.Context, id string, cmd []string, timeout time
 		att.Close()
 		<-done
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return ExecResult{Output: out.String()}, fmt.Errorf("still running after %s (the daemon cannot stop it: it goes on inside the container)", timeout)
+			return ExecResult{Output: out.String()}, fmt.Errorf("timed out after %s, %w", timeout, ErrStillRunning)
 		}
-		return ExecResult{Output: out.String()}, ctx.Err()
+		return ExecResult{Output: out.String()}, fmt.Errorf("%w: %w", ctx.Err(), ErrStillRunning)
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		return ExecResult{Output: out.String()}, fmt.Errorf("read the output of exec in container %s: %w", short(id), err)

@@ -336,6 +336,11 @@ func newJob(name, spec, tz, jitter string, to []string, level, keep string, noti
 			return j, fmt.Errorf("%s %q: want a duration such as 5m", k.jitter, jitter)
 		}
 		j.Jitter = d
+		// A delay as long as the time between runs would skip every
+		// other run (the run before still waiting), for ever.
+		if gap := s.MinGap(time.Now()); d >= gap {
+			return j, fmt.Errorf("%s %q: as long as the time between runs (%s) or longer: give less", k.jitter, jitter, gap)
+		}
 	}
 	if len(to) == 0 {
 		return j, fmt.Errorf("%s: missing: where the snapshots go (a directory, s3:// or sftp:// URL)", k.to)

@@ -144,10 +144,12 @@ func TestFileRefusals(t *testing.T) {
 		{"jobs:\n  - {name: a, schedule: 'CRON_TZ=UTC @daily', timezone: Europe/Paris, to: [/b], select: {all: true}}\n", "give one"},
 		{"concurrency: -1\njobs:\n  - {schedule: '@daily', to: [/b], select: {all: true}}\n", "concurrency -1"},
 		{"", "empty: give at least one job"},
+		{"jobs:\n  - {schedule: '@every 1.5s', to: [/b], select: {all: true}}\n", "want whole seconds"},
+		{"jobs:\n  - {schedule: '*/5 * * * * *', jitter: 1h, to: [/b], select: {all: true}}\n", "as long as the time between runs (5s)"},
 		{"jobs:\n  - {schedule: '@daily', to: [/b], select: {all: true}}\n---\njobs: []\n", "more than one YAML document"},
 		{"jobs:\n  - {name: \"a\\nb\", schedule: '@daily', to: [/b], select: {all: true}}\n", "name: letters, digits"},
 		{"listen: notaport\njobs:\n  - {schedule: '@daily', to: [/b], select: {all: true}}\n", `listen "notaport"`},
-		{"jobs:\n  - {schedule: '@every 1ns', to: [/b], select: {all: true}}\n", "want a second or more"},
+		{"jobs:\n  - {schedule: '@every 1ns', to: [/b], select: {all: true}}\n", "want whole seconds, one or more"},
 		{"jobs:\n  - {schedule: '0 0 30 2 *', to: [/b], select: {all: true}}\n", "never fires"},
 	} {
 		path := filepath.Join(t.TempDir(), "c.yaml")

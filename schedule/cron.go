@@ -18,6 +18,22 @@ type Schedule struct {
 // Next is the first run after t.
 func (s Schedule) Next(t time.Time) time.Time { return s.cron.Next(t.In(s.Location)) }
 
+// MinGap is the shortest time between two of the next runs after t (a
+// sample of them: cron lines are regular within a year).
+func (s Schedule) MinGap(t time.Time) time.Duration {
+	gap := time.Duration(1<<63 - 1)
+	prev := s.Next(t)
+	for range 50 {
+		next := s.Next(prev)
+		if next.IsZero() {
+			break
+		}
+		gap = min(gap, next.Sub(prev))
+		prev = next
+	}
+	return gap
+}
+
 // parser takes five fields or six (seconds first), and descriptors
 // (@daily, @every 6h); CRON_TZ= or TZ= before the fields names a zone.
 var parser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -57,8 +73,9 @@ func ParseSchedule(spec, tz string) (Schedule, error) {
 	}
 	if rest, ok := strings.CutPrefix(line, "@every "); ok {
 		// robfig/cron rounds anything below a second up to one.
-		if d, err := time.ParseDuration(strings.TrimSpace(rest)); err == nil && d < time.Second {
-			return Schedule{}, fmt.Errorf("@every %s: want a second or more", strings.TrimSpace(rest))
+		// and runs 1.5s every second.
+		if d, err := time.ParseDuration(strings.TrimSpace(rest)); err == nil && (d < time.Second || d%time.Second != 0) {
+			return Schedule{}, fmt.Errorf("@every %s: want whole seconds, one or more", strings.TrimSpace(rest))
 		}
 	}
 	// Always with a zone: the parser's default is the host's local one.

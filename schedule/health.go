@@ -97,6 +97,8 @@ func (h *Health) Done(j Job, at time.Time, err error, interrupted bool) {
 	jh := h.jobs[j.Name]
 	jh.Running, jh.LastEnd = false, at
 	switch {
+	case interrupted && jh.Status == "failed":
+		// Called off before it could make up for the failure.
 	case interrupted:
 		jh.Status, jh.Error = "interrupted", ""
 	case err != nil:

@@ -52,6 +52,11 @@ func (h *hookRun) pre(ctx context.Context, cs []engine.Mounting) error {
 		}
 		if err := h.exec(ctx, c, "exec-pre", cmd); err != nil {
 			h.failed = true
+			if errors.Is(err, engine.ErrStillRunning) {
+				// It goes on, and may yet take effect: its post-hook runs
+				// too (it may run before the pre-hook ends).
+				h.done = append(h.done, c)
+			}
 			return err
 		}
 		h.done = append(h.done, c)
@@ -70,12 +75,20 @@ func (h *hookRun) post(ctx context.Context) error {
 		if h.failed {
 			cs = h.done
 		}
-		var errs []error
-		for _, c := range cs {
+		// At once, in every container: a shutdown waits for them only
+		// briefly (runner), and each must have begun by then.
+		errs := make([]error, len(cs))
+		var wg sync.WaitGroup
+		for i, c := range cs {
 			if cmd := label(c, LabelExecPost, LabelExecPostOffen); cmd != "" {
-				errs = append(errs, h.exec(context.WithoutCancel(ctx), c, "exec-post", cmd))
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = h.exec(context.WithoutCancel(ctx), c, "exec-post", cmd)
+				}()
 			}
 		}
+		wg.Wait()
 		err = errors.Join(errs...)
 	})
 	return err

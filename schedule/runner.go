@@ -78,6 +78,9 @@ const (
 	LabelExecPostOffen = "docker-volume-backup.archive-post"
 )
 
+// postGrace is how long a run called off waits for its post-hooks.
+const postGrace = 5 * time.Second
+
 // An archive without a manifest is removed by retention once untouched
 // for orphanAge and begun orphanBegun ago. Both, because it may be a
 // backup that is about to write its manifest: one whose other destination
@@ -301,7 +304,19 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	})
 	defer func() {
 		runPost()
-		<-postDone
+		select {
+		case <-postDone:
+		case <-ctx.Done():
+			// Called off (a shutdown's grace over): the daemon cannot stop
+			// a hook anyway, and they have begun; they are given a moment.
+			select {
+			case <-postDone:
+			case <-time.After(postGrace):
+				log.Warn("exec-post still running in the containers: not waited for (shutting down)")
+				v.Err = errors.Join(v.Err, errors.New("exec-post still running when the run was called off"))
+				return
+			}
+		}
 		v.Err = errors.Join(v.Err, postErr)
 	}()
 	if err := hooks.pre(ctx, mounting); err != nil {
@@ -318,11 +333,19 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	var restartErr error
 	restart := sync.OnceFunc(func() {
 		if stopped != nil {
-			names := engine.Names(stopped.Containers())
-			if restartErr = stopped.Restart(ctx); restartErr == nil {
-				log.Info("containers started again", "containers", names)
+			cs := stopped.Containers()
+			restartErr = stopped.Restart(ctx)
+			left := stopped.LeftAlone()
+			var started []string
+			for _, c := range cs {
+				if !contains(left, c.Name) {
+					started = append(started, c.Name)
+				}
 			}
-			if left := stopped.LeftAlone(); len(left) > 0 {
+			if restartErr == nil && len(started) > 0 {
+				log.Info("containers started again", "containers", strings.Join(started, ", "))
+			}
+			if len(left) > 0 {
 				log.Warn("not started again: started, stopped again or removed by someone else while the backup held them", "containers", strings.Join(left, ", "))
 			}
 		}

@@ -224,7 +224,14 @@ func (s *State) Recover(ctx context.Context, eng Recoverer, log *slog.Logger) er
 			errs = append(errs, err)
 			continue
 		}
-		ours := st.Exists && !st.Running && stoppedBy(r, st.Finished)
+		if inFlight(r, st, time.Now()) {
+			// volbak was killed while the daemon was stopping it: the
+			// stop goes on without it (a slow database's shutdown), and
+			// the next run starts it once it is down.
+			log.Info("a container a killed volbak was stopping is still going down: it is started again once down", "container", r.Name, "volume", r.Volume)
+			continue
+		}
+		ours := st.Exists && !st.Running && stoppedBy(r, st)
 		if ours {
 			if err := eng.StartContainer(ctx, id); err != nil {
 				errs = append(errs, fmt.Errorf("container %s, stopped by a volbak that was killed while backing up volume %s, could not be started again (start it with: docker start %s): %w", r.Name, r.Volume, r.Name, err))
@@ -249,13 +256,22 @@ func (s *State) Recover(ctx context.Context, eng Recoverer, log *slog.Logger) er
 	return errors.Join(errs...)
 }
 
-// stoppedBy reports whether a container that exited at finished is down
-// from volbak's stop in r.
-func stoppedBy(r Record, finished time.Time) bool {
+// stoppedBy reports whether a container, down now, is down from volbak's
+// stop in r.
+func stoppedBy(r Record, st engine.Status) bool {
 	if !r.Finished.IsZero() {
-		return finished.Equal(r.Finished)
+		return st.Finished.Equal(r.Finished)
 	}
-	// Killed between recording and asking: any exit since it began to
-	// stop it (the daemon's clock and this one are the host's).
-	return !finished.Before(r.Stopping.Add(-2 * time.Second))
+	// Killed before it could ask: an exit since it began to stop it (the
+	// daemon's clock and this one are the host's), and no start since
+	// (someone else's, whose stop it is then).
+	return !st.Finished.Before(r.Stopping.Add(-2*time.Second)) && st.Started.Before(r.Stopping)
+}
+
+// inFlight reports whether volbak's stop in r may still be under way: a
+// record without an exit, of a container running since before the stop
+// began, within the longest a stop may take.
+func inFlight(r Record, st engine.Status, now time.Time) bool {
+	return r.Finished.IsZero() && st.Exists && st.Running && st.Started.Before(r.Stopping) &&
+		now.Before(r.Stopping.Add(engine.StopTimeout+time.Minute))
 }

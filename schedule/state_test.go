@@ -42,9 +42,9 @@ func TestRecover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopAt := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	stopAt := time.Now().Add(-time.Minute).UTC()
 	finished := stopAt.Add(1500 * time.Millisecond)
-	for _, c := range []string{"ours", "mid-stop", "running", "gone", "restopped"} {
+	for _, c := range []string{"ours", "mid-stop", "running", "gone", "restopped", "going-down", "restarted-since"} {
 		j := s.Journal("job", "vol").(*journal)
 		if err := j.Stopping(engine.Container{ID: c, Name: c}); err != nil {
 			t.Fatal(err)
@@ -52,10 +52,13 @@ func TestRecover(t *testing.T) {
 		r := s.recs[c]
 		r.Stopping = stopAt
 		s.recs[c] = r
-		if c != "mid-stop" {
+		if c != "mid-stop" && c != "going-down" && c != "restarted-since" {
 			j.Stopped(engine.Container{ID: c}, finished)
 		}
 	}
+	s.mu.Lock()
+	s.save() // the Stopping times set above
+	s.mu.Unlock()
 	s.Close()
 
 	// The next volbak reads the file.
@@ -64,8 +67,8 @@ func TestRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if len(s.Pending()) != 5 {
-		t.Fatalf("%d records read back, want 5", len(s.Pending()))
+	if len(s.Pending()) != 7 {
+		t.Fatalf("%d records read back, want 7", len(s.Pending()))
 	}
 	d := &fakeDaemon{status: map[string]engine.Status{
 		"ours":      {Exists: true, Name: "ours", Finished: finished},
@@ -73,6 +76,10 @@ func TestRecover(t *testing.T) {
 		"running":   {Exists: true, Name: "running", Running: true, Finished: finished},
 		"gone":      {},
 		"restopped": {Exists: true, Name: "restopped", Finished: finished.Add(time.Hour)},
+		// Killed mid-stop: still going down (a slow database), and started
+		// and stopped by someone else after the stop.
+		"going-down":      {Exists: true, Name: "going-down", Running: true, Started: stopAt.Add(-time.Hour)},
+		"restarted-since": {Exists: true, Name: "restarted-since", Started: stopAt.Add(time.Minute), Finished: stopAt.Add(2 * time.Minute)},
 	}}
 	if err := s.Recover(context.Background(), d, slog.New(slog.DiscardHandler)); err != nil {
 		t.Fatal(err)
@@ -81,8 +88,8 @@ func TestRecover(t *testing.T) {
 	if got := strings.Join(d.started, ","); got != "mid-stop,ours" {
 		t.Fatalf("started %s", got)
 	}
-	if len(s.Pending()) != 0 {
-		t.Fatalf("records left: %+v", s.Pending())
+	if p := s.Pending(); len(p) != 1 || p[0].ID != "going-down" {
+		t.Fatalf("records left: %+v, want going-down's only", p)
 	}
 }
 

@@ -178,6 +178,7 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 		fmt.Fprintf(w, "  notify    %d URL(s)\n", len(j.Notify))
 	}
 	sel := schedule.Select(j.Select, vols, cs)
+	self := engine.Self()
 	if len(sel) == 0 {
 		fmt.Fprintln(w, "  volumes   none selected now")
 	}
@@ -189,7 +190,8 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 		}
 		var stops []string
 		for _, c := range cs {
-			if schedule.Stops(c) && c.Running() && schedule.Mounts(c, s.Volume) {
+			// As the run decides: never itself, nor a paused one.
+			if schedule.Stops(c) && c.Running() && c.State != "paused" && c.ID != self && schedule.Mounts(c, s.Volume) {
 				stops = append(stops, c.Name)
 			}
 		}

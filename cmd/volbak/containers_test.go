@@ -37,23 +37,29 @@ func buildBusybox() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// /bin/sh: the sidecar's hooks run through it.
+	dockerfile := "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"ln\", \"-s\", \"/bin/busybox\", \"/bin/sh\"]\n"
+	return buildImage(prefix+"busybox:1", "", contextFile{"Dockerfile", 0o644, []byte(dockerfile)}, contextFile{"busybox", 0o755, bb})
+}
+
+// contextFile is a file of a build context.
+type contextFile struct {
+	name string
+	mode int64
+	data []byte
+}
+
+// buildImage builds the image name (its stage target, if not "") from a
+// build context of files, with the classic builder (no registry).
+func buildImage(name, target string, files ...contextFile) (string, error) {
 	var ctxTar bytes.Buffer
 	tw := tar.NewWriter(&ctxTar)
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{
-		// /bin/sh: the sidecar's hooks run through it.
-		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"ln\", \"-s\", \"/bin/busybox\", \"/bin/sh\"]\n")},
-		{"busybox", 0o755, bb},
-	} {
+	for _, f := range files {
 		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))})
 		tw.Write(f.data)
 	}
 	tw.Close()
-	name := prefix + "busybox:1"
-	res, err := dc.ImageBuild(context.Background(), &ctxTar, client.ImageBuildOptions{Tags: []string{name}, Remove: true, ForceRemove: true})
+	res, err := dc.ImageBuild(context.Background(), &ctxTar, client.ImageBuildOptions{Tags: []string{name}, Target: target, Remove: true, ForceRemove: true})
 	if err != nil {
 		return "", err
 	}

@@ -7,7 +7,6 @@ package main
 // and servers on 127.0.0.1).
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -60,31 +59,8 @@ func buildSidecar() (string, error) {
 		return "", err
 	}
 	certs, _ := os.ReadFile("/etc/ssl/certs/ca-certificates.crt") // none needed here
-	var ctxTar bytes.Buffer
-	tw := tar.NewWriter(&ctxTar)
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{{"Dockerfile", 0o644, dockerfile}, {"bin/volbak", 0o755, binary}, {"bin/ca-certificates.crt", 0o644, certs}} {
-		tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))})
-		tw.Write(f.data)
-	}
-	tw.Close()
-	name := prefix + "sidecar:1"
-	res, err := dc.ImageBuild(context.Background(), &ctxTar, client.ImageBuildOptions{Tags: []string{name}, Target: "prebuilt", Remove: true, ForceRemove: true})
-	if err != nil {
-		return "", err
-	}
-	defer res.Body.Close()
-	out, err := io.ReadAll(res.Body)
-	if err != nil {
-		return "", err
-	}
-	if bytes.Contains(out, []byte(`"error"`)) {
-		return "", &buildError{string(out)}
-	}
-	return name, nil
+	return buildImage(prefix+"sidecar:1", "prebuilt",
+		contextFile{"Dockerfile", 0o644, dockerfile}, contextFile{"bin/volbak", 0o755, binary}, contextFile{"bin/ca-certificates.crt", 0o644, certs})
 }
 
 // sidecar is a running volbak run container.

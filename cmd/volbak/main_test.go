@@ -103,10 +103,10 @@ func cleanupDaemon(ctx context.Context) {
 	}
 	dc.ImageRemove(ctx, engine.HelperRepo+":"+testVersion, client.ImageRemoveOptions{Force: true})
 	if sidecarImg != "" {
-		dc.ImageRemove(ctx, sidecarImg, client.ImageRemoveOptions{Force: true})
+		dc.ImageRemove(ctx, sidecarImg, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	}
 	if busyboxImage != "" {
-		dc.ImageRemove(ctx, busyboxImage, client.ImageRemoveOptions{Force: true})
+		dc.ImageRemove(ctx, busyboxImage, client.ImageRemoveOptions{Force: true, PruneChildren: true})
 	}
 }
 

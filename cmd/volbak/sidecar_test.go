@@ -503,6 +503,10 @@ func TestComposeExample(t *testing.T) {
 			t.Logf("volbak's log:\n%s", out)
 		}
 		exec.Command(compose, "-p", project, "-f", "../../examples/compose.yaml", "-f", override, "down", "-v", "--timeout", "5").Run()
+		// down -v cannot remove a volume a helper still had mounted.
+		waitFor(t, "the sidecar's helpers to go", func() bool { return len(testHelpers(context.Background())) == 0 })
+		removeVolume(project + "_pgdata")
+		removeVolume(project + "_volbak-state")
 	})
 	run("up", "-d")
 	db := strings.TrimSpace(run("ps", "-q", "db"))

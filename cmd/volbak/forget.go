@@ -14,7 +14,7 @@ import (
 )
 
 func forgetCmd(g *globals) *cobra.Command {
-	var from, volume, host, within, zone string
+	var from, volume, host, job, within, zone string
 	var dryRun, asJSON bool
 	var p retention.Policy
 	counts := map[string]*string{}
@@ -22,11 +22,13 @@ func forgetCmd(g *globals) *cobra.Command {
 		counts[name] = new(string)
 	}
 	c := &cobra.Command{
-		Use:   "forget --from STORAGE --keep-… [--volume V] [--host H] [--dry-run]",
+		Use:   "forget --from STORAGE --keep-… [--volume V] [--host H] [--job J] [--dry-run]",
 		Short: "Remove the snapshots a keep policy does not keep",
 		Long: `Apply a keep policy to the snapshots in STORAGE and remove the others, with
 the semantics of restic's forget. Each host's snapshots of a volume are a
-group of their own: one host's snapshots never push out another's.
+group of their own: one host's snapshots never push out another's. --job J
+keeps to the snapshots the volbak run job J made, as that job's own
+retention does (--job "" to those of volbak backup).
 
 In each group, walking from the newest snapshot to the oldest, each
 --keep-hourly/daily/weekly/monthly/yearly N keeps the newest snapshot of
@@ -94,7 +96,7 @@ after the plan. Manifests list warns about are never touched.
 			defer st.Close()
 			var ms []snapshot.Manifest
 			for _, m := range cat.Snapshots {
-				if host == "" || m.Host == host {
+				if (host == "" || m.Host == host) && (!c.Flags().Changed("job") || m.Job == job) {
 					ms = append(ms, m)
 				}
 			}
@@ -207,6 +209,7 @@ after the plan. Manifests list warns about are never touched.
 	f.StringVar(&from, "from", "", "storage to prune: directory, s3:// or sftp:// URL")
 	f.StringVar(&volume, "volume", "", "only this volume's snapshots")
 	f.StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
+	f.StringVar(&job, "job", "", "only snapshots the volbak run job of this name made (\"\" for those of volbak backup), as the sidecar prunes")
 	f.StringVar(counts["last"], "keep-last", "", "keep the N newest snapshots")
 	f.StringVar(counts["hourly"], "keep-hourly", "", "keep the newest snapshot of each of the N newest hours that hold one (unlimited: every hour)")
 	f.StringVar(counts["daily"], "keep-daily", "", "keep the newest snapshot of each of the N newest days that hold one (unlimited: every day)")

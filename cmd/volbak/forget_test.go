@@ -90,3 +90,28 @@ func TestForgetTwiceAtOnce(t *testing.T) {
 		t.Fatalf("%d files left beside the kept snapshot's two", len(entries))
 	}
 }
+
+// --job keeps forget to one sidecar job's snapshots, as that job's own
+// retention does: another job's (and volbak backup's) are left.
+func TestForgetJob(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(16<<10))
+	store := t.TempDir()
+	for range 3 {
+		mustOK(t, volbak(t, "backup", vol, "--to", store))
+	}
+	ms := list(t, store, vol)
+	for i, job := range []string{"hourly", "hourly", "daily"} {
+		p := filepath.Join(store, filepath.FromSlash(strings.TrimSuffix(ms[i].Archive, ".tar.zst")+".json"))
+		data, _ := os.ReadFile(p)
+		var raw map[string]any
+		json.Unmarshal(data, &raw)
+		raw["job"] = job
+		data, _ = json.Marshal(raw)
+		os.WriteFile(p, data, 0o600)
+	}
+	mustOK(t, volbak(t, "forget", "--from", store, "--keep-last", "1", "--job", "hourly"))
+	left := list(t, store, vol)
+	if len(left) != 2 || left[0].ID != ms[1].ID || left[1].ID != ms[2].ID {
+		t.Fatalf("left %v, want the newer hourly and the daily", left)
+	}
+}

@@ -199,7 +199,11 @@ func (r *Runner) run(ctx context.Context, j Job, log *slog.Logger, res *Result) 
 			log.Error("volume failed", "volume", s.Volume, "seconds", v.Seconds, "err", v.Err)
 			errs = append(errs, fmt.Errorf("%s: %w", s.Volume, v.Err))
 		} else if v.Skipped == "" {
-			log.Info("volume backed up", "volume", s.Volume, "snapshot", v.Snapshot, "stored", v.Stored, "files", v.Files, "seconds", v.Seconds, "pruned", v.Pruned, "kept", v.Kept)
+			attrs := []any{"volume", s.Volume, "snapshot", v.Snapshot, "stored", v.Stored, "files", v.Files, "seconds", v.Seconds}
+			if v.Kept >= 0 { // retention ran
+				attrs = append(attrs, "pruned", v.Pruned, "kept", v.Kept)
+			}
+			log.Info("volume backed up", attrs...)
 		}
 	}
 	return errors.Join(errs...)

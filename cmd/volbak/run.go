@@ -24,7 +24,8 @@ func runCmd(g *globals) *cobra.Command {
 its jobs select on cron schedules, prunes each to its keep policy, and
 tells you when it did not (metrics, /healthz, notifications, pings).
 --once runs every job now and exits (1 if any failed: for host cron,
-systemd timers, CI); --check validates the configuration and prints the
+systemd timers, CI; without VOLBAK_SCHEDULE it takes @daily for the
+health file's deadlines); --check validates the configuration and prints the
 jobs, their next runs, and the volumes they would select now, with why,
 and the containers they would stop, then exits.
 
@@ -86,7 +87,18 @@ due, plus jitter and the health grace.`,
 			if o.config == "" {
 				o.config = os.Getenv("VOLBAK_CONFIG")
 			}
-			cfg, err := schedule.Load(o.config, os.Getenv, os.Environ())
+			getenv := os.Getenv
+			if o.once && o.config == "" && os.Getenv("VOLBAK_SCHEDULE") == "" && os.Getenv("VOLBAK_SCHEDULE_FILE") == "" {
+				// Host cron or a timer schedules it: the job's own schedule
+				// only sets when its health calls it overdue.
+				getenv = func(k string) string {
+					if k == "VOLBAK_SCHEDULE" {
+						return "@daily"
+					}
+					return os.Getenv(k)
+				}
+			}
+			cfg, err := schedule.Load(o.config, getenv, os.Environ())
 			if err != nil {
 				return usageError{err}
 			}

@@ -514,9 +514,10 @@ func keyValues(flag string, kvs []string) (map[string]string, error) {
 }
 
 func verifyCmd(g *globals) *cobra.Command {
-	var from, host string
+	var from, host, volume string
+	var all, asJSON bool
 	c := &cobra.Command{
-		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE",
+		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE | verify --all --from STORAGE [--volume V]",
 		Short: "Read a snapshot end to end and check it",
 		Long: `Read a snapshot (the latest of VOLUME, or the one SNAPSHOT names) end to end
 without restoring it: its stored size and sha256, every zstd checksum, the tar
@@ -530,13 +531,34 @@ failure twice is damage in storage (exit 3). Restore does the same, and
 fails with exit 1 on damage in transit: run it again. With snapshots of the
 volume from several hosts, the latest needs --host NAME.
 
+--all checks every snapshot in STORAGE (of --volume, of --host) and prints
+a table (snapshot, size, result, reason; --json for scripts); it also
+reports manifests that cannot be used (an archive missing among them) and
+archives without a manifest (unfinished backups: reported, not failed).
+Exit 3 if a snapshot is corrupt, 1 if anything else failed.
+
 ` + snapshotHelp + `
 
 ` + storageHelp,
 		Example: `  volbak verify pgdata --from /srv/backups
-  volbak verify pgdata@3f9a1c2b --from /srv/backups`,
-		Args: args(1, 1),
+  volbak verify pgdata@3f9a1c2b --from /srv/backups
+  volbak verify --all --from s3://bucket/prefix --json`,
+		Args: args(0, 1),
 		RunE: func(c *cobra.Command, a []string) error {
+			if all {
+				if len(a) > 0 {
+					return usageError{errors.New("verify --all takes no VOLUME: give --volume to check one volume's snapshots")}
+				}
+				if volume != "" {
+					if err := checkVolumeName(volume); err != nil {
+						return err
+					}
+				}
+				return verifyAll(c.Context(), g, from, volume, host, asJSON)
+			}
+			if len(a) != 1 || volume != "" || asJSON {
+				return usageError{errors.New("verify takes VOLUME[@SNAPSHOT], or --all (with --volume, --json)")}
+			}
 			vol, id, err := ref(a[0])
 			if err != nil {
 				return err
@@ -560,6 +582,9 @@ volume from several hosts, the latest needs --host NAME.
 	}
 	c.Flags().StringVar(&from, "from", "", "storage to read: directory, s3:// or sftp:// URL")
 	c.Flags().StringVar(&host, "host", "", "only snapshots made on this host (see the HOST column of list)")
+	c.Flags().BoolVar(&all, "all", false, "check every snapshot in STORAGE, and report what is not one")
+	c.Flags().StringVar(&volume, "volume", "", "with --all: only this volume's snapshots")
+	c.Flags().BoolVar(&asJSON, "json", false, "with --all: print the table as JSON")
 	return c
 }
 

@@ -21,6 +21,13 @@ const (
 	pingTries = 3
 )
 
+// CheckPing checks a dead man's switch URL as New does, for a
+// configuration read before any Notifier is made.
+func CheckPing(raw string) error {
+	_, err := parsePing(raw)
+	return err
+}
+
 // parsePing checks the dead man's switch URL. Its errors do not quote it:
 // the path is the check's key.
 func parsePing(raw string) (*url.URL, error) {

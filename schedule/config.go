@@ -11,15 +11,17 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/notify"
 	"github.com/volbak/volbak/retention"
+	"github.com/volbak/volbak/snapshot"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -212,7 +214,7 @@ func parseFile(path string, data []byte) (Config, error) {
 		if j.Name == "" {
 			j.Name = fmt.Sprintf("job%d", i+1)
 		}
-		if !validName(j.Name) {
+		if !snapshot.ValidName(j.Name) {
 			return Config{}, fmt.Errorf("%s: name: letters, digits, _ . - (it names the metrics and the logs)", where)
 		}
 		j.NotifySuccess = fj.NotifySuccess
@@ -247,16 +249,6 @@ func (c *Config) check(key func(string) string) error {
 		}
 	}
 	return nil
-}
-
-func validName(s string) bool {
-	for i, c := range s {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '.' || c == '-')
-		if !ok {
-			return false
-		}
-	}
-	return s != ""
 }
 
 // duration reads a setting's duration: def if empty; zero allowed unless
@@ -300,16 +292,15 @@ func urls(s string) []string {
 	return out
 }
 
-// checkPing checks a healthchecks.io-style URL, without printing it (its
-// path is the check's secret).
+// checkPing checks a healthchecks.io-style URL as notify does, without
+// printing it (its path is the check's secret).
 func checkPing(raw string) (string, error) {
 	raw = strings.TrimSpace(raw)
 	if raw == "" {
 		return "", nil
 	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return "", errors.New("want an http:// or https:// URL, such as https://hc-ping.com/UUID")
+	if err := notify.CheckPing(raw); err != nil {
+		return "", fmt.Errorf("%w (such as https://hc-ping.com/UUID)", err)
 	}
 	return strings.TrimSuffix(raw, "/"), nil
 }
@@ -423,22 +414,13 @@ func volbakVars(environ []string, allowed []string) []string {
 	var out []string
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if !strings.HasPrefix(k, "VOLBAK_") || contains(deploymentVars, k) || contains(allowed, strings.TrimSuffix(k, "_FILE")) {
+		if !strings.HasPrefix(k, "VOLBAK_") || slices.Contains(deploymentVars, k) || slices.Contains(allowed, strings.TrimSuffix(k, "_FILE")) {
 			continue
 		}
 		out = append(out, k)
 	}
 	sort.Strings(out)
 	return out
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // fromEnv reads the one job of the environment.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -289,7 +290,7 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 			continue
 		}
 		mounting = append(mounting, c)
-		if Stops(c) && c.Running() && contains(hold, c.ID) {
+		if Stops(c) && c.Running() && slices.Contains(hold, c.ID) {
 			stops = append(stops, c)
 		}
 	}
@@ -342,7 +343,7 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 			left := stopped.LeftAlone()
 			var started []string
 			for _, c := range cs {
-				if !contains(left, c.Name) {
+				if !slices.Contains(left, c.Name) {
 					started = append(started, c.Name)
 				}
 			}

@@ -23,7 +23,7 @@ func (RealClock) Now() time.Time                         { return time.Now() }
 func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Scheduler fires each job on its schedule. A job whose run is still going
-// when its next tick comes is skipped (logged, and counted in Skipped);
+// when its next tick comes is skipped (logged, and told to OnSkip);
 // at most Concurrency runs go at once, the others wait their turn.
 type Scheduler struct {
 	Jobs        []Job
@@ -45,16 +45,7 @@ type Scheduler struct {
 
 	mu      sync.Mutex
 	running map[string]bool
-	skipped map[string]int
 	wg      sync.WaitGroup
-}
-
-// Skipped is how many ticks of job were skipped because its previous run
-// was still going.
-func (s *Scheduler) Skipped(job string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.skipped[job]
 }
 
 // Running reports whether a run of job is going (waiting for its jitter or
@@ -84,7 +75,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 	}
 	slots := make(chan struct{}, max(s.Concurrency, 1))
 	s.mu.Lock()
-	s.running, s.skipped = map[string]bool{}, map[string]int{}
+	s.running = map[string]bool{}
 	s.mu.Unlock()
 	defer s.wg.Wait()
 
@@ -136,9 +127,7 @@ func (s *Scheduler) Loop(ctx context.Context) {
 			onNext(j, next[i])
 			s.mu.Lock()
 			busy := s.running[j.Name]
-			if busy {
-				s.skipped[j.Name]++
-			} else {
+			if !busy {
 				s.running[j.Name] = true
 			}
 			s.mu.Unlock()

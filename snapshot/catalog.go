@@ -126,7 +126,7 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 	var skipped *storage.SkippedError
 	if errors.As(err, &skipped) {
 		for _, d := range skipped.Dirs {
-			if validVolume(d) {
+			if ValidName(d) {
 				return Catalog{}, fmt.Errorf("%w: the snapshots of volume %s cannot be listed by this user: make its directory readable, or list the others one by one with --volume", err, d)
 			}
 		}
@@ -244,7 +244,7 @@ func parseKey(key string) (volume string, created time.Time, id string, ok bool)
 	volume, name, _ := strings.Cut(key, "/")
 	stamp, rest, _ := strings.Cut(name, "-")
 	id, isJSON := strings.CutSuffix(rest, ".json")
-	if !validVolume(volume) || strings.Contains(name, "/") || !isJSON || !isHexID(id) {
+	if !ValidName(volume) || strings.Contains(name, "/") || !isJSON || !isHexID(id) {
 		return "", time.Time{}, "", false
 	}
 	created, err := time.Parse(timeLayout, stamp)
@@ -254,9 +254,10 @@ func parseKey(key string) (volume string, created time.Time, id string, ok bool)
 	return volume, created, id, true
 }
 
-// validVolume is Docker's rule for volume names, which volbak's keys start
-// with.
-func validVolume(name string) bool {
+// ValidName is Docker's rule for volume names, which volbak's keys start
+// with: letters, digits, _ . -, a letter or digit first. Job names follow
+// it too (they name metrics and log lines).
+func ValidName(name string) bool {
 	for i, c := range name {
 		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
@@ -304,7 +305,7 @@ func parse(key string, data []byte) (Manifest, error) {
 	vol, created, id, _ := parseKey(key)
 	base := strings.TrimSuffix(key, ".json")
 	switch {
-	case m.Volume != vol && validVolume(m.Volume):
+	case m.Volume != vol && ValidName(m.Volume):
 		return m, &kinded{fmt.Sprintf("it says volume %q, not %q, the directory it is in", m.Volume, vol), ErrMisplaced, nil}
 	case m.Volume != vol:
 		return m, fmt.Errorf("it says volume %q, not %q, the directory it is in", m.Volume, vol)

@@ -171,14 +171,7 @@ func ref(arg string) (volume, id string, err error) {
 }
 
 func checkVolumeName(name string) error {
-	ok := name != ""
-	for i, c := range name {
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
-			ok = false
-		}
-	}
-	if !ok {
+	if !snapshot.ValidName(name) {
 		return usageError{fmt.Errorf("%q is not a volume name (letters, digits, _ . -)", name)}
 	}
 	return nil

@@ -379,7 +379,8 @@ func TestSidecarKilledMidArchive(t *testing.T) {
 	if _, err := dc.ContainerStop(context.Background(), idle, client.ContainerStopOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	s := startSidecar(t, []string{"run", "--once"}, append(env, "VOLBAK_SCHEDULE=@daily", "VOLBAK_TO="+url, "VOLBAK_VOLUMES="+vol)...)
+	// run --once needs no schedule: host cron or a timer gives it.
+	s := startSidecar(t, []string{"run", "--once"}, append(env, "VOLBAK_TO="+url, "VOLBAK_VOLUMES="+vol)...)
 	waitFor(t, "the app to be stopped for the archive", func() bool { return !running(t, app) })
 	waitFor(t, "the upload to be under way", func() bool { return p.Seen(testsrv.ToServer) > 1<<20 })
 	if _, err := dc.ContainerKill(context.Background(), s.id, client.ContainerKillOptions{Signal: "KILL"}); err != nil {

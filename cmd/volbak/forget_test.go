@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/volbak/volbak/snapshot"
 )
 
 // forget applies a keep policy per host and volume: the plan first (a dry
@@ -22,18 +24,7 @@ func TestForget(t *testing.T) {
 		t.Fatalf("%d snapshots", len(ms))
 	}
 	// The oldest is made another host's: its group keeps it.
-	oldest := filepath.Join(store, filepath.FromSlash(strings.TrimSuffix(ms[0].Archive, ".tar.zst")+".json"))
-	data, err := os.ReadFile(oldest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var raw map[string]any
-	json.Unmarshal(data, &raw)
-	raw["host"] = "otherhost"
-	data, _ = json.Marshal(raw)
-	if err := os.WriteFile(oldest, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	setManifest(t, store, ms[0], "host", "otherhost")
 
 	mustFail(t, volbak(t, "forget", "--from", store), exitUsage, "at least one --keep")
 	mustFail(t, volbak(t, "forget", "--from", store, "--keep-within", "5s"), exitUsage, "unknown unit")
@@ -101,17 +92,30 @@ func TestForgetJob(t *testing.T) {
 	}
 	ms := list(t, store, vol)
 	for i, job := range []string{"hourly", "hourly", "daily"} {
-		p := filepath.Join(store, filepath.FromSlash(strings.TrimSuffix(ms[i].Archive, ".tar.zst")+".json"))
-		data, _ := os.ReadFile(p)
-		var raw map[string]any
-		json.Unmarshal(data, &raw)
-		raw["job"] = job
-		data, _ = json.Marshal(raw)
-		os.WriteFile(p, data, 0o600)
+		setManifest(t, store, ms[i], "job", job)
 	}
 	mustOK(t, volbak(t, "forget", "--from", store, "--keep-last", "1", "--job", "hourly"))
 	left := list(t, store, vol)
 	if len(left) != 2 || left[0].ID != ms[1].ID || left[1].ID != ms[2].ID {
 		t.Fatalf("left %v, want the newer hourly and the daily", left)
+	}
+}
+
+// setManifest sets one field of m's manifest in the local store.
+func setManifest(t *testing.T, store string, m snapshot.Manifest, key string, value any) {
+	t.Helper()
+	p := filepath.Join(store, filepath.FromSlash(strings.TrimSuffix(m.Archive, ".tar.zst")+".json"))
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	raw[key] = value
+	data, _ = json.Marshal(raw)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -4,8 +4,11 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"maps"
 	"os"
@@ -31,6 +34,16 @@ type WriteOptions struct {
 	// Skip, if set, names top-level entries not to archive (a restore's
 	// own state); each one skipped is reported as a warning.
 	Skip func(name string) bool
+	// Index, if set, gets one JSON line per entry (an IndexEntry), in
+	// archive order, each in a single Write once the entry is written: a
+	// regular file's once its content went by, hashed on its way, so the
+	// file is read once.
+	Index io.Writer
+	// IndexOnly walks and reads the tree as an archive would, but
+	// compresses nothing and writes nothing to w: only Index gets lines.
+	// A deep verify runs it on a restored tree, so that the same code
+	// that recorded the backup's index reads the restored files.
+	IndexOnly bool
 }
 
 // Write archives the tree at root as tar+zstd to w. Entry names are relative
@@ -41,9 +54,13 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	// less CPU than the encoder's own concurrent mode (which copies each
 	// job's history): on a 2-core host every copy competes with the daemon
 	// moving the stream. 8 MiB frames cost <0.1% in size.
-	enc, err := newFrameWriter(w, opt.Level, 8<<20)
-	if err != nil {
-		return Stats{}, err
+	var enc io.WriteCloser = discard{}
+	if !opt.IndexOnly {
+		fw, err := newFrameWriter(w, opt.Level, 8<<20)
+		if err != nil {
+			return Stats{}, err
+		}
+		enc = fw
 	}
 	cw := &countWriter{w: enc, progress: opt.Progress}
 	bw := bufio.NewWriterSize(cw, 64<<10) // headers are 512 bytes; data passes through
@@ -55,6 +72,8 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 		buf:   make([]byte, 1<<20),
 		warn:  opt.Warn,
 		skip:  opt.Skip,
+		index: opt.Index,
+		sum:   sha256.New(),
 	}
 	if a.warn == nil {
 		a.warn = func(string, string) {}
@@ -86,6 +105,8 @@ type writer struct {
 	buf   []byte
 	warn  func(path, msg string)
 	skip  func(string) bool
+	index io.Writer
+	sum   hash.Hash // of the regular file being written, for the index
 	stats Stats
 }
 
@@ -114,7 +135,10 @@ func (a *writer) walk(rel string) error {
 		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
 			hdr.Typeflag = tar.TypeLink
 			hdr.Linkname = first
-			return a.header(hdr)
+			if err := a.header(hdr); err != nil {
+				return err
+			}
+			return a.indexed(rel, hdr, nil)
 		}
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -158,7 +182,7 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 	if st.Nlink > 1 {
 		a.links[[2]uint64{st.Dev, st.Ino}] = hdr.Name
 	}
-	return nil
+	return a.indexed(hdr.Name, hdr, nil)
 }
 
 func (a *writer) dir(full, rel string, hdr *tar.Header) error {
@@ -171,6 +195,9 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 		return err
 	}
 	if err := a.header(hdr); err != nil {
+		return err
+	}
+	if err := a.indexed(rel, hdr, nil); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
@@ -249,7 +276,12 @@ func (a *writer) file(full, rel string, hdr *tar.Header) error {
 	if err := a.header(hdr); err != nil {
 		return err
 	}
-	n, err := CopyExactly(a.tw, f, size, a.buf)
+	var dst io.Writer = a.tw
+	if a.index != nil {
+		a.sum.Reset()
+		dst = io.MultiWriter(a.tw, a.sum)
+	}
+	n, err := CopyExactly(dst, f, size, a.buf)
 	if err != nil {
 		return fmt.Errorf("read %s: %w", rel, err)
 	}
@@ -258,7 +290,7 @@ func (a *writer) file(full, rel string, hdr *tar.Header) error {
 	} else if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size > size {
 		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", size))
 	}
-	return nil
+	return a.indexed(rel, hdr, a.sum.Sum(nil))
 }
 
 // dataSegments maps where f holds data, as [offset, length] pairs, ending
@@ -356,9 +388,21 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	if _, err := a.out.Write(sparseMap); err != nil {
 		return err
 	}
+	// The index's sum is of the file as sha256sum reads it: the holes
+	// between the segments count as zeros.
+	var dst io.Writer = a.out
+	var pos int64 // how far the sum has got
+	if a.index != nil {
+		a.sum.Reset()
+		dst = io.MultiWriter(a.out, a.sum)
+	}
 	var short int64
 	for _, s := range segs {
-		n, err := CopyExactly(a.out, io.NewSectionReader(f, s[0], s[1]), s[1], a.buf)
+		if a.index != nil {
+			hashZeros(a.sum, s[0]-pos)
+			pos = s[0] + s[1]
+		}
+		n, err := CopyExactly(dst, io.NewSectionReader(f, s[0], s[1]), s[1], a.buf)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", rel, err)
 		}
@@ -370,8 +414,51 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	if short > 0 {
 		a.warnf(rel, fmt.Sprintf("shrank while read; %d bytes padded with zeros", short))
 	}
+	if a.index == nil {
+		return nil
+	}
+	hashZeros(a.sum, size-pos)
+	return a.indexed(rel, hdr, a.sum.Sum(nil))
+}
+
+// zeros is what a hole reads as.
+var zeros = make([]byte, 256<<10)
+
+// hashZeros adds n zero bytes to h.
+func hashZeros(h hash.Hash, n int64) {
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		h.Write(zeros[:k])
+		n -= k
+	}
+}
+
+// indexed writes the index line of the entry hdr heads, if an index is
+// kept; sum is a regular file's content's.
+func (a *writer) indexed(rel string, hdr *tar.Header, sum []byte) error {
+	if a.index == nil {
+		return nil
+	}
+	e := newIndexEntry(rel, hdr)
+	if hdr.Typeflag == tar.TypeReg {
+		size := hdr.Size
+		e.Size, e.SHA256 = &size, hex.EncodeToString(sum)
+	}
+	line, err := indexLine(e)
+	if err != nil {
+		return err
+	}
+	if _, err := a.index.Write(line); err != nil {
+		return fmt.Errorf("write the index line of %s: %w", rel, err)
+	}
 	return nil
 }
+
+// discard stands in for the compressor when no archive is made.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+func (discard) Close() error                { return nil }
 
 // setTypeflag changes a USTAR header block's type and fixes its checksum.
 func setTypeflag(blk []byte, flag byte) {

@@ -1,7 +1,8 @@
 // Package agent is what runs inside a helper container (`volbak agent …`)
 // and the little protocol it speaks back: the archive goes over stdout, and
 // stderr carries one JSON event a line (warnings, progress, the final
-// counts, or the error that ended it).
+// counts, or the error that ended it) and, asked for, the archive's index:
+// one line per entry after IndexPrefix.
 package agent
 
 import (
@@ -58,30 +59,57 @@ const (
 	KindCannot     = "cannot"     // the switch would fail midway: refused before it
 )
 
+// IndexPrefix starts each index line on a helper's stderr: the controller
+// tells them from events by it, without parsing them, and passes them on
+// as they came.
+const IndexPrefix = "index\t"
+
+// emitter writes a helper's stderr. Index lines wait in its buffer (a
+// write to the attach stream per file would cost a frame and a wake-up
+// each); an event goes out at once, and takes what waited with it.
 type emitter struct {
 	mu  sync.Mutex
+	w   *bufio.Writer
 	enc *json.Encoder
+}
+
+func newEmitter(w io.Writer) *emitter {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	return &emitter{w: bw, enc: json.NewEncoder(bw)}
 }
 
 func (e *emitter) emit(ev Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.enc.Encode(ev)
+	e.w.Flush()
+}
+
+// indexLines is an archive.WriteOptions.Index: each Write is one line.
+type indexLines struct{ e *emitter }
+
+func (x indexLines) Write(line []byte) (int, error) {
+	x.e.mu.Lock()
+	defer x.e.mu.Unlock()
+	x.e.w.WriteString(IndexPrefix)
+	return x.e.w.Write(line)
 }
 
 // Main runs `volbak agent ARGS`. It returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	em := &emitter{enc: json.NewEncoder(stderr)}
+	em := newEmitter(stderr)
 	var err error
 	switch {
 	case len(args) > 0 && args[0] == "archive":
 		err = runArchive(args[1:], stdout, em)
+	case len(args) > 0 && args[0] == "digest":
+		err = runDigest(args[1:], stdout, em)
 	case len(args) > 0 && args[0] == "extract":
 		err = runExtract(args[1:], stdin, em)
 	case len(args) > 0 && args[0] == "recover":
 		err = runRecover(args[1:], em)
 	default:
-		err = errors.New("usage: volbak agent archive|extract|recover [flags] (run by volbak inside its helper containers)")
+		err = errors.New("usage: volbak agent archive|digest|extract|recover [flags] (run by volbak inside its helper containers)")
 	}
 	if err != nil {
 		em.emit(Event{Event: "error", Message: err.Error(), Kind: kindOf(err)})
@@ -143,6 +171,7 @@ func runArchive(args []string, stdout io.Writer, em *emitter) error {
 	root := fl.String("root", "/data", "tree to archive")
 	levelName := fl.String("level", string(archive.DefaultLevel), "zstd level")
 	progress := fl.Duration("progress", 0, "report progress this often (0: never)")
+	index := fl.Bool("index", false, "send the archive's index on stderr, each line after "+IndexPrefix)
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -167,16 +196,58 @@ func runArchive(args []string, stdout io.Writer, em *emitter) error {
 		go estimate(ctx, *root, em)
 		go report(ctx, *progress, &written, em)
 	}
-	st, err := archive.Write(*root, stdout, archive.WriteOptions{
+	opts := archive.WriteOptions{
 		Level:    level,
 		Skip:     stage.Reserved,
 		Progress: &written,
 		Warn: func(path, msg string) {
 			em.emit(Event{Event: "warning", Path: path, Message: msg})
 		},
-	})
+	}
+	if *index {
+		opts.Index = indexLines{em}
+	}
+	st, err := archive.Write(*root, stdout, opts)
 	stop()
 	if err != nil {
+		return err
+	}
+	em.emit(Event{Event: "done", Entries: st.Entries, Bytes: st.Bytes, Warnings: st.Warnings})
+	return nil
+}
+
+// runDigest writes the index of the tree at root to stdout, one line per
+// entry, as `archive --index` would record it, with the same walk, but
+// builds no archive: a deep verify runs it on a restored volume and
+// compares its lines with the backup's.
+func runDigest(args []string, stdout io.Writer, em *emitter) error {
+	fl := flag.NewFlagSet("digest", flag.ContinueOnError)
+	fl.SetOutput(io.Discard)
+	root := fl.String("root", "/data", "tree to digest")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	unlock, err := stage.Lock(*root, false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := stage.Check(*root); err != nil {
+		return err
+	}
+	out := bufio.NewWriterSize(stdout, 256<<10)
+	st, err := archive.Write(*root, nil, archive.WriteOptions{
+		IndexOnly: true,
+		Index:     out,
+		Skip:      stage.Reserved,
+		Warn: func(path, msg string) {
+			em.emit(Event{Event: "warning", Path: path, Message: msg})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if err := out.Flush(); err != nil {
 		return err
 	}
 	em.emit(Event{Event: "done", Entries: st.Entries, Bytes: st.Bytes, Warnings: st.Warnings})

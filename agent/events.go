@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,12 @@ type Events struct {
 	// OnDone is called when the final report arrives (the helper may go
 	// on tidying up after it).
 	OnDone func()
+	// Index, if set, gets the helper's index lines (IndexPrefix dropped,
+	// newline kept), one Write each, as they came. An error from it ends
+	// the helper's stream: Write returns it.
+	Index io.Writer
+	// IndexLines counts the index lines that came.
+	IndexLines atomic.Int64
 
 	Progress atomic.Int64 // uncompressed bytes the helper has handled
 	Estimate atomic.Int64 // the helper's estimate of the total, 0 if none
@@ -36,6 +43,7 @@ type Events struct {
 	err       string
 	kind      string
 	other     []string // lines that are not events: a crash, a runtime message
+	indexErr  error    // Index's, once it failed
 }
 
 func (e *Events) Write(p []byte) (int, error) {
@@ -47,10 +55,19 @@ func (e *Events) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		e.handle(e.line[:i])
+		if rest, ok := bytes.CutPrefix(e.line[:i+1], []byte(IndexPrefix)); ok {
+			e.IndexLines.Add(1)
+			if e.Index != nil && e.indexErr == nil {
+				_, e.indexErr = e.Index.Write(rest)
+			}
+		} else {
+			e.handle(e.line[:i])
+		}
 		e.line = e.line[i+1:]
 	}
-	return len(p), nil
+	// The events that came with it are handled all the same: they say
+	// how the helper ended.
+	return len(p), e.indexErr
 }
 
 func (e *Events) handle(line []byte) {

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
 )
 
@@ -44,3 +45,45 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("error event: %q %q", failed.Err(), failed.Kind())
 	}
 }
+
+// Index lines are told from events by their prefix and passed on as they
+// came, one line a Write, however the stream was cut; events between
+// them are handled as ever. A failing Index ends the stream with its
+// error.
+func TestEventsIndexLines(t *testing.T) {
+	var idx bytes.Buffer
+	writes := 0
+	ev := &Events{Index: writerFunc(func(p []byte) (int, error) { writes++; return idx.Write(p) })}
+	var stream bytes.Buffer
+	em := newEmitter(&stream)
+	lines := indexLines{em}
+	lines.Write([]byte(`{"path":".","type":"dir"}` + "\n"))
+	em.emit(Event{Event: "warning", Path: "a", Message: "grew"})
+	lines.Write([]byte(`{"path":"a","type":"file"}` + "\n"))
+	em.emit(Event{Event: "done", Entries: 2})
+	data := stream.Bytes()
+	for i := 0; i < len(data); i += 5 {
+		if _, err := ev.Write(data[i:min(i+5, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `{"path":".","type":"dir"}` + "\n" + `{"path":"a","type":"file"}` + "\n"
+	if idx.String() != want || writes != 2 || ev.IndexLines.Load() != 2 {
+		t.Fatalf("index %q in %d writes, %d lines", idx.String(), writes, ev.IndexLines.Load())
+	}
+	if d := ev.Done(); d == nil || d.Entries != 2 || ev.Err() != "" {
+		t.Fatalf("done %+v, err %q", d, ev.Err())
+	}
+
+	broken := &Events{Index: writerFunc(func(p []byte) (int, error) { return 0, errors.New("storage gone") })}
+	if _, err := broken.Write(data); err == nil || err.Error() != "storage gone" {
+		t.Fatalf("a failing Index: %v", err)
+	}
+	if d := broken.Done(); d == nil || broken.Err() != "" {
+		t.Fatalf("the events after a failed index line: %+v %q", d, broken.Err())
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -28,9 +28,9 @@ type Catalog struct {
 	// SkipErr says why the first was.
 	Skipped []string
 	SkipErr error
-	// Orphans are archives without a manifest beside them: a backup
-	// killed between its archive and its manifest, or one writing its
-	// manifest right now. They are never listed as snapshots.
+	// Orphans are archives and indexes without a manifest beside them: a
+	// backup killed between its archive and its manifest, or one writing
+	// its manifest right now. They are never listed as snapshots.
 	Orphans []storage.Object
 	where   string // the storage, for messages
 }
@@ -96,9 +96,9 @@ func (p *Problem) Fix() string {
 	case errors.Is(p.Err, ErrMisplaced) && p.Twin:
 		return fmt.Sprintf("%s/ holds a manifest of the same name, so this is a copy of it or the same file under a second name "+
 			"(a link, a bind mount, a filesystem that ignores case); volbak will not delete it, lest that delete %s's snapshot: "+
-			"if it is a copy, remove %s and %s by hand", p.Owner, p.Owner, p.Key, archiveOf(p.Key))
+			"if it is a copy, remove %s and %s (and its index, if there) by hand", p.Owner, p.Owner, p.Key, archiveOf(p.Key))
 	case errors.Is(p.Err, ErrMisplaced):
-		return fmt.Sprintf("it is %s's: move it and %s into %s/ rather than delete it", p.Owner, archiveOf(p.Key), p.Owner)
+		return fmt.Sprintf("it is %s's: move it and %s into %s/ (its index too, if there) rather than delete it", p.Owner, archiveOf(p.Key), p.Owner)
 	case errors.Is(p.Err, fs.ErrPermission):
 		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}
@@ -139,7 +139,7 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		listed[o.Key] = true
 	}
 	for _, o := range objs {
-		if base, ok := strings.CutSuffix(o.Key, ".tar.zst"); ok && IsKey(o.Key) && !listed[base+".json"] {
+		if base, ok := stem(o.Key); ok && IsKey(o.Key) && !listed[base+".json"] {
 			c.Orphans = append(c.Orphans, o)
 		}
 		vol, created, id, ok := parseKey(o.Key)
@@ -227,11 +227,12 @@ func (k *kinded) Unwrap() []error {
 	return []error{k.kind, k.cause}
 }
 
-// IsKey reports whether key is named as volbak names a snapshot's archive
-// or manifest, <volume>/<UTC time>-<id>.tar.zst or .json: a backend that
-// must tell its own leftovers from another tool's objects asks it.
+// IsKey reports whether key is named as volbak names a snapshot's archive,
+// index or manifest, <volume>/<UTC time>-<id>.tar.zst, .index.jsonl.zst or
+// .json: a backend that must tell its own leftovers from another tool's
+// objects asks it.
 func IsKey(key string) bool {
-	if base, ok := strings.CutSuffix(key, ".tar.zst"); ok {
+	if base, ok := stem(key); ok {
 		key = base + ".json"
 	}
 	_, _, _, ok := parseKey(key)
@@ -315,16 +316,20 @@ func parse(key string, data []byte) (Manifest, error) {
 		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+".tar.zst")
 	case len(m.SHA256) != 64 || m.Size < 0:
 		return m, errors.New("it is incomplete: no archive size or sha256")
+	case m.Index != "" && m.Index != base+indexSuffix:
+		return m, fmt.Errorf("it names index %q, not %s beside it", m.Index, path.Base(base)+indexSuffix)
+	case m.Index != "" && (len(m.IndexSHA256) != 64 || m.IndexSize <= 0):
+		return m, errors.New("it is incomplete: no index size or sha256")
 	}
 	m.ManifestKey = key
 	return m, nil
 }
 
 // Delete removes the manifest at key, exactly the one List found (a
-// Target's Key: see FindToDelete for what it refuses), then the archive beside it with
-// the same base, if there is one. The manifest goes first, so that the
-// snapshot stops being listed before its archive goes. A key not named like
-// a manifest is refused.
+// Target's Key: see FindToDelete for what it refuses), then the archive and
+// the index beside it with the same base, if they are there. The manifest
+// goes first, so that the snapshot stops being listed before its archive
+// goes. A key not named like a manifest is refused.
 func Delete(ctx context.Context, st storage.Storage, key string) error {
 	vol, _, id, ok := parseKey(key)
 	if !ok {
@@ -333,21 +338,22 @@ func Delete(ctx context.Context, st storage.Storage, key string) error {
 	if err := st.Delete(ctx, key); err != nil {
 		return fmt.Errorf("delete manifest %s of %s@%s from %s: %w", key, vol, id, st, err)
 	}
-	archive := strings.TrimSuffix(key, ".json") + ".tar.zst"
 	// The manifest is gone: an interrupt now would leave an unlisted
 	// archive, so this finishes, within a bound.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := st.Delete(actx, archive); err != nil && !errors.Is(err, storage.ErrNotExist) {
-		return fmt.Errorf("snapshot %s@%s is no longer listed, but its archive %s could not be deleted from %s (delete it by hand): %w", vol, id, archive, st, err)
+	for _, k := range Companions(key) {
+		if err := st.Delete(actx, k); err != nil && !errors.Is(err, storage.ErrNotExist) {
+			return fmt.Errorf("snapshot %s@%s is no longer listed, but %s could not be deleted from %s (delete it by hand): %w", vol, id, k, st, err)
+		}
 	}
 	return nil
 }
 
-// ArchiveTime is when the backup that wrote the archive key began, as its
-// name says.
+// ArchiveTime is when the backup that wrote the archive (or index) key
+// began, as its name says.
 func ArchiveTime(key string) (time.Time, bool) {
-	base, ok := strings.CutSuffix(key, ".tar.zst")
+	base, ok := stem(key)
 	if !ok {
 		return time.Time{}, false
 	}

@@ -1,8 +1,9 @@
 // Package snapshot is the catalogue on any storage: the manifest that makes
 // an archive a snapshot, the key layout, listing and lookup.
 //
-//	<volume>/<UTC time>-<id>.tar.zst   the archive
-//	<volume>/<UTC time>-<id>.json      its manifest, written last
+//	<volume>/<UTC time>-<id>.tar.zst          the archive
+//	<volume>/<UTC time>-<id>.index.jsonl.zst  its file index (see IndexRef)
+//	<volume>/<UTC time>-<id>.json             its manifest, written last
 //
 // An archive without its manifest is an unfinished upload: never listed,
 // never restored. A key named like a manifest that cannot be read, that
@@ -56,6 +57,7 @@ type Manifest struct {
 	Level        string  `json:"zstd_level"`
 	Duration     float64 `json:"duration_seconds"`
 	Warnings     int64   `json:"warnings,omitempty"`
+	IndexRef
 
 	// ManifestKey is the key List read the manifest from: what Delete
 	// removes, never a key rebuilt from the fields above.

@@ -510,19 +510,89 @@ func TestSkippedDirectories(t *testing.T) {
 // tool's object that merely sits in a volume-like directory.
 func TestIsKey(t *testing.T) {
 	for key, want := range map[string]bool{
-		"pgdata/20261126T000000Z-0123abcd.tar.zst": true,
-		"pgdata/20261126T000000Z-0123abcd.json":    true,
-		"pgdata/20261126T000000Z-0123abcd.tar":     false,
-		"pgdata/dump.tar.zst":                      false,
-		"photos/cat.json":                          false,
-		"20261126T000000Z-0123abcd.tar.zst":        false,
-		"a/b/20261126T000000Z-0123abcd.tar.zst":    false,
-		"-x/20261126T000000Z-0123abcd.tar.zst":     false,
-		"pgdata/20261126T000000Z-0123ABCD.tar.zst": false,
-		".volbak-write-probe":                      false,
+		"pgdata/20261126T000000Z-0123abcd.tar.zst":         true,
+		"pgdata/20261126T000000Z-0123abcd.json":            true,
+		"pgdata/20261126T000000Z-0123abcd.tar":             false,
+		"pgdata/dump.tar.zst":                              false,
+		"photos/cat.json":                                  false,
+		"20261126T000000Z-0123abcd.tar.zst":                false,
+		"a/b/20261126T000000Z-0123abcd.tar.zst":            false,
+		"-x/20261126T000000Z-0123abcd.tar.zst":             false,
+		"pgdata/20261126T000000Z-0123ABCD.tar.zst":         false,
+		".volbak-write-probe":                              false,
+		"pgdata/20261126T000000Z-0123abcd.index.jsonl.zst": true,
+		"pgdata/20261126T000000Z-0123abcd.index.jsonl":     false,
+		"pgdata/files.index.jsonl.zst":                     false,
 	} {
 		if got := IsKey(key); got != want {
 			t.Errorf("IsKey(%q) = %v, want %v", key, got, want)
 		}
+	}
+}
+
+// A snapshot's index goes with it: delete removes it, a manifest that
+// names another key or records no sum is a problem, an index without a
+// manifest is an unfinished upload like an archive without one, and a
+// snapshot of an older volbak, without an index, is listed as ever.
+func TestIndexObject(t *testing.T) {
+	ctx := context.Background()
+	st := store(t)
+	old := snap(t, st, "db", "h", "aaaa1111", 0)
+	m := New("db", t0.Add(time.Hour))
+	m.ID, m.Host, m.SHA256 = "bbbb2222", "h", strings.Repeat("0", 64)
+	m.Archive = m.base() + ".tar.zst"
+	m.Index, m.IndexSize, m.IndexSHA256, m.IndexEntries = m.IndexKey(), 5, strings.Repeat("1", 64), 3
+	write(t, st, m.Archive, "archive")
+	write(t, st, m.Index, "index")
+	if err := Put(ctx, st, m); err != nil {
+		t.Fatal(err)
+	}
+	orphan := "db/20260102T050405Z-cccc3333.index.jsonl.zst"
+	write(t, st, orphan, "index")
+	c := list(t, st, "db")
+	if len(c.Snapshots) != 2 || len(c.Problems) != 0 || len(c.Orphans) != 1 || c.Orphans[0].Key != orphan {
+		t.Fatalf("list: %+v", c)
+	}
+	if got := c.Snapshots[1]; got.Index != m.Index || got.IndexEntries != 3 || c.Snapshots[0].Index != "" {
+		t.Fatalf("the index as listed: %+v", c.Snapshots)
+	}
+	if ManifestOf(orphan) != "db/20260102T050405Z-cccc3333.json" || ManifestOf(m.Archive) != m.Key() {
+		t.Fatalf("ManifestOf: %s", ManifestOf(orphan))
+	}
+	if at, ok := ArchiveTime(orphan); !ok || !at.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("ArchiveTime of an index: %v %v", at, ok)
+	}
+	if err := Delete(ctx, st, m.Key()); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{m.Key(), m.Archive, m.Index} {
+		if rc, err := st.Open(ctx, k); err == nil {
+			rc.Close()
+			t.Errorf("%s is left after delete", k)
+		}
+	}
+	if err := Delete(ctx, st, old.Key()); err != nil {
+		t.Fatalf("a snapshot without an index: %v", err)
+	}
+
+	for what, set := range map[string]func(*Manifest){
+		"names index":             func(m *Manifest) { m.Index = "db/other.index.jsonl.zst" },
+		"no index size":           func(m *Manifest) { m.IndexSize = 0 },
+		"no index size or sha256": func(m *Manifest) { m.IndexSHA256 = "" },
+	} {
+		bad := m
+		bad.ID = "dddd4444"
+		bad.Archive = bad.base() + ".tar.zst"
+		bad.Index = bad.IndexKey()
+		set(&bad)
+		write(t, st, bad.Archive, "archive")
+		if err := Put(ctx, st, bad); err != nil {
+			t.Fatal(err)
+		}
+		c := list(t, st, "db")
+		if len(c.Problems) != 1 || !strings.Contains(c.Problems[0].Err.Error(), strings.TrimPrefix(what, "no ")) {
+			t.Errorf("%s: %+v", what, c.Problems)
+		}
+		Delete(ctx, st, bad.Key())
 	}
 }

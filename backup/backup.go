@@ -3,6 +3,7 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -44,6 +45,9 @@ type Options struct {
 	// part. The caller still makes sure of what it undoes on every path:
 	// a backup that fails before its helper reads never calls it.
 	Streamed func()
+	// WrapIndex, if set, wraps the index's stored stream (an encryptor;
+	// see indexUpload).
+	WrapIndex func(io.Writer) (io.WriteCloser, error)
 }
 
 // errStorageGaveUp is what the helper's stdout writes see once every
@@ -144,7 +148,7 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	events := &agent.Events{OnWarning: func(path, msg string) {
 		log.Warn("file not archived as it was", "path", path, "reason", msg)
 	}}
-	args := []string{"agent", "archive", "--root", engine.MountPoint, "--level", string(opts.Level)}
+	args := []string{"agent", "archive", "--root", engine.MountPoint, "--level", string(opts.Level), "--index"}
 	stopMeter := func() {}
 	if opts.Progress != nil {
 		args = append(args, "--progress", "250ms")
@@ -154,6 +158,12 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	}
 
 	tee := newFanout(ctx, dests, m.Archive)
+	idx, err := newIndexUpload(ctx, dests, m.IndexKey(), tee, opts.WrapIndex)
+	if err != nil {
+		tee.finish(err)
+		return fail(err)
+	}
+	events.Index = idx
 	runErr := eng.Run(ctx, engine.Helper{
 		Op: "backup", Volume: name, ReadOnly: true, Args: args, Caps: engine.CapsRead,
 		Stdout: tee, Stderr: events,
@@ -173,21 +183,24 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	if end == nil && done == nil {
 		end = errNoReport
 	}
+	// The index first: a destination whose index fails gets no archive.
+	idxErrs := idx.finish(end, events, done)
 	putErrs := tee.finish(end) // nil: the archive is complete, the Puts may commit it
 	stopMeter()                // before anything else is printed
 
 	// undo removes the archive from a destination whose Put committed it,
 	// or may have (an upload committed by the server and reported failed,
-	// its answer lost on the way back). After any other failure the key is
-	// not this destination's to remove: the same storage reached under
-	// another name may hold it, committed by its own Put.
+	// its answer lost on the way back), and the index likewise. After any
+	// other failure the key is not this destination's to remove: the same
+	// storage reached under another name may hold it, committed by its own
+	// Put.
 	undo := func(i int) {
-		if putErrs[i] != nil && !storage.MayHaveCommitted(putErrs[i]) {
-			return
-		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
-		dests[i].Delete(cctx, m.Archive)
+		if putErrs[i] == nil || storage.MayHaveCommitted(putErrs[i]) {
+			dests[i].Delete(cctx, m.Archive)
+		}
+		idx.undo(cctx, dests[i], i)
 	}
 	undoAll := func() {
 		for i := range dests {
@@ -209,6 +222,7 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Size, m.SHA256 = tee.n, hex.EncodeToString(tee.sum.Sum(nil))
 		m.Uncompressed, m.Files, m.Warnings = done.Bytes, done.Entries, done.Warnings
 		m.Duration = now().Sub(start).Seconds()
+		idx.record(&m, events)
 	}
 	res.Manifest = m
 	// Every manifest first, then what the failed destinations left: a
@@ -249,9 +263,9 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	held := false                     // some destination holds the whole snapshot
 	for i, st := range dests {
 		switch {
-		case putErrs[i] != nil:
-			errs[i] = storageError(st, putErrs[i])
-			clean[i] = storage.MayHaveCommitted(putErrs[i])
+		case putErrs[i] != nil || idxErrs[i] != nil:
+			errs[i] = storageError(st, cmp.Or(idxErrs[i], putErrs[i]))
+			clean[i] = storage.MayHaveCommitted(putErrs[i]) || idx.mayHold(i)
 		case manifestErrs[i] != nil:
 			errs[i] = fmt.Errorf("write manifest: %w", storageError(st, manifestErrs[i]))
 			there, serr := shows(i)

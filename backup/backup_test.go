@@ -24,11 +24,15 @@ import (
 )
 
 // fakeEngine "archives" data: it writes it to the helper's stdout in 1 MiB
-// chunks, then its final report (unless noReport) to stderr.
+// chunks, with an index line for each of its 3 entries between them (or
+// lines, if set) on stderr, then its final report (unless noReport).
 type fakeEngine struct {
 	data     []byte
 	noReport bool
+	lines    []string
 }
+
+var threeLines = []string{`{"path":".","type":"dir"}`, `{"path":"a","type":"file","size":1}`, `{"path":"b","type":"fifo"}`}
 
 func (f *fakeEngine) Volume(_ context.Context, name string) (engine.Volume, error) {
 	return engine.Volume{Name: name, Driver: "local"}, nil
@@ -37,10 +41,21 @@ func (f *fakeEngine) Volume(_ context.Context, name string) (engine.Volume, erro
 func (f *fakeEngine) Hostname(context.Context) string { return "test" }
 
 func (f *fakeEngine) Run(_ context.Context, h engine.Helper) error {
-	for off := 0; off < len(f.data); off += 1 << 20 {
-		end := min(off+1<<20, len(f.data))
-		if _, err := h.Stdout.Write(f.data[off:end]); err != nil {
-			return err
+	lines := f.lines
+	if lines == nil {
+		lines = threeLines
+	}
+	for off, n := 0, 0; off < len(f.data) || n < len(lines); off, n = off+1<<20, n+1 {
+		if off < len(f.data) {
+			end := min(off+1<<20, len(f.data))
+			if _, err := h.Stdout.Write(f.data[off:end]); err != nil {
+				return err
+			}
+		}
+		if n < len(lines) {
+			if _, err := h.Stderr.Write([]byte(agent.IndexPrefix + lines[n] + "\n")); err != nil {
+				return err
+			}
 		}
 	}
 	if !f.noReport {
@@ -164,8 +179,8 @@ func TestMisbehavingDestinations(t *testing.T) {
 	if res.Errs[1] != nil || res.OK() != 1 {
 		t.Fatalf("per destination: %v", res.Errs)
 	}
-	if n := len(keys(t, good)); n != 2 {
-		t.Fatalf("the good destination holds %d objects, want archive and manifest", n)
+	if n := len(keys(t, good)); n != 3 {
+		t.Fatalf("the good destination holds %d objects, want archive, index and manifest", n)
 	}
 	for i, st := range []storage.Storage{failing, lost, quit} {
 		if k := keys(t, st); len(k) != 0 {

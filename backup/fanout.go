@@ -25,6 +25,9 @@ type fanout struct {
 	errs  []error
 	sum   hash.Hash
 	n     int64
+	// onDrop, if set, is told of each destination Write drops: the
+	// snapshot's other upload to it is then pointless.
+	onDrop func(i int)
 }
 
 func newFanout(ctx context.Context, dests []storage.Storage, key string) *fanout {
@@ -63,6 +66,9 @@ func (f *fanout) Write(p []byte) (int, error) {
 	for i := range f.pipes {
 		if f.live[i] && f.errs[i] != nil {
 			f.live[i] = false
+			if f.onDrop != nil {
+				f.onDrop(i)
+			}
 		}
 		if f.live[i] {
 			alive++
@@ -72,6 +78,15 @@ func (f *fanout) Write(p []byte) (int, error) {
 		return 0, errStorageGaveUp
 	}
 	return len(p), nil
+}
+
+// drop ends destination i's stream with err, if it is still live: its
+// Put fails, and it is written no more.
+func (f *fanout) drop(i int, err error) {
+	if f.live[i] {
+		f.live[i] = false
+		f.pipes[i].CloseWithError(err)
+	}
 }
 
 // finish ends every stream with end (nil: complete, commit it) and returns

@@ -78,7 +78,8 @@ func (e *IndexSideError) Unwrap() error { return e.Err }
 // Memory stays flat whatever their length: one line of each is held. It
 // keeps up to show differences in First and counts them all. A stream
 // that cannot be read, or that is out of order, ends it with an
-// *IndexSideError; a recorded one wraps ErrCorrupt too.
+// *IndexSideError; a recorded one whose lines are wrong (not what a
+// reader of it failed at) wraps ErrCorrupt too.
 func CompareIndex(recorded, found io.Reader, show int) (Comparison, error) {
 	var c Comparison
 	rec := newIndexReader(recorded, true)
@@ -193,7 +194,9 @@ func (x *indexReader) next() (*IndexEntry, error) {
 	case err == io.EOF:
 		return nil, x.fail(errors.New("cut short: the last line has no newline"))
 	case err != nil:
-		return nil, x.fail(err)
+		// Not the index's fault, or not known to be: the reader's own
+		// (a dropped connection, a damaged compressed stream).
+		return nil, &IndexSideError{Recorded: x.recorded, Line: x.n, Err: err}
 	}
 	// Fields this volbak does not know (a newer one's) are not compared.
 	x.cur = IndexEntry{}

@@ -515,9 +515,9 @@ func keyValues(flag string, kvs []string) (map[string]string, error) {
 
 func verifyCmd(g *globals) *cobra.Command {
 	var from, host, volume string
-	var all, asJSON bool
+	var all, asJSON, deep bool
 	c := &cobra.Command{
-		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE | verify --all --from STORAGE [--volume V]",
+		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE [--deep] | verify --all --from STORAGE [--volume V] [--deep]",
 		Short: "Read a snapshot end to end and check it",
 		Long: `Read a snapshot (the latest of VOLUME, or the one SNAPSHOT names) end to end
 without restoring it: its stored size and sha256, every zstd checksum, the tar
@@ -537,12 +537,21 @@ reports manifests that cannot be used (an archive missing among them) and
 archives without a manifest (unfinished backups: reported, not failed).
 Exit 3 if a snapshot is corrupt, 1 if anything else failed.
 
+--deep also restores the snapshot into a throwaway volume (volbak-verify-ID-…,
+removed on every path, Ctrl-C included) and compares every restored file with
+the index the backup recorded: type, size, sha256 of the content, mode, owner,
+mtime, link target, device numbers. It lists the first differences and exits
+3 if there are any. A snapshot of an older volbak has no index: it is only
+restored, and said so. It needs the Docker daemon and room for the restored
+volume.
+
 ` + snapshotHelp + `
 
 ` + storageHelp,
 		Example: `  volbak verify pgdata --from /srv/backups
   volbak verify pgdata@3f9a1c2b --from /srv/backups
-  volbak verify --all --from s3://bucket/prefix --json`,
+  volbak verify --all --from s3://bucket/prefix --json
+  volbak verify pgdata --from /srv/backups --deep`,
 		Args: args(0, 1),
 		RunE: func(c *cobra.Command, a []string) error {
 			if all {
@@ -554,7 +563,7 @@ Exit 3 if a snapshot is corrupt, 1 if anything else failed.
 						return err
 					}
 				}
-				return verifyAll(c.Context(), g, from, volume, host, asJSON)
+				return verifyAll(c.Context(), g, from, volume, host, asJSON, deep)
 			}
 			if len(a) != 1 || volume != "" || asJSON {
 				return usageError{errors.New("verify takes VOLUME[@SNAPSHOT], or --all (with --volume, --json)")}
@@ -569,6 +578,9 @@ Exit 3 if a snapshot is corrupt, 1 if anything else failed.
 				return err
 			}
 			defer st.Close()
+			if deep {
+				return verifyDeepOne(ctx, g, st, m)
+			}
 			stats, err := restore.Verify(ctx, st, m)
 			if err != nil {
 				return fmt.Errorf("%s@%s: %w", m.Volume, m.ID, err)
@@ -585,6 +597,7 @@ Exit 3 if a snapshot is corrupt, 1 if anything else failed.
 	c.Flags().BoolVar(&all, "all", false, "check every snapshot in STORAGE, and report what is not one")
 	c.Flags().StringVar(&volume, "volume", "", "with --all: only this volume's snapshots")
 	c.Flags().BoolVar(&asJSON, "json", false, "with --all: print the table as JSON")
+	c.Flags().BoolVar(&deep, "deep", false, "restore into a throwaway volume and compare every file with the backup's index")
 	return c
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/volbak/volbak/progress"
 	"github.com/volbak/volbak/restore"
+	"github.com/volbak/volbak/snapshot"
 )
 
 // verifyRow is one line of verify --all: a snapshot, or something in the
@@ -25,13 +26,23 @@ type verifyRow struct {
 // cannot be used (their archive missing among them) and archives without
 // a manifest. Corrupt snapshots make it exit 3, any other failure 1;
 // archives without a manifest are reported, not failed (a backup killed
-// before its manifest, or one writing it now).
-func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON bool) error {
+// before its manifest, or one writing it now). With deep, each snapshot
+// is restored and its files compared with its index instead.
+func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON, deep bool) error {
 	st, cat, err := g.catalog(ctx, from, volume)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	var dv *deepVerifier
+	if deep {
+		v, closeEng, err := g.deepVerifier(ctx, st)
+		if err != nil {
+			return err
+		}
+		defer closeEng()
+		dv = v
+	}
 	var rows []verifyRow
 	corrupt, failed := 0, 0
 	for _, m := range cat.Snapshots {
@@ -39,7 +50,12 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 			continue
 		}
 		row := verifyRow{Snapshot: m.Volume + "@" + m.ID, Size: m.Size, Result: "ok"}
-		v, err := restore.Verify(ctx, st, m)
+		var v restore.Verified
+		if dv != nil {
+			_, row.Reason, err = dv.verify(ctx, m)
+		} else {
+			v, err = restore.Verify(ctx, st, m)
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("verify interrupted at %s: %w", row.Snapshot, ctx.Err())
 		}
@@ -63,8 +79,12 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 		failed++
 	}
 	for _, o := range cat.Orphans {
+		what := "an archive"
+		if snapshot.IsIndex(o.Key) {
+			what = "an index"
+		}
 		rows = append(rows, verifyRow{Snapshot: o.Key, Size: o.Size, Result: "unfinished",
-			Reason: "an archive without a manifest: a backup killed before its manifest, or one writing it now (never listed; volbak run removes it after a week)"})
+			Reason: what + " without a manifest: a backup killed before its manifest, or one writing it now (never listed; volbak run removes it after a week)"})
 	}
 	if asJSON {
 		if rows == nil {

@@ -250,21 +250,22 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	killed.Process.Kill()
 	killed.Wait()
 	removeHelpersOf(t, big)
+	// The archive's and the index's: the two uploads run side by side.
 	left := tempFiles(store)
-	if len(left) != 1 {
-		t.Fatalf("after SIGKILL: temp files %v, want the one partial archive", left)
+	if len(left) != 2 {
+		t.Fatalf("after SIGKILL: temp files %v, want the partial archive and its index", left)
 	}
 	if r := mustOK(t, volbak(t, "list", "--from", store)); strings.Contains(r.stderr, "partial") {
 		t.Fatalf("a leftover of the last minutes is counted as stale: %s", r)
 	}
 	age(t, left...)
 	r := mustOK(t, volbak(t, "list", "--from", store))
-	says(t, r, "1 partial archive", "next backup")
+	says(t, r, "2 partial archives", "next backup")
 	r = mustOK(t, volbak(t, "list", "--from", store, "--json"))
-	if len(decodeList(t, r)) != 0 || !strings.Contains(r.stderr, "1 partial archive") {
+	if len(decodeList(t, r)) != 0 || !strings.Contains(r.stderr, "2 partial archives") {
 		t.Fatalf("list --json: %s", r)
 	}
-	if len(tempFiles(store)) != 1 {
+	if len(tempFiles(store)) != 2 {
 		t.Fatal("list removed a partial archive")
 	}
 
@@ -278,12 +279,13 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	}
 	defer running.Process.Kill()
 	waitFor(t, "the next backup to be mid-stream", func() bool {
-		_, err := os.Stat(left[0])
-		return err != nil && uploading(store)
+		_, err0 := os.Stat(left[0])
+		_, err1 := os.Stat(left[1])
+		return err0 != nil && err1 != nil && uploading(store)
 	})
 	running.Process.Signal(syscall.SIGSTOP)
 	live := tempFiles(store)
-	if len(live) != 1 {
+	if len(live) != 2 {
 		t.Fatalf("temp files of the stopped backup: %v", live)
 	}
 	// One more leftover, as a killed backup leaves it: nobody holds it.
@@ -292,7 +294,7 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	os.WriteFile(dead, make([]byte, 4096), 0o600)
 	fresh := filepath.Join(store, big, ".volbak-tmp-fresh")
 	os.WriteFile(fresh, make([]byte, 100), 0o600)
-	age(t, live[0], dead)
+	age(t, live[0], live[1], dead)
 	r = mustOK(t, volbak(t, "list", "--from", store))
 	says(t, r, "1 partial archive (4.0 KiB)")
 
@@ -301,8 +303,10 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	if _, err := os.Stat(dead); err == nil {
 		t.Fatal("the leftover is still there")
 	}
-	if _, err := os.Stat(live[0]); err != nil {
-		t.Fatalf("the running backup's temp file was removed: %v", err)
+	for _, p := range live {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("the running backup's temp file was removed: %v", err)
+		}
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Fatal("a leftover modified within the hour was removed")
@@ -313,7 +317,7 @@ func TestKilledBackupLeftovers(t *testing.T) {
 	if err := running.Wait(); err != nil {
 		t.Fatalf("the backup that ran beside the sweep: %v\n%s", err, runningErr.String())
 	}
-	if !strings.Contains(runningErr.String(), "removed 1 partial archive") {
+	if !strings.Contains(runningErr.String(), "removed 2 partial archives") {
 		t.Fatalf("the next backup does not say it removed the leftover: %s", runningErr.String())
 	}
 	noHelpersLeft(t)
@@ -437,15 +441,15 @@ func TestFailedBackupLeavesNoDirectory(t *testing.T) {
 		t.Fatal("a failed backup removed a volume directory it did not make")
 	}
 
-	// Three inodes: the root, the volume's directory and the archive;
-	// none left for the manifest.
-	noManifest := mountTmpfs(t, "size=64m,nr_inodes=3")
+	// Four inodes: the root, the volume's directory, the archive and its
+	// index; none left for the manifest.
+	noManifest := mountTmpfs(t, "size=64m,nr_inodes=4")
 	mustFail(t, volbak(t, "backup", vol, "--to", noManifest), 1, "write manifest")
 	if names, _ := os.ReadDir(noManifest); len(names) != 0 {
 		t.Fatalf("a backup whose manifest failed left %v", names)
 	}
 
-	for opts, says := range map[string]string{"size=4m": ".tar.zst", "size=64m,nr_inodes=3": "write manifest"} {
+	for opts, says := range map[string]string{"size=4m": ".tar.zst", "size=64m,nr_inodes=4": "write manifest"} {
 		sr := sftpRemote(t)
 		os.Mkdir(sr.dir, 0o700)
 		if err := syscall.Mount("tmpfs", sr.dir, "tmpfs", 0, opts); err != nil {

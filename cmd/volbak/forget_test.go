@@ -51,8 +51,10 @@ func TestForget(t *testing.T) {
 	for _, m := range left {
 		mustOK(t, volbak(t, "verify", vol+"@"+m.ID, "--from", store, "--host", m.Host))
 	}
-	if _, err := os.Stat(filepath.Join(store, filepath.FromSlash(ms[1].Archive))); !os.IsNotExist(err) {
-		t.Fatalf("the removed snapshot's archive: %v", err)
+	for _, key := range []string{ms[1].Archive, ms[1].Index} {
+		if _, err := os.Stat(filepath.Join(store, filepath.FromSlash(key))); !os.IsNotExist(err) {
+			t.Fatalf("the removed snapshot's %s: %v", key, err)
+		}
 	}
 }
 
@@ -77,8 +79,8 @@ func TestForgetTwiceAtOnce(t *testing.T) {
 		t.Fatalf("%d snapshots left, want 1", len(left))
 	}
 	entries, _ := os.ReadDir(filepath.Join(store, vol))
-	if len(entries) != 2 {
-		t.Fatalf("%d files left beside the kept snapshot's two", len(entries))
+	if len(entries) != 3 {
+		t.Fatalf("%d files left, want the kept snapshot's three (archive, index, manifest)", len(entries))
 	}
 }
 

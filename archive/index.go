@@ -2,6 +2,7 @@ package archive
 
 import (
 	"archive/tar"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -90,13 +91,16 @@ func (e *IndexEntry) Target() string {
 	return e.Link
 }
 
-// indexLine is e as one line of JSON, newline included.
+// indexLine is e as one line of JSON, newline included. Names keep their
+// <, > and & as they are, for a person reading them.
 func indexLine(e *IndexEntry) ([]byte, error) {
-	line, err := json.Marshal(e)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
 		return nil, fmt.Errorf("index entry %q: %w", e.Path, err)
 	}
-	return append(line, '\n'), nil
+	return b.Bytes(), nil
 }
 
 // fields are what a deep verify compares of two entries of one name, each

@@ -219,3 +219,18 @@ func TestComparePaths(t *testing.T) {
 		}
 	}
 }
+
+// Whatever two streams hold, the merge ends (with an error or not) and
+// never panics; a stream it reads whole compares equal to itself.
+func FuzzCompareIndex(f *testing.F) {
+	f.Add(entryLine(".", "dir")+entryLine("a", "file")+entryLine("a/b", "symlink"), entryLine(".", "dir"))
+	f.Add(`{"path":"x","type":"file","size":-1}`+"\n", "\n\n")
+	f.Add(`{"path":".","type":"dir","raw_path":"/w=="}`+"\n", `{}`+"\n")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		CompareIndex(strings.NewReader(a), strings.NewReader(b), 3)
+		c, err := CompareIndex(strings.NewReader(a), strings.NewReader(a), 3)
+		if err == nil && c.Differences != 0 {
+			t.Fatalf("a stream differs from itself: %+v", c)
+		}
+	})
+}

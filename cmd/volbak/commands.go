@@ -28,8 +28,9 @@ const storageHelp = `Storage is one of
   s3://BUCKET/PREFIX                  an S3 bucket (AWS or any S3-compatible store)
   sftp://USER@HOST:PORT/PATH          a directory over SFTP
 Snapshots are laid out the same in each:
-  <volume>/<UTC time>-<id>.tar.zst   the archive (tar + zstd, open with tar --zstd -xf)
-  <volume>/<UTC time>-<id>.json      its manifest, written last
+  <volume>/<UTC time>-<id>.tar.zst          the archive (tar + zstd, open with tar --zstd -xf)
+  <volume>/<UTC time>-<id>.index.jsonl.zst  its file index (JSON lines, read with zstd -dc)
+  <volume>/<UTC time>-<id>.json             its manifest, written last
 An archive without a manifest is an unfinished backup and is never listed.
 Secrets never go in the URL: see 'volbak help storage'.`
 

@@ -470,7 +470,7 @@ func (r *Runner) prune(ctx context.Context, st storage.Storage, j Job, volume, h
 		}
 		// Asked again right before: a manifest written since the listing
 		// makes it a snapshot.
-		manifest := strings.TrimSuffix(o.Key, ".tar.zst") + ".json"
+		manifest := snapshot.ManifestOf(o.Key)
 		rc, err := st.Open(ctx, manifest)
 		if err == nil {
 			rc.Close()

@@ -108,8 +108,8 @@ func (p *Problem) Fix() string {
 // nameOf is a manifest key's name without .json: <UTC time>-<id>.
 func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
 
-// archiveOf is the key of the archive beside a manifest's.
-func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ".tar.zst" }
+// archiveOf is the key of the (plain) archive beside a manifest's.
+func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ArchiveSuffix }
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched for the storage's sake (a dropped connection, an
@@ -139,7 +139,7 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		listed[o.Key] = true
 	}
 	for _, o := range objs {
-		if base, ok := strings.CutSuffix(o.Key, ".tar.zst"); ok && IsKey(o.Key) && !listed[base+".json"] {
+		if base, ok := dataBase(o.Key); ok && IsKey(o.Key) && !listed[base+".json"] {
 			c.Orphans = append(c.Orphans, o)
 		}
 		vol, created, id, ok := parseKey(o.Key)
@@ -228,10 +228,10 @@ func (k *kinded) Unwrap() []error {
 }
 
 // IsKey reports whether key is named as volbak names a snapshot's archive
-// or manifest, <volume>/<UTC time>-<id>.tar.zst or .json: a backend that
-// must tell its own leftovers from another tool's objects asks it.
+// or manifest, <volume>/<UTC time>-<id>.tar.zst[.age] or .json: a backend
+// that must tell its own leftovers from another tool's objects asks it.
 func IsKey(key string) bool {
-	if base, ok := strings.CutSuffix(key, ".tar.zst"); ok {
+	if base, ok := dataBase(key); ok {
 		key = base + ".json"
 	}
 	_, _, _, ok := parseKey(key)
@@ -311,10 +311,14 @@ func parse(key string, data []byte) (Manifest, error) {
 		return m, fmt.Errorf("it says volume %q, not %q, the directory it is in", m.Volume, vol)
 	case m.ID != id || m.Created.UTC().Format(timeLayout) != created.Format(timeLayout):
 		return m, fmt.Errorf("it says id %q made %s, not what its name says", m.ID, m.Created.UTC().Format(timeLayout))
-	case m.Archive != base+".tar.zst":
-		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+".tar.zst")
+	case m.Encryption == nil && m.Archive != base+ArchiveSuffix:
+		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+ArchiveSuffix)
+	case m.Encryption != nil && m.Archive != base+ArchiveSuffix+SealedSuffix:
+		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+ArchiveSuffix+SealedSuffix)
 	case len(m.SHA256) != 64 || m.Size < 0:
 		return m, errors.New("it is incomplete: no archive size or sha256")
+	case m.Encryption != nil && (m.Encryption.Format != "age" || len(m.Encryption.PlainSHA256) != 64 || m.Encryption.PlainSize < 0):
+		return m, errors.New("its encryption record is incomplete: no format age, or no plaintext size or sha256")
 	}
 	m.ManifestKey = key
 	return m, nil
@@ -333,21 +337,34 @@ func Delete(ctx context.Context, st storage.Storage, key string) error {
 	if err := st.Delete(ctx, key); err != nil {
 		return fmt.Errorf("delete manifest %s of %s@%s from %s: %w", key, vol, id, st, err)
 	}
-	archive := strings.TrimSuffix(key, ".json") + ".tar.zst"
 	// The manifest is gone: an interrupt now would leave an unlisted
-	// archive, so this finishes, within a bound.
+	// archive, so this finishes, within a bound. Every kind of data
+	// object is tried: the manifest, which said which, is gone.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := st.Delete(actx, archive); err != nil && !errors.Is(err, storage.ErrNotExist) {
-		return fmt.Errorf("snapshot %s@%s is no longer listed, but its archive %s could not be deleted from %s (delete it by hand): %w", vol, id, archive, st, err)
+	for _, suf := range dataSuffixes {
+		obj := strings.TrimSuffix(key, ".json") + suf
+		if err := st.Delete(actx, obj); err != nil && !errors.Is(err, storage.ErrNotExist) {
+			return fmt.Errorf("snapshot %s@%s is no longer listed, but its archive %s could not be deleted from %s (delete it by hand): %w", vol, id, obj, st, err)
+		}
 	}
 	return nil
+}
+
+// ManifestOf is the key of the manifest beside a data object (an archive),
+// "" if key is not named as one.
+func ManifestOf(key string) string {
+	base, ok := dataBase(key)
+	if !ok {
+		return ""
+	}
+	return base + ".json"
 }
 
 // ArchiveTime is when the backup that wrote the archive key began, as its
 // name says.
 func ArchiveTime(key string) (time.Time, bool) {
-	base, ok := strings.CutSuffix(key, ".tar.zst")
+	base, ok := dataBase(key)
 	if !ok {
 		return time.Time{}, false
 	}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"strings"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"text/tabwriter"
 
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/progress"
 	"github.com/volbak/volbak/restore"
 )
@@ -26,7 +29,7 @@ type verifyRow struct {
 // a manifest. Corrupt snapshots make it exit 3, any other failure 1;
 // archives without a manifest are reported, not failed (a backup killed
 // before its manifest, or one writing it now).
-func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON bool) error {
+func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON bool, keys *encrypt.Identities) error {
 	st, cat, err := g.catalog(ctx, from, volume)
 	if err != nil {
 		return err
@@ -39,7 +42,7 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 			continue
 		}
 		row := verifyRow{Snapshot: m.Volume + "@" + m.ID, Size: m.Size, Result: "ok"}
-		v, err := restore.Verify(ctx, st, m)
+		v, err := restore.Verify(ctx, st, m, keys)
 		if ctx.Err() != nil {
 			return fmt.Errorf("verify interrupted at %s: %w", row.Snapshot, ctx.Err())
 		}
@@ -52,6 +55,9 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 			failed++
 		case v.Transit != nil:
 			row.Reason = "sound in storage; " + v.Transit.Error()
+		}
+		if err == nil && v.Sealed {
+			row.Reason = strings.TrimPrefix(row.Reason+"; ", "; ") + "encrypted: stored bytes checked, contents not (no key given)"
 		}
 		rows = append(rows, row)
 	}

@@ -83,9 +83,9 @@ type Options struct {
 	// is one: a target that overlaps it is refused.
 	StoragePath string
 	// Keys open an encrypted snapshot (--identity, --passphrase-file).
-	Keys        *encrypt.Identities
-	Log         *slog.Logger
-	Progress    io.Writer
+	Keys     *encrypt.Identities
+	Log      *slog.Logger
+	Progress io.Writer
 }
 
 // Restore restores snapshot m from st. The target's old contents (if any)

@@ -5,8 +5,6 @@
 package encrypt
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -92,25 +90,31 @@ func (r *Recipients) AddFile(path string) error {
 	if err != nil {
 		return err
 	}
-	n, line := 0, 0
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line++
-		s := strings.TrimSpace(sc.Text())
+	return r.AddList(string(data), path)
+}
+
+// AddList adds the recipients of text, one per line (or comma-separated:
+// an environment variable), blank lines and # comments skipped; where
+// names it for messages.
+func (r *Recipients) AddList(text, where string) error {
+	n := 0
+	for i, line := range strings.Split(text, "\n") {
+		s := strings.TrimSpace(line)
 		if s == "" || strings.HasPrefix(s, "#") {
 			continue
 		}
-		if err := r.Add(s); err != nil {
-			return fmt.Errorf("%s line %d: %w", path, line, err)
+		for _, one := range strings.Split(s, ",") {
+			if strings.TrimSpace(one) == "" {
+				continue
+			}
+			if err := r.Add(one); err != nil {
+				return fmt.Errorf("%s line %d: %w", where, i+1, err)
+			}
+			n++
 		}
-		n++
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
 	}
 	if n == 0 {
-		return fmt.Errorf("recipients file %s holds no recipient", path)
+		return fmt.Errorf("%s holds no recipient", where)
 	}
 	return nil
 }

@@ -30,22 +30,28 @@ func (i *Identities) AddFile(path string) error {
 	if err != nil {
 		return err
 	}
+	return i.Add(data, "identity file "+path)
+}
+
+// Add adds the identities of data, an identity file's contents; where
+// names it for messages.
+func (i *Identities) Add(data []byte, where string) error {
 	if bytes.Contains(data, []byte("-----BEGIN")) {
 		id, err := agessh.ParseIdentity(data)
 		var missing *ssh.PassphraseMissingError
 		switch {
 		case errors.As(err, &missing):
-			return fmt.Errorf("identity file %s is a passphrase-protected SSH key, which volbak cannot prompt for: give an age identity, or a copy of the key without its passphrase (ssh-keygen -p)", path)
+			return fmt.Errorf("%s is a passphrase-protected SSH key, which volbak cannot prompt for: give an age identity, or a copy of the key without its passphrase (ssh-keygen -p)", where)
 		case err != nil:
 			// agessh's errors say what is wrong with the key, never its bytes.
-			return fmt.Errorf("identity file %s: not a usable SSH private key: %v", path, err)
+			return fmt.Errorf("%s: not a usable SSH private key: %v", where, err)
 		}
 		i.list = append(i.list, id)
 		return nil
 	}
 	ids, err := age.ParseIdentities(bytes.NewReader(data))
 	if err != nil {
-		return fmt.Errorf("identity file %s: %v (age secret keys, AGE-SECRET-KEY-1…, one per line, or an SSH private key)", path, err)
+		return fmt.Errorf("%s: %v (age secret keys, AGE-SECRET-KEY-1…, one per line, or an SSH private key)", where, err)
 	}
 	i.list = append(i.list, ids...)
 	return nil

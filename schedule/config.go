@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/notify"
 	"github.com/volbak/volbak/retention"
 	"github.com/volbak/volbak/snapshot"
@@ -62,6 +63,10 @@ type Job struct {
 	// otherwise).
 	NotifySuccess bool
 	Ping          string // a healthchecks.io-style URL (a secret: not printed)
+	// Encrypt, if not empty, encrypts the job's snapshots (age).
+	Encrypt *encrypt.Recipients
+	// Keys open the job's encrypted snapshots, for its verify runs.
+	Keys *encrypt.Identities
 }
 
 // Selection says which volumes a job backs up, found anew at each run.
@@ -107,6 +112,12 @@ type fileJob struct {
 	NotifySuccess bool   `yaml:"notify_success"`
 	Ping          string `yaml:"ping"`
 	PingFile      string `yaml:"ping_file"`
+	// Encryption (age): recipients, or a passphrase; and the key that
+	// opens them for verify.
+	EncryptTo      []string `yaml:"encrypt_to"`
+	EncryptToFile  string   `yaml:"encrypt_to_file"`
+	PassphraseFile string   `yaml:"passphrase_file"`
+	IdentityFile   string   `yaml:"identity_file"`
 }
 
 type fileSelect struct {
@@ -218,6 +229,9 @@ func parseFile(path string, data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("%s: name: letters, digits, _ . - (it names the metrics and the logs)", where)
 		}
 		j.NotifySuccess = fj.NotifySuccess
+		if j.Encrypt, j.Keys, err = fileKeys(fj); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", where, err)
+		}
 		if j.Ping, err = checkPing(ping); err != nil {
 			return Config{}, fmt.Errorf("%s: ping: %w", where, err)
 		}
@@ -400,7 +414,7 @@ func ParseKeep(s string) (retention.Policy, error) {
 var envVars = []string{
 	"VOLBAK_SCHEDULE", "VOLBAK_TZ", "VOLBAK_JITTER", "VOLBAK_TO", "VOLBAK_LEVEL", "VOLBAK_KEEP", "VOLBAK_NOTIFY",
 	"VOLBAK_VOLUMES", "VOLBAK_VOLUME_LABEL", "VOLBAK_CONTAINER_LABEL", "VOLBAK_ALL", "VOLBAK_EXCLUDE", "VOLBAK_ANONYMOUS",
-	"VOLBAK_NOTIFY_SUCCESS", "VOLBAK_PING",
+	"VOLBAK_NOTIFY_SUCCESS", "VOLBAK_PING", "VOLBAK_ENCRYPT_TO", "VOLBAK_PASSPHRASE", "VOLBAK_IDENTITY",
 	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE", "VOLBAK_HEALTH_GRACE", "VOLBAK_HOOK_TIMEOUT",
 }
 
@@ -511,6 +525,9 @@ func fromEnv(getenv func(string) string, environ []string) (Config, error) {
 		errs = append(errs, jerr)
 	}
 	j.NotifySuccess = flag("VOLBAK_NOTIFY_SUCCESS")
+	if j.Encrypt, j.Keys, err = envKeys(getenv, get); err != nil {
+		errs = append(errs, err)
+	}
 	if j.Ping, err = checkPing(get("VOLBAK_PING")); err != nil {
 		errs = append(errs, fmt.Errorf("VOLBAK_PING: %w", err))
 	}

@@ -373,6 +373,7 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	}()
 	bres, berr := backup.Volume(ctx, eng, sts, s.Volume, backup.Options{
 		Level: j.Level, Version: r.Version, Job: j.Name, Log: jlog, Streamed: restart, // it names the volume
+		Encrypt: j.Encrypt,
 	})
 	restart()
 	if bres.OK() > 0 {

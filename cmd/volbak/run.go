@@ -35,7 +35,11 @@ VOLBAK_TO (destinations, comma-separated), VOLBAK_KEEP
 (daily=7,weekly=4,monthly=6,within=30d; see volbak forget), VOLBAK_TZ,
 VOLBAK_JITTER, VOLBAK_LEVEL; VOLBAK_NOTIFY (shoutrrr URLs: ntfy://,
 slack://, discord://, telegram://, smtp://, generic://),
-VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); the selection
+VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); encryption:
+VOLBAK_ENCRYPT_TO (age or SSH public keys, one a line or comma-separated),
+or VOLBAK_PASSPHRASE (use VOLBAK_PASSPHRASE_FILE: an environment variable
+shows in docker inspect), and VOLBAK_IDENTITY (the key verify opens the
+job's snapshots with; its _FILE form names an identity file); the selection
 VOLBAK_VOLUMES, VOLBAK_VOLUME_LABEL (default volbak.backup=true),
 VOLBAK_CONTAINER_LABEL, VOLBAK_ALL, VOLBAK_EXCLUDE, VOLBAK_ANONYMOUS; and
 VOLBAK_CONCURRENCY, VOLBAK_LISTEN, VOLBAK_SHUTDOWN_GRACE,
@@ -54,6 +58,7 @@ VOLBAK_CONFIG):
       keep: {daily: 7, weekly: 4}
       notify_file: /run/secrets/notify       # or notify: [URL...]
       ping_file: /run/secrets/healthchecks   # or ping: URL
+      encrypt_to: [age1…, "ssh-ed25519 AAAA…"]   # or encrypt_to_file: FILE, passphrase_file: FILE
 
 Each run selects its volumes anew. For each volume: the volbak.exec-pre
 command of each running container that mounts it runs first (/bin/sh -c,
@@ -181,6 +186,9 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 	}
 	fmt.Fprintf(w, "  to        %s\n", strings.Join(to, ", "))
 	fmt.Fprintf(w, "  level     %s\n", j.Level)
+	if !j.Encrypt.Empty() {
+		fmt.Fprintf(w, "  encrypt   age, to %s\n", strings.Join(j.Encrypt.Public, ", "))
+	}
 	keep := "everything (no keep policy)"
 	if !j.Keep.Empty() {
 		keep = j.Keep.String()

@@ -29,6 +29,7 @@ const storageHelp = `Storage is one of
   sftp://USER@HOST:PORT/PATH          a directory over SFTP
 Snapshots are laid out the same in each:
   <volume>/<UTC time>-<id>.tar.zst   the archive (tar + zstd, open with tar --zstd -xf)
+  <volume>/<UTC time>-<id>.tar.zst.age  an encrypted one (age -d first)
   <volume>/<UTC time>-<id>.json      its manifest, written last
 An archive without a manifest is an unfinished backup and is never listed.
 Secrets never go in the URL: see 'volbak help storage'.`

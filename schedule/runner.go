@@ -41,6 +41,9 @@ type Runner struct {
 	// OnStart and OnDone, if set, are told of each run (notifications).
 	OnStart func(ctx context.Context, j Job)
 	OnDone  func(ctx context.Context, j Job, r Result)
+	// Deep, if set, is how a verify schedule with deep: true checks a
+	// snapshot.
+	Deep DeepVerify
 }
 
 // Result is one run of a job.
@@ -129,7 +132,11 @@ func (r *Runner) Run(ctx context.Context, j Job) (res Result) {
 			r.OnDone(ctx, j, res)
 		}
 	}()
-	res.Err = r.run(ctx, j, log, &res)
+	if j.VerifyOf != "" {
+		res.Err = r.verify(ctx, j, log, &res)
+	} else {
+		res.Err = r.run(ctx, j, log, &res)
+	}
 	return res
 }
 

@@ -42,9 +42,9 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 			log.Error("containers a killed volbak had stopped could not all be started again", "err", rerr)
 		}
 	}
-	metrics := schedule.NewMetrics(cfg.Jobs)
-	health := schedule.NewHealth(cfg.Jobs, time.Now(), cfg.HealthGrace, dir)
-	notifiers, err := newNotifiers(cfg.Jobs, log)
+	metrics := schedule.NewMetrics(cfg.Scheduled())
+	health := schedule.NewHealth(cfg.Scheduled(), time.Now(), cfg.HealthGrace, dir)
+	notifiers, err := newNotifiers(cfg.Scheduled(), log)
 	if err != nil {
 		return usageError{err}
 	}
@@ -100,7 +100,7 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 		return runOnce(ctx, loopCtx, runCtx, cfg, runner)
 	}
 	sch := &schedule.Scheduler{
-		Jobs: cfg.Jobs, Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
+		Jobs: cfg.Scheduled(), Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
 		RunContext: runCtx,
 		Run: func(ctx context.Context, j schedule.Job) {
 			runner.Run(ctx, j)

@@ -236,6 +236,7 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Duration = now().Sub(start).Seconds()
 		if sealed != nil {
 			m.Encryption.PlainSize, m.Encryption.PlainSHA256 = sealed.Plain()
+			m.Encryption.HeaderSize, m.Encryption.HeaderSHA256 = sealed.HeaderSize, sealed.HeaderSHA256
 		}
 	}
 	res.Manifest = m

@@ -68,11 +68,12 @@ func parseRecipient(s string) (age.Recipient, string, error) {
 			return nil, "", fmt.Errorf("age recipient %q is not a valid age public key (age1…, as age-keygen prints it)", short(s))
 		}
 		return recs[0], s, nil
-	case strings.HasPrefix(s, "AGE-SECRET-KEY-"), strings.Contains(s, "PRIVATE KEY"):
-		// Never echoed: it is a secret given where a public key belongs.
+	case strings.HasPrefix(strings.ToUpper(s), "AGE-SECRET-KEY-"), strings.Contains(s, "PRIVATE KEY"):
 		return nil, "", errors.New("a private key was given as a recipient: give its public key (age-keygen -y KEYFILE, or the .pub file of an SSH key)")
 	}
-	return nil, "", fmt.Errorf("recipient %q is neither an age public key (age1…) nor an SSH public key (ssh-ed25519 …, ssh-rsa …)", short(s))
+	// Not echoed: whatever else it is may be a secret given in the wrong
+	// place (a passphrase file named as a recipients file).
+	return nil, "", errors.New("not a recipient: neither an age public key (age1…) nor an SSH public key (ssh-ed25519 …, ssh-rsa …)")
 }
 
 // short cuts a public string for a message: enough to recognise it.
@@ -90,20 +91,25 @@ func (r *Recipients) AddFile(path string) error {
 	if err != nil {
 		return err
 	}
-	return r.AddList(string(data), path)
+	return r.AddList(string(data), path, false)
 }
 
-// AddList adds the recipients of text, one per line (or comma-separated:
-// an environment variable), blank lines and # comments skipped; where
-// names it for messages.
-func (r *Recipients) AddList(text, where string) error {
+// AddList adds the recipients of text, one per line, blank lines and #
+// comments skipped, and with commas also comma-separated (an environment
+// variable; a file is read as age -R reads it, where an SSH key's comment
+// may hold a comma); where names it for messages.
+func (r *Recipients) AddList(text, where string, commas bool) error {
 	n := 0
 	for i, line := range strings.Split(text, "\n") {
 		s := strings.TrimSpace(line)
 		if s == "" || strings.HasPrefix(s, "#") {
 			continue
 		}
-		for _, one := range strings.Split(s, ",") {
+		parts := []string{s}
+		if commas {
+			parts = strings.Split(s, ",")
+		}
+		for _, one := range parts {
 			if strings.TrimSpace(one) == "" {
 				continue
 			}
@@ -138,6 +144,7 @@ func (r *Recipients) SetPassphrase(pass string) error {
 	if err != nil {
 		return fmt.Errorf("passphrase: %w", err)
 	}
+	rec.SetWorkFactor(ScryptWorkFactor)
 	r.list = []age.Recipient{rec}
 	r.Public = []string{"passphrase"}
 	r.Passphrase = true
@@ -151,10 +158,18 @@ func ReadPassphrase(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	pass, _, _ := strings.Cut(string(data), "\n")
+	return ParsePassphrase(string(data), "passphrase file "+path)
+}
+
+// ParsePassphrase is a passphrase as given in text (a file's contents, an
+// environment variable): its first line, without a CR a Windows editor
+// left; where names text for messages. An empty first line is refused:
+// taken as no passphrase, it would store the backups unencrypted.
+func ParsePassphrase(text, where string) (string, error) {
+	pass, _, _ := strings.Cut(text, "\n")
 	pass = strings.TrimSuffix(pass, "\r")
 	if pass == "" {
-		return "", fmt.Errorf("passphrase file %s is empty: write the passphrase on its first line", path)
+		return "", fmt.Errorf("%s: the first line is empty: write the passphrase on it", where)
 	}
 	return pass, nil
 }
@@ -180,6 +195,12 @@ func readSmall(path, what string) ([]byte, error) {
 	return data, nil
 }
 
+// ScryptWorkFactor is log2 of scrypt's N for passphrases: age's default
+// (about 1-2 s and 256 MiB a seal or an open). Opening refuses more, so a
+// header changed by whoever holds the storage cannot make volbak allocate
+// age's maximum (4 GiB).
+const ScryptWorkFactor = 18
+
 // Writer is a sealing stream: what is written to it goes to the
 // destination encrypted; Close writes the last chunk. Sum and Size are of
 // the plaintext written.
@@ -187,6 +208,11 @@ type Writer struct {
 	w    io.WriteCloser
 	sum  hashWriter
 	size int64
+	// Header is the age header and nonce as written: their size and
+	// sha256, which the manifest records so that damage there is told
+	// from a wrong key.
+	HeaderSize   int64
+	HeaderSHA256 string
 }
 
 type hashWriter interface {
@@ -196,11 +222,27 @@ type hashWriter interface {
 
 // Seal starts an age file on dst for r's recipients.
 func (r *Recipients) Seal(dst io.Writer) (*Writer, error) {
-	w, err := age.Encrypt(dst, r.list...)
+	// age.Encrypt writes the header and the nonce before it returns, and
+	// nothing else: what passed through hw by then is the header.
+	hw := &headerWriter{w: dst, h: sha256.New()}
+	w, err := age.Encrypt(hw, r.list...)
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
-	return &Writer{w: w, sum: sha256.New()}, nil
+	return &Writer{w: w, sum: sha256.New(), HeaderSize: hw.n, HeaderSHA256: hex.EncodeToString(hw.h.Sum(nil))}, nil
+}
+
+type headerWriter struct {
+	w io.Writer
+	h hashWriter
+	n int64
+}
+
+func (hw *headerWriter) Write(p []byte) (int, error) {
+	n, err := hw.w.Write(p)
+	hw.h.Write(p[:n])
+	hw.n += int64(n)
+	return n, err
 }
 
 func (w *Writer) Write(p []byte) (int, error) {

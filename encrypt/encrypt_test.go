@@ -18,7 +18,15 @@ import (
 
 var errCorrupt = errors.New("corrupt")
 
-func seal(t *testing.T, r *Recipients, plain []byte) ([]byte, int64, string) {
+// sealedFile is an age file and what a manifest records of it.
+type sealedFile struct {
+	data []byte
+	n    int64
+	sum  string
+	hdr  Header
+}
+
+func seal(t *testing.T, r *Recipients, plain []byte) sealedFile {
 	t.Helper()
 	var out bytes.Buffer
 	w, err := r.Seal(&out)
@@ -30,15 +38,15 @@ func seal(t *testing.T, r *Recipients, plain []byte) ([]byte, int64, string) {
 		t.Fatal(err)
 	}
 	n, sum := w.Plain()
-	return out.Bytes(), n, sum
+	return sealedFile{out.Bytes(), n, sum, Header{w.HeaderSize, w.HeaderSHA256}}
 }
 
-func open(ids *Identities, sealed []byte, to []string, n int64, sum string) ([]byte, error) {
-	plain, err := ids.Open(bytes.NewReader(sealed), to)
+func open(ids *Identities, f sealedFile, to []string) ([]byte, error) {
+	plain, err := ids.Open(bytes.NewReader(f.data), to, f.hdr)
 	if err != nil {
 		return nil, err
 	}
-	return io.ReadAll(Check(plain, n, sum, func() error { return nil }, errCorrupt))
+	return io.ReadAll(Check(plain, f.n, f.sum, func() error { return nil }, errCorrupt))
 }
 
 func file(t *testing.T, data string) string {
@@ -67,8 +75,8 @@ func TestRoundTripEachKind(t *testing.T) {
 	if len(r.Public) != 2 || !strings.HasPrefix(r.Public[1], "ssh-ed25519 SHA256:") {
 		t.Fatalf("public: %q", r.Public)
 	}
-	sealed, n, sum := seal(t, r, plain)
-	if bytes.Contains(sealed, plain[:64]) {
+	sealed := seal(t, r, plain)
+	if bytes.Contains(sealed.data, plain[:64]) {
 		t.Fatal("plaintext in the sealed stream")
 	}
 	for name, idFile := range map[string]string{"age": id.String() + "\n", "ssh": string(pem.EncodeToMemory(block))} {
@@ -76,7 +84,7 @@ func TestRoundTripEachKind(t *testing.T) {
 		if err := ids.AddFile(file(t, idFile)); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		got, err := open(ids, sealed, r.Public, n, sum)
+		got, err := open(ids, sealed, r.Public)
 		if err != nil || !bytes.Equal(got, plain) {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -85,10 +93,10 @@ func TestRoundTripEachKind(t *testing.T) {
 	other, _ := age.GenerateX25519Identity()
 	ids := &Identities{}
 	ids.AddFile(file(t, other.String()))
-	if _, err := open(ids, sealed, r.Public, n, sum); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), id.Recipient().String()) {
+	if _, err := open(ids, sealed, r.Public); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), id.Recipient().String()) {
 		t.Fatalf("wrong key: %v", err)
 	}
-	if _, err := open(nil, sealed, r.Public, n, sum); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), "--identity") {
+	if _, err := open(nil, sealed, r.Public); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), "--identity") {
 		t.Fatalf("no key: %v", err)
 	}
 }
@@ -101,15 +109,15 @@ func TestPassphrase(t *testing.T) {
 	if err := r.Add("age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"); err == nil {
 		t.Fatal("a recipient beside a passphrase was taken")
 	}
-	sealed, n, sum := seal(t, r, []byte("data"))
+	sealed := seal(t, r, []byte("data"))
 	ids := &Identities{}
 	ids.AddPassphrase("s3cret")
-	if got, err := open(ids, sealed, r.Public, n, sum); err != nil || string(got) != "data" {
+	if got, err := open(ids, sealed, r.Public); err != nil || string(got) != "data" {
 		t.Fatalf("%q %v", got, err)
 	}
 	ids = &Identities{}
 	ids.AddPassphrase("wrong")
-	if _, err := open(ids, sealed, r.Public, n, sum); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), "a passphrase") {
+	if _, err := open(ids, sealed, r.Public); !errors.Is(err, ErrNoKey) || !strings.Contains(err.Error(), "a passphrase") {
 		t.Fatalf("wrong passphrase: %v", err)
 	}
 	if _, err := ReadPassphrase(file(t, "\nsecond line")); err == nil {
@@ -131,9 +139,13 @@ func TestSecretsNeverEchoed(t *testing.T) {
 	if err := ids.AddFile(file(t, bad)); err == nil || strings.Contains(err.Error(), bad[16:]) {
 		t.Fatalf("bad identity: %v", err)
 	}
-	for _, s := range []string{"", "age1nope", "ssh-ed25519 AAAAbroken", "gpg:1234"} {
-		if err := (&Recipients{}).Add(s); err == nil {
+	for _, s := range []string{"", "age1nope", "ssh-ed25519 AAAAbroken", "gpg:1234", "correct horse battery staple"} {
+		err := (&Recipients{}).Add(s)
+		if err == nil {
 			t.Fatalf("%q taken as a recipient", s)
+		}
+		if strings.Contains(err.Error(), "horse") {
+			t.Fatalf("a passphrase given as a recipient is echoed: %v", err)
 		}
 	}
 }
@@ -145,17 +157,30 @@ func TestDamage(t *testing.T) {
 	r := &Recipients{}
 	r.Add(id.Recipient().String())
 	plain := bytes.Repeat([]byte("x"), 200000)
-	sealed, n, sum := seal(t, r, plain)
+	sealed := seal(t, r, plain)
 	ids := &Identities{}
 	ids.AddFile(file(t, id.String()))
-	flipped := bytes.Clone(sealed)
+	with := func(data []byte) sealedFile { f := sealed; f.data = data; return f }
+	flipped := bytes.Clone(sealed.data)
 	flipped[len(flipped)/2] ^= 1
-	for name, c := range map[string][]byte{"flipped": flipped, "cut": sealed[:len(sealed)-100], "cut at a chunk": sealed[:len(sealed)/2]} {
-		if _, err := open(ids, c, r.Public, n, sum); !errors.Is(err, ErrDamaged) || !errors.Is(err, errCorrupt) {
+	for name, c := range map[string][]byte{"flipped": flipped, "cut": sealed.data[:len(sealed.data)-100], "cut at a chunk": sealed.data[:len(sealed.data)/2]} {
+		if _, err := open(ids, with(c), r.Public); !errors.Is(err, ErrDamaged) || !errors.Is(err, errCorrupt) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	if _, err := open(ids, sealed, r.Public, n, strings.Repeat("0", 64)); !errors.Is(err, ErrDamaged) {
+	wrongSum := sealed
+	wrongSum.sum = strings.Repeat("0", 64)
+	if _, err := open(ids, wrongSum, r.Public); !errors.Is(err, ErrDamaged) {
 		t.Fatalf("wrong plaintext sum: %v", err)
+	}
+	// Every bit of the header flipped in turn: damage, never a wrong key
+	// (age reports a stanza it cannot unwrap as not its key).
+	for i := range sealed.hdr.Size * 8 {
+		d := bytes.Clone(sealed.data)
+		d[i/8] ^= 1 << (i % 8)
+		_, err := open(ids, with(d), r.Public)
+		if errors.Is(err, ErrNoKey) || err == nil {
+			t.Fatalf("bit %d of the header flipped: %v", i, err)
+		}
 	}
 }

@@ -73,6 +73,7 @@ func (i *Identities) AddPassphrase(pass string) error {
 	if err != nil {
 		return fmt.Errorf("passphrase: %w", err)
 	}
+	id.SetMaxWorkFactor(ScryptWorkFactor)
 	i.list = append(i.list, id)
 	return nil
 }
@@ -84,26 +85,69 @@ var ErrNoKey = errors.New("no key opens the snapshot")
 // stored bytes were changed, or were never a whole age file.
 var ErrDamaged = errors.New("encrypted archive does not decrypt")
 
+// Header is what a manifest records of an age file's header (and nonce):
+// its size and sha256.
+type Header struct {
+	Size   int64
+	SHA256 string
+}
+
 // Open reads the age header from src and returns the plaintext. It fails
 // before returning any plaintext if no identity matches; to names the
-// recipients the snapshot records, for the message.
-func (i *Identities) Open(src io.Reader, to []string) (io.Reader, error) {
+// recipients the snapshot records, for the message. A header that is not
+// the one recorded (hdr) is damage, never a wrong key: age cannot tell a
+// stanza it cannot unwrap because it is damaged from one for another key.
+func (i *Identities) Open(src io.Reader, to []string, hdr Header) (io.Reader, error) {
 	if i.Empty() {
 		return nil, fmt.Errorf("%w: it is encrypted to %s; give --identity FILE (or --passphrase-file FILE)", ErrNoKey, recipientsText(to))
 	}
-	r, err := age.Decrypt(src, i.list...)
-	var nomatch *age.NoIdentityMatchError
-	switch {
-	case errors.As(err, &nomatch), errors.Is(err, age.ErrIncorrectIdentity):
-		return nil, fmt.Errorf("%w: it is encrypted to %s, and none of the keys given is one of them", ErrNoKey, recipientsText(to))
-	case err != nil && strings.Contains(err.Error(), "scrypt"):
-		// age refuses to try a passphrase on a file for recipients and the
-		// other way round; its wording is about stanzas.
-		return nil, fmt.Errorf("%w: it is encrypted to %s: %v", ErrNoKey, recipientsText(to), err)
-	case err != nil:
-		return nil, err
+	hr := &headerReader{r: src, h: sha256.New(), left: hdr.Size}
+	r, err := age.Decrypt(hr, i.list...)
+	if err == nil {
+		return r, nil
 	}
-	return r, nil
+	if damaged, rerr := hr.damaged(hdr.SHA256); rerr != nil {
+		return nil, rerr
+	} else if damaged {
+		return nil, fmt.Errorf("%w: its age header is not the one the backup wrote (%v)", ErrDamaged, err)
+	}
+	var nomatch *age.NoIdentityMatchError
+	if errors.As(err, &nomatch) || errors.Is(err, age.ErrIncorrectIdentity) {
+		return nil, fmt.Errorf("%w: it is encrypted to %s, and none of the keys given is one of them", ErrNoKey, recipientsText(to))
+	}
+	// An intact header that still does not open: a passphrase given for
+	// a file encrypted to keys, or the other way round.
+	return nil, fmt.Errorf("%w: it is encrypted to %s: %v", ErrNoKey, recipientsText(to), err)
+}
+
+// headerReader hashes the first left bytes read through it: the header
+// as read, to hold against the one recorded.
+type headerReader struct {
+	r    io.Reader
+	h    hash.Hash
+	left int64
+}
+
+func (hr *headerReader) Read(p []byte) (int, error) {
+	n, err := hr.r.Read(p)
+	take := min(int64(n), hr.left)
+	hr.h.Write(p[:take])
+	hr.left -= take
+	return n, err
+}
+
+// damaged reads the rest of the header if age stopped short of it, and
+// says whether it differs from sum; an error if it could not be read.
+func (hr *headerReader) damaged(sum string) (bool, error) {
+	if hr.left > 0 {
+		if _, err := io.CopyN(io.Discard, hr, hr.left); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return true, nil // shorter than its header
+			}
+			return false, err
+		}
+	}
+	return hex.EncodeToString(hr.h.Sum(nil)) != sum, nil
 }
 
 func recipientsText(to []string) string {

@@ -21,14 +21,17 @@ func open(v *verifier, m snapshot.Manifest, keys *encrypt.Identities) (io.Reader
 	if m.Encryption == nil {
 		return v, nil
 	}
-	plain, err := keys.Open(v, m.Encryption.Recipients)
+	e := m.Encryption
+	plain, err := keys.Open(v, e.Recipients, encrypt.Header{Size: e.HeaderSize, SHA256: e.HeaderSHA256})
 	switch {
-	case errors.Is(err, encrypt.ErrNoKey):
-		return nil, fmt.Errorf("snapshot %s@%s: %w", m.Volume, m.ID, err)
 	case err != nil && v.fail != nil:
 		return nil, v.fail
 	case err != nil && v.lastErr != nil:
 		return nil, v.lastErr // the read failed, not the archive
+	case errors.Is(err, encrypt.ErrNoKey):
+		return nil, err
+	case errors.Is(err, encrypt.ErrDamaged):
+		return nil, fmt.Errorf("%w: archive %s: %w", ErrCorrupt, m.Archive, err)
 	case err != nil:
 		return nil, fmt.Errorf("%w: archive %s is not a readable age file: %v", ErrCorrupt, m.Archive, err)
 	}

@@ -3,7 +3,6 @@ package schedule
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/volbak/volbak/encrypt"
 )
@@ -57,7 +56,7 @@ func envKeys(getenv func(string) string, get func(string) string) (*encrypt.Reci
 	var r *encrypt.Recipients
 	if to := get("VOLBAK_ENCRYPT_TO"); to != "" {
 		r = &encrypt.Recipients{}
-		if err := r.AddList(to, "VOLBAK_ENCRYPT_TO"); err != nil {
+		if err := r.AddList(to, "VOLBAK_ENCRYPT_TO", true); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -70,8 +69,12 @@ func envKeys(getenv func(string) string, get func(string) string) (*encrypt.Reci
 		if pass, err = encrypt.ReadPassphrase(f); err != nil {
 			return nil, nil, fmt.Errorf("VOLBAK_PASSPHRASE_FILE: %w", err)
 		}
+	} else if pass != "" {
+		var err error
+		if pass, err = encrypt.ParsePassphrase(pass, "VOLBAK_PASSPHRASE"); err != nil {
+			return nil, nil, err
+		}
 	}
-	pass, _, _ = strings.Cut(pass, "\n")
 	var ids *encrypt.Identities
 	if pass != "" {
 		if r == nil {

@@ -96,9 +96,9 @@ func (p *Problem) Fix() string {
 	case errors.Is(p.Err, ErrMisplaced) && p.Twin:
 		return fmt.Sprintf("%s/ holds a manifest of the same name, so this is a copy of it or the same file under a second name "+
 			"(a link, a bind mount, a filesystem that ignores case); volbak will not delete it, lest that delete %s's snapshot: "+
-			"if it is a copy, remove %s and %s by hand", p.Owner, p.Owner, p.Key, archiveOf(p.Key))
+			"if it is a copy, remove %s and %s by hand", p.Owner, p.Owner, p.Key, archivesOf(p.Key))
 	case errors.Is(p.Err, ErrMisplaced):
-		return fmt.Sprintf("it is %s's: move it and %s into %s/ rather than delete it", p.Owner, archiveOf(p.Key), p.Owner)
+		return fmt.Sprintf("it is %s's: move it and %s into %s/ rather than delete it", p.Owner, archivesOf(p.Key), p.Owner)
 	case errors.Is(p.Err, fs.ErrPermission):
 		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}
@@ -108,8 +108,12 @@ func (p *Problem) Fix() string {
 // nameOf is a manifest key's name without .json: <UTC time>-<id>.
 func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
 
-// archiveOf is the key of the (plain) archive beside a manifest's.
+// archiveOf is the key of the plain archive beside a manifest's.
 func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ArchiveSuffix }
+
+// archivesOf names the archive beside a manifest for a message, whichever
+// kind it is: a manifest that cannot be used does not say.
+func archivesOf(key string) string { return archiveOf(key) + " (or " + archiveOf(key) + SealedSuffix + ")" }
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched for the storage's sake (a dropped connection, an
@@ -317,8 +321,9 @@ func parse(key string, data []byte) (Manifest, error) {
 		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+ArchiveSuffix+SealedSuffix)
 	case len(m.SHA256) != 64 || m.Size < 0:
 		return m, errors.New("it is incomplete: no archive size or sha256")
-	case m.Encryption != nil && (m.Encryption.Format != "age" || len(m.Encryption.PlainSHA256) != 64 || m.Encryption.PlainSize < 0):
-		return m, errors.New("its encryption record is incomplete: no format age, or no plaintext size or sha256")
+	case m.Encryption != nil && (m.Encryption.Format != "age" || len(m.Encryption.PlainSHA256) != 64 || m.Encryption.PlainSize < 0 ||
+		len(m.Encryption.HeaderSHA256) != 64 || m.Encryption.HeaderSize <= 0):
+		return m, errors.New("its encryption record is incomplete: no format age, or no plaintext or header size and sha256")
 	}
 	m.ManifestKey = key
 	return m, nil

@@ -31,8 +31,11 @@ import (
 // its archive as plain zstd and call it corrupt).
 const FormatVersion = 2
 
-// FormatEncrypted is the format of an encrypted snapshot's manifest.
-const FormatEncrypted = 2
+// The formats a manifest says: plain, or encrypted.
+const (
+	FormatPlain     = 1
+	FormatEncrypted = 2
+)
 
 // Suffixes of a snapshot's archive beside its manifest.
 const (
@@ -102,6 +105,10 @@ type Encryption struct {
 	Passphrase  bool     `json:"passphrase,omitempty"`
 	PlainSize   int64    `json:"plain_size"`   // bytes of the tar.zst inside
 	PlainSHA256 string   `json:"plain_sha256"` // of the tar.zst inside
+	// The age header (with the nonce): damage there is told from a
+	// wrong key by it.
+	HeaderSize   int64  `json:"header_size"`
+	HeaderSHA256 string `json:"header_sha256"`
 }
 
 const timeLayout = "20060102T150405Z"
@@ -110,7 +117,7 @@ const timeLayout = "20060102T150405Z"
 func New(volume string, t time.Time) Manifest {
 	var b [4]byte
 	rand.Read(b[:])
-	m := Manifest{Format: FormatVersion, ID: hex.EncodeToString(b[:]), Volume: volume, Created: t.UTC()}
+	m := Manifest{Format: FormatPlain, ID: hex.EncodeToString(b[:]), Volume: volume, Created: t.UTC()}
 	m.Archive = m.base() + ArchiveSuffix
 	return m
 }

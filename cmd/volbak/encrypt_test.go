@@ -183,7 +183,13 @@ func TestEncryptedPassphrase(t *testing.T) {
 // A damaged encrypted archive fails verify and restore as corrupt, with or
 // without a key, and the restore leaves nothing.
 func TestEncryptedDamaged(t *testing.T) {
-	vol, _, _ := markedVolume(t)
+	// Larger than a read's buffer, so that age meets the damage inside
+	// the payload before the stored sha256 is known.
+	vol, _ := newVolume(t, nil, func(d string) error {
+		noise := make([]byte, 6<<20)
+		rand.Read(noise)
+		return os.WriteFile(filepath.Join(d, "noise"), noise, 0o600)
+	})
 	k := newKeys(t)
 	for _, damage := range []struct {
 		name string
@@ -191,6 +197,15 @@ func TestEncryptedDamaged(t *testing.T) {
 	}{
 		{"flipped", func(t *testing.T, store string, m snapshot.Manifest) { flipByte(t, store, m) }},
 		{"truncated", func(t *testing.T, store string, m snapshot.Manifest) { truncateArchive(t, store, m) }},
+		// age cannot tell a damaged stanza from one for another key: the
+		// header's recorded sha256 does.
+		{"header", func(t *testing.T, store string, m snapshot.Manifest) {
+			p := archivePath(store, m)
+			data, _ := os.ReadFile(p)
+			i := bytes.Index(data, []byte("X25519"))
+			data[i] = 'Y'
+			os.WriteFile(p, data, 0o600)
+		}},
 	} {
 		t.Run(damage.name, func(t *testing.T) {
 			store := t.TempDir()

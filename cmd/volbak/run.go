@@ -37,9 +37,10 @@ VOLBAK_JITTER, VOLBAK_LEVEL; VOLBAK_NOTIFY (shoutrrr URLs: ntfy://,
 slack://, discord://, telegram://, smtp://, generic://),
 VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); encryption:
 VOLBAK_ENCRYPT_TO (age or SSH public keys, one a line or comma-separated),
-or VOLBAK_PASSPHRASE (use VOLBAK_PASSPHRASE_FILE: an environment variable
-shows in docker inspect), and VOLBAK_IDENTITY (the key verify opens the
-job's snapshots with; its _FILE form names an identity file);
+or VOLBAK_PASSPHRASE, and VOLBAK_IDENTITY (the key verify opens the job's
+snapshots with): give secrets as VOLBAK_PASSPHRASE_FILE and
+VOLBAK_IDENTITY_FILE (Docker secrets), since an environment variable shows
+in docker inspect;
 VOLBAK_VERIFY_SCHEDULE (when to verify the job's snapshots: each
 volume's latest, or all with VOLBAK_VERIFY_ALL; VOLBAK_VERIFY_DEEP
 restores each into a throwaway volume and compares every file); the selection

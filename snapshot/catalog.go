@@ -113,7 +113,9 @@ func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + Ar
 
 // archivesOf names the archive beside a manifest for a message, whichever
 // kind it is: a manifest that cannot be used does not say.
-func archivesOf(key string) string { return archiveOf(key) + " (or " + archiveOf(key) + SealedSuffix + ")" }
+func archivesOf(key string) string {
+	return archiveOf(key) + " (or " + archiveOf(key) + SealedSuffix + ")"
+}
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched for the storage's sake (a dropped connection, an

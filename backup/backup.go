@@ -17,6 +17,7 @@ import (
 
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/progress"
 	"github.com/volbak/volbak/snapshot"
@@ -45,9 +46,11 @@ type Options struct {
 	// part. The caller still makes sure of what it undoes on every path:
 	// a backup that fails before its helper reads never calls it.
 	Streamed func()
-	// WrapIndex, if set, wraps the index's stored stream (an encryptor;
-	// see indexUpload).
-	WrapIndex func(io.Writer) (io.WriteCloser, error)
+	// Encrypt, if not empty, stores the archive as an age file for these
+	// recipients: sealed here, after the plaintext's sha256 is taken, so
+	// that the helper never holds a key and the manifest says both what is
+	// stored and what it decrypts to. The index is sealed too.
+	Encrypt *encrypt.Recipients
 }
 
 // errStorageGaveUp is what the helper's stdout writes see once every
@@ -144,6 +147,9 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	m := snapshot.New(name, start)
 	m.Labels, m.Driver, m.DriverOpts = vol.Labels, vol.Driver, vol.Options
 	m.VolbakVersion, m.Host, m.Level, m.Job = opts.Version, eng.Hostname(ctx), string(opts.Level), opts.Job
+	if !opts.Encrypt.Empty() {
+		m.Seal(opts.Encrypt.Public, opts.Encrypt.Passphrase)
+	}
 
 	events := &agent.Events{OnWarning: func(path, msg string) {
 		log.Warn("file not archived as it was", "path", path, "reason", msg)
@@ -158,15 +164,35 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	}
 
 	tee := newFanout(ctx, dests, m.Archive)
-	idx, err := newIndexUpload(ctx, dests, m.IndexKey(), tee, opts.WrapIndex)
+	var out io.Writer = tee
+	var sealed *encrypt.Writer
+	var sealIndex func(io.Writer) (io.WriteCloser, error)
+	if m.Encryption != nil {
+		// The age header goes out now, before the helper runs: a
+		// destination that cannot take it fails here.
+		if sealed, err = opts.Encrypt.Seal(tee); err != nil {
+			tee.finish(err)
+			return fail(fmt.Errorf("backup of %s: %w", name, err))
+		}
+		out = sealed
+		// The index names every file: it is sealed as the archive is.
+		sealIndex = func(w io.Writer) (io.WriteCloser, error) {
+			sw, err := opts.Encrypt.Seal(w)
+			if err != nil {
+				return nil, err
+			}
+			return sw, nil
+		}
+	}
+	idx, err := newIndexUpload(ctx, dests, m.IndexKey(), tee, sealIndex)
 	if err != nil {
 		tee.finish(err)
-		return fail(err)
+		return fail(fmt.Errorf("backup of %s: %w", name, err))
 	}
 	events.Index = idx
 	runErr := eng.Run(ctx, engine.Helper{
 		Op: "backup", Volume: name, ReadOnly: true, Args: args, Caps: engine.CapsRead,
-		Stdout: tee, Stderr: events,
+		Stdout: out, Stderr: events,
 	})
 	if runErr != nil && !errors.Is(runErr, errStorageGaveUp) {
 		runErr = helperError(runErr, events, name)
@@ -183,7 +209,12 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	if end == nil && done == nil {
 		end = errNoReport
 	}
-	// The index first: a destination whose index fails gets no archive.
+	if end == nil && sealed != nil {
+		// The last chunk, which age marks as last: without it the file
+		// does not decrypt, so it is written before anything commits.
+		end = sealed.Close()
+	}
+	// The index next: a destination whose index fails gets no archive.
 	idxErrs := idx.finish(end, events, done)
 	putErrs := tee.finish(end) // nil: the archive is complete, the Puts may commit it
 	stopMeter()                // before anything else is printed
@@ -222,6 +253,10 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		m.Size, m.SHA256 = tee.n, hex.EncodeToString(tee.sum.Sum(nil))
 		m.Uncompressed, m.Files, m.Warnings = done.Bytes, done.Entries, done.Warnings
 		m.Duration = now().Sub(start).Seconds()
+		if sealed != nil {
+			m.Encryption.PlainSize, m.Encryption.PlainSHA256 = sealed.Plain()
+			m.Encryption.HeaderSize, m.Encryption.HeaderSHA256 = sealed.HeaderSize, sealed.HeaderSHA256
+		}
 		idx.record(&m, events)
 	}
 	res.Manifest = m

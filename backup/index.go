@@ -37,8 +37,9 @@ type indexUpload struct {
 }
 
 // newIndexUpload starts the index's uploads of key to dests, linked to
-// the archive's fan-out. wrap, if set, wraps the stored stream (an
-// encryptor): the manifest's size and sha256 are of what it writes.
+// the archive's fan-out. wrap, if set, wraps the stored stream (the age
+// encryptor of an encrypted snapshot): the manifest's size and sha256
+// are of what it writes.
 func newIndexUpload(ctx context.Context, dests []storage.Storage, key string, archive *fanout, wrap func(io.Writer) (io.WriteCloser, error)) (*indexUpload, error) {
 	x := &indexUpload{key: key, archive: archive, first: make([]bool, len(dests))}
 	x.fan = newFanout(ctx, dests, key)

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -14,6 +15,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
@@ -37,9 +39,8 @@ type DeepOptions struct {
 	StoragePath string
 	// Show is how many differences to keep; 10 if 0.
 	Show int
-	// UnwrapIndex, if set, unwraps the index's stored stream (a
-	// decryptor), as backup.Options.WrapIndex wrapped it.
-	UnwrapIndex func(io.Reader) (io.Reader, error)
+	// Keys open an encrypted snapshot, and its index.
+	Keys *encrypt.Identities
 }
 
 // Deep is what a deep verify found.
@@ -106,6 +107,7 @@ func VerifyDeep(ctx context.Context, eng Engine, st storage.Storage, m snapshot.
 		TargetVolume: d.Volume,
 		Labels:       map[string]string{LabelVerify: m.Volume + "@" + m.ID},
 		StoragePath:  opts.StoragePath,
+		Keys:         opts.Keys,
 		Log:          opts.Log,
 		Progress:     opts.Progress,
 	})
@@ -143,7 +145,7 @@ func compare(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	}
 	res := make(chan result, 1)
 	go func() {
-		c, read, err := compareWith(ctx, st, m, pr, opts.Show, opts.UnwrapIndex)
+		c, read, err := compareWith(ctx, st, m, pr, opts.Show, opts.Keys)
 		// The helper writes no more once this has stopped reading.
 		pr.CloseWithError(errCompared)
 		res <- result{c, read, err}
@@ -165,8 +167,11 @@ func compare(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	if ctx.Err() != nil {
 		return c, fmt.Errorf("deep verify interrupted: %w", ctx.Err())
 	}
+	// Any failure of the compare but the restored tree's is the index's:
+	// its bytes, its decryption, its decompression, its lines.
 	var side *archive.IndexSideError
-	if r.read != nil && (r.read.fail != nil || errors.As(r.err, &side) && side.Recorded) {
+	foundSide := errors.As(r.err, &side) && !side.Recorded
+	if r.read != nil && (r.read.fail != nil || r.err != nil && !foundSide) {
 		switch {
 		case r.read.ioErr != nil:
 			return c, fmt.Errorf("read index %s: %w", m.Index, r.read.ioErr)
@@ -177,7 +182,7 @@ func compare(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 		}
 		// Damaged in storage, or on its way here? It is small: read it
 		// again, whole.
-		return c, judgeIndex(ctx, st, m, r.err, opts.UnwrapIndex)
+		return c, judgeIndex(ctx, st, m, r.err, opts.Keys)
 	}
 	if runErr != nil && !errors.Is(runErr, errCompared) {
 		if msg := events.Err(); msg != "" {
@@ -200,8 +205,8 @@ var errCompared = errors.New("the comparison stopped reading")
 
 // compareWith reads the stored index, checking its size and sha256 as it
 // streams, and compares it with the restored tree's lines (found; with
-// none, it only reads the index through, as a check of it).
-func compareWith(ctx context.Context, st storage.Storage, m snapshot.Manifest, found io.Reader, show int, unwrap func(io.Reader) (io.Reader, error)) (archive.Comparison, *indexReader, error) {
+// an empty one, it only reads the index through, as a check of it).
+func compareWith(ctx context.Context, st storage.Storage, m snapshot.Manifest, found io.Reader, show int, keys *encrypt.Identities) (archive.Comparison, *indexReader, error) {
 	rc, err := st.Open(ctx, m.Index)
 	if errors.Is(err, storage.ErrNotExist) {
 		return archive.Comparison{}, nil, fmt.Errorf("%w: the index %s of snapshot %s@%s is missing from %s", ErrCorrupt, m.Index, m.Volume, m.ID, st)
@@ -212,9 +217,12 @@ func compareWith(ctx context.Context, st storage.Storage, m snapshot.Manifest, f
 	defer rc.Close()
 	read := &indexReader{r: storage.ContextReader(ctx, rc), h: sha256.New(), m: m}
 	var stored io.Reader = read
-	if unwrap != nil {
-		if stored, err = unwrap(read); err != nil {
-			return archive.Comparison{}, nil, fmt.Errorf("index %s: %w", m.Index, err)
+	if m.Encryption != nil {
+		// The archive opened with these keys, and the index is sealed to
+		// the same recipients: a failure here is the index's. Its header
+		// is not recorded apart: its stored sha256 tells damage.
+		if stored, err = keys.Open(read, m.Encryption.Recipients, encrypt.Header{}); err != nil {
+			return archive.Comparison{}, read, fmt.Errorf("index %s: %w", m.Index, err)
 		}
 	}
 	dec, err := zstd.NewReader(stored, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(64<<20))
@@ -281,8 +289,8 @@ func (x *indexReader) sound() bool { return x.eof && x.fail == nil }
 // stored index is sound, but the files were not all compared, so the
 // deep verify is to be run again); the same failure twice makes the
 // snapshot corrupt; a second read that cannot be made tells nothing.
-func judgeIndex(ctx context.Context, st storage.Storage, m snapshot.Manifest, first error, unwrap func(io.Reader) (io.Reader, error)) error {
-	_, read, err := compareWith(ctx, st, m, nil, 0, unwrap)
+func judgeIndex(ctx context.Context, st storage.Storage, m snapshot.Manifest, first error, keys *encrypt.Identities) error {
+	_, read, err := compareWith(ctx, st, m, bytes.NewReader(nil), 0, keys)
 	switch {
 	case ctx.Err() != nil:
 		return fmt.Errorf("deep verify interrupted: %w", ctx.Err())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -13,7 +14,7 @@ import (
 
 // toDir restores into a host directory, in this process, by the same
 // staged switch a helper makes in a volume.
-func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options, warn func(string, string)) (err error) {
+func toDir(ctx context.Context, src *verifier, in io.Reader, m snapshot.Manifest, opts Options, warn func(string, string)) (err error) {
 	// The directory the link points to is the target, not the link: its
 	// times and mode go on the directory.
 	dir := resolve(opts.ToDir)
@@ -33,7 +34,7 @@ func toDir(ctx context.Context, src *verifier, m snapshot.Manifest, opts Options
 		}
 	}
 	ready := false
-	_, err = stage.Run(dir, src, stage.Job{
+	_, err = stage.Run(dir, in, stage.Job{
 		Replace: opts.Replace,
 		Entries: m.Files, Bytes: m.Uncompressed,
 		SpaceCheck: !opts.NoSpaceCheck,

@@ -98,7 +98,7 @@ func TestVerifyReadsAgain(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			d := &damaging{Storage: st, flips: c.flips, fail: c.fail}
-			res, err := Verify(ctx, d, m)
+			res, err := Verify(ctx, d, m, nil)
 			if d.opens != 2 {
 				t.Errorf("%d reads, want 2", d.opens)
 			}
@@ -121,7 +121,7 @@ func TestVerifyReadsAgain(t *testing.T) {
 	// damaged before the backup stored them: no second read can help.
 	bad, m := snapshotOf(t, func(b []byte) { b[len(b)/2] ^= 0xff })
 	d := &damaging{Storage: bad}
-	if _, err := Verify(ctx, d, m); !errors.Is(err, ErrCorrupt) || d.opens != 1 {
+	if _, err := Verify(ctx, d, m, nil); !errors.Is(err, ErrCorrupt) || d.opens != 1 {
 		t.Fatalf("an archive stored damaged: %v after %d reads", err, d.opens)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/engine"
 	"github.com/volbak/volbak/progress"
 	"github.com/volbak/volbak/restore/stage"
@@ -81,8 +82,10 @@ type Options struct {
 	// StoragePath is the local directory the snapshot is read from, if it
 	// is one: a target that overlaps it is refused.
 	StoragePath string
-	Log         *slog.Logger
-	Progress    io.Writer
+	// Keys open an encrypted snapshot (--identity, --passphrase-file).
+	Keys     *encrypt.Identities
+	Log      *slog.Logger
+	Progress io.Writer
 }
 
 // Restore restores snapshot m from st. The target's old contents (if any)
@@ -101,7 +104,11 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 	}
 	defer rc.Close()
 	src := newVerifier(storage.ContextReader(ctx, rc), m)
-	src.ctx, src.st, src.log = ctx, st, log
+	src.ctx, src.st, src.keys, src.log = ctx, st, opts.Keys, log
+	in, err := open(src, m, opts.Keys)
+	if err != nil {
+		return src.judge(err)
+	}
 	if opts.Progress != nil {
 		label := m.Volume + "@" + m.ID
 		meter := progress.Start(opts.Progress, label, src.n.Load, func() int64 { return m.Size })
@@ -117,9 +124,9 @@ func Restore(ctx context.Context, eng Engine, st storage.Storage, m snapshot.Man
 		log.Warn("entry not restored as it was", "path", path, "reason", msg)
 	}
 	if opts.ToDir != "" {
-		return toDir(ctx, src, m, opts, warn)
+		return toDir(ctx, src, in, m, opts, warn)
 	}
-	return toVolume(ctx, eng, src, m, opts, warn, log)
+	return toVolume(ctx, eng, src, in, m, opts, warn, log)
 }
 
 func openArchive(ctx context.Context, st storage.Storage, m snapshot.Manifest) (io.ReadCloser, error) {
@@ -137,6 +144,9 @@ type Verified struct {
 	// second read checked out: the stored snapshot is sound, but the path
 	// from the storage damaged data (it wraps ErrTransfer).
 	Transit error
+	// Sealed: the snapshot is encrypted and no key was given, so only the
+	// stored bytes were checked (size and sha256), not what is inside.
+	Sealed bool
 }
 
 // Verify reads snapshot m end to end: stored size and sha256, every zstd
@@ -145,32 +155,60 @@ type Verified struct {
 // damaged on their way (plain http has no checksum of its own beyond
 // TCP's): the archive is read again, whole, and only a second failure
 // makes the snapshot corrupt.
-func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest) (Verified, error) {
+//
+// An encrypted snapshot is decrypted with keys and checked the same way;
+// without a key only its stored bytes are.
+func Verify(ctx context.Context, st storage.Storage, m snapshot.Manifest, keys *encrypt.Identities) (Verified, error) {
+	sealed := m.Encryption != nil && keys.Empty()
+	if sealed {
+		keys = nil
+	}
 	rc, err := openArchive(ctx, st, m)
 	if err != nil {
-		return Verified{}, err
+		return Verified{Sealed: sealed}, err
 	}
-	stats, sum, err := check(ctx, rc, m)
+	stats, sum, err := check(ctx, rc, m, keys)
 	rc.Close()
 	if !errors.Is(err, ErrCorrupt) || ctx.Err() != nil || sum == m.SHA256 {
 		// sum == m.SHA256: the bytes read are those the backup stored,
 		// so the damage was there when it was made; a second read would
 		// say the same.
-		return Verified{Stats: stats}, err
+		return Verified{Stats: stats, Sealed: sealed}, err
 	}
-	again, err2 := reread(ctx, st, m, err, sum)
+	again, err2 := reread(ctx, st, m, keys, err, sum)
 	if err2 != nil {
-		return Verified{Stats: stats}, err2
+		return Verified{Stats: stats, Sealed: sealed}, err2
 	}
-	return Verified{Stats: again, Transit: fmt.Errorf("%w: the first read of archive %s failed its checks (%s), a second read checked out: the stored snapshot is sound, "+
+	return Verified{Stats: again, Sealed: sealed, Transit: fmt.Errorf("%w: the first read of archive %s failed its checks (%s), a second read checked out: the stored snapshot is sound, "+
 		"but the path from %s damaged data on the way (the network, a proxy, the server): restores over it may fail the same way", ErrTransfer, m.Archive, detail(err), st)}, nil
 }
 
 // check reads an archive end to end and checks it; sum is the sha256 of
-// what it read, if it read to the end.
-func check(ctx context.Context, r io.Reader, m snapshot.Manifest) (archive.Stats, string, error) {
+// what it read, if it read to the end. An encrypted archive is decrypted
+// with keys; with none, only its stored bytes are checked.
+func check(ctx context.Context, r io.Reader, m snapshot.Manifest, keys *encrypt.Identities) (archive.Stats, string, error) {
 	v := newVerifier(storage.ContextReader(ctx, r), m)
-	stats, err := archive.Scan(v)
+	if m.Encryption != nil && keys == nil {
+		_, err := io.Copy(io.Discard, v)
+		if ctx.Err() != nil {
+			return archive.Stats{}, v.sum, fmt.Errorf("verify interrupted: %w", ctx.Err())
+		}
+		return archive.Stats{}, v.sum, err
+	}
+	in, err := open(v, m, keys)
+	if errors.Is(err, ErrNoKey) {
+		// Not this key's: its stored bytes can still be checked.
+		if _, rerr := io.Copy(io.Discard, v); v.fail != nil {
+			return archive.Stats{}, v.sum, v.fail
+		} else if rerr != nil {
+			return archive.Stats{}, v.sum, rerr
+		}
+		return archive.Stats{}, v.sum, fmt.Errorf("%w (its stored bytes are intact)", err)
+	}
+	if err != nil {
+		return archive.Stats{}, v.sum, err
+	}
+	stats, err := archive.Scan(in)
 	if ctx.Err() != nil {
 		return stats, v.sum, fmt.Errorf("verify interrupted: %w", ctx.Err())
 	}
@@ -203,7 +241,7 @@ func check(ctx context.Context, r io.Reader, m snapshot.Manifest) (archive.Stats
 // Otherwise the snapshot is corrupt (the same failure twice, or the same
 // wrong bytes), or the transfer cannot be trusted (two reads gave
 // different wrong bytes), or nothing can be told (the read failed).
-func reread(ctx context.Context, st storage.Storage, m snapshot.Manifest, first error, sum string) (archive.Stats, error) {
+func reread(ctx context.Context, st storage.Storage, m snapshot.Manifest, keys *encrypt.Identities, first error, sum string) (archive.Stats, error) {
 	rc, err := openArchive(ctx, st, m)
 	if errors.Is(err, ErrCorrupt) { // gone since: that says it all
 		return archive.Stats{}, err
@@ -212,7 +250,7 @@ func reread(ctx context.Context, st storage.Storage, m snapshot.Manifest, first 
 		return archive.Stats{}, inconclusive(m, first, err)
 	}
 	defer rc.Close()
-	stats, sum2, err := check(ctx, rc, m)
+	stats, sum2, err := check(ctx, rc, m, keys)
 	switch {
 	case err == nil:
 		return stats, nil
@@ -248,7 +286,7 @@ func (v *verifier) judge(err error) error {
 		return err
 	}
 	v.log.Warn("the archive failed its checks as read: reading it again, to tell damage in transit from damage in storage", "error", err)
-	if _, err2 := reread(v.ctx, v.st, v.m, err, v.sum); err2 != nil {
+	if _, err2 := reread(v.ctx, v.st, v.m, v.keys, err, v.sum); err2 != nil {
 		return err2
 	}
 	return fmt.Errorf("%w: archive %s failed its checks as read (%s), but a second read of it checked out: the stored snapshot is sound, "+
@@ -276,11 +314,15 @@ type verifier struct {
 	m    snapshot.Manifest
 	fail error
 	sum  string // of every byte read, once the end was
+	// lastErr is the storage's last read error, told apart from what a
+	// decryption of the bytes makes of them.
+	lastErr error
 
 	// Where a restore reads from, for judge.
-	ctx context.Context
-	st  storage.Storage
-	log *slog.Logger
+	ctx  context.Context
+	st   storage.Storage
+	keys *encrypt.Identities
+	log  *slog.Logger
 
 	buf        []byte // read, hashed, not yet handed on: buf[start:end]
 	start, end int
@@ -333,6 +375,7 @@ func (v *verifier) Read(p []byte) (int, error) {
 		case err == io.EOF:
 			v.verified = true
 		case err != nil:
+			v.lastErr = err
 			return 0, err
 		}
 	}

@@ -34,7 +34,7 @@ type target struct {
 	vol   engine.Volume
 }
 
-func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifest, opts Options, warn func(string, string), log *slog.Logger) (err error) {
+func toVolume(ctx context.Context, eng Engine, src *verifier, in io.Reader, m snapshot.Manifest, opts Options, warn func(string, string), log *slog.Logger) (err error) {
 	tg, stopped, err := prepare(ctx, eng, m, opts, log)
 	if err != nil {
 		return err
@@ -81,7 +81,7 @@ func toVolume(ctx context.Context, eng Engine, src *verifier, m snapshot.Manifes
 	}
 	runErr := eng.Run(ctx, engine.Helper{
 		Op: "restore", Volume: name, Args: args, Caps: engine.CapsWrite,
-		Stdin: src, Ready: events.Ready(), Stdout: io.Discard, Stderr: events,
+		Stdin: in, Ready: events.Ready(), Stdout: io.Discard, Stderr: events,
 	})
 	// The final report comes only after the switch: an interrupt that
 	// raced it came too late to stop anything.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/volbak/volbak/archive"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/notify"
 	"github.com/volbak/volbak/retention"
 	"github.com/volbak/volbak/snapshot"
@@ -62,6 +63,48 @@ type Job struct {
 	// otherwise).
 	NotifySuccess bool
 	Ping          string // a healthchecks.io-style URL (a secret: not printed)
+	// Encrypt, if not empty, encrypts the job's snapshots (age).
+	Encrypt *encrypt.Recipients
+	// Keys open the job's encrypted snapshots, for its verify runs.
+	Keys *encrypt.Identities
+	// Verify, if set, checks the job's snapshots on a schedule of its own.
+	Verify *VerifyPlan
+	// VerifyOf, in a job that Config.Scheduled made of a job's Verify,
+	// names that job: this one verifies its snapshots, it backs nothing up.
+	VerifyOf string
+}
+
+// VerifyPlan is a job's verify schedule: which of the snapshots that job
+// made on this host are read, and how.
+type VerifyPlan struct {
+	Spec     string
+	Schedule Schedule
+	// Deep restores each into a throwaway volume and compares every file
+	// with the snapshot's index; otherwise the stored bytes, every zstd
+	// checksum and the tar are checked.
+	Deep bool
+	// All checks every snapshot; otherwise each volume's latest, in each
+	// destination.
+	All bool
+}
+
+// VerifySuffix ends the name of a job's verify runs (in metrics, health,
+// logs): job names cannot hold a colon, so it names no other job.
+const VerifySuffix = ":verify"
+
+// Scheduled is what the scheduler fires: every job, and beside each job
+// with a verify schedule, a job that runs its verify.
+func (c Config) Scheduled() []Job {
+	var out []Job
+	for _, j := range c.Jobs {
+		out = append(out, j)
+		if j.Verify != nil {
+			v := j
+			v.Name, v.Spec, v.Schedule, v.Jitter, v.VerifyOf = j.Name+VerifySuffix, j.Verify.Spec, j.Verify.Schedule, 0, j.Name
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // Selection says which volumes a job backs up, found anew at each run.
@@ -107,6 +150,17 @@ type fileJob struct {
 	NotifySuccess bool   `yaml:"notify_success"`
 	Ping          string `yaml:"ping"`
 	PingFile      string `yaml:"ping_file"`
+	// Encryption (age): recipients, or a passphrase; and the key that
+	// opens them for verify.
+	EncryptTo      []string `yaml:"encrypt_to"`
+	EncryptToFile  string   `yaml:"encrypt_to_file"`
+	PassphraseFile string   `yaml:"passphrase_file"`
+	IdentityFile   string   `yaml:"identity_file"`
+	Verify         *struct {
+		Schedule string `yaml:"schedule"`
+		Deep     bool   `yaml:"deep"`
+		All      bool   `yaml:"all"`
+	} `yaml:"verify"`
 }
 
 type fileSelect struct {
@@ -218,6 +272,14 @@ func parseFile(path string, data []byte) (Config, error) {
 			return Config{}, fmt.Errorf("%s: name: letters, digits, _ . - (it names the metrics and the logs)", where)
 		}
 		j.NotifySuccess = fj.NotifySuccess
+		if j.Encrypt, j.Keys, err = fileKeys(fj); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", where, err)
+		}
+		if v := fj.Verify; v != nil {
+			if j.Verify, err = verifyPlan(v.Schedule, fj.Timezone, v.Deep, v.All, "verify.schedule"); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", where, err)
+			}
+		}
 		if j.Ping, err = checkPing(ping); err != nil {
 			return Config{}, fmt.Errorf("%s: ping: %w", where, err)
 		}
@@ -359,6 +421,18 @@ func newJob(name, spec, tz, jitter string, to []string, level, keep string, noti
 	return j, nil
 }
 
+// verifyPlan reads a verify schedule; key names it for messages.
+func verifyPlan(spec, tz string, deep, all bool, key string) (*VerifyPlan, error) {
+	if strings.TrimSpace(spec) == "" {
+		return nil, fmt.Errorf("%s: missing (when to verify: @weekly, \"0 4 * * 0\")", key)
+	}
+	s, err := ParseSchedule(spec, tz)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", key, spec, err)
+	}
+	return &VerifyPlan{Spec: spec, Schedule: s, Deep: deep, All: all}, nil
+}
+
 // ParseKeep reads a keep policy: rule=value pairs, comma-separated (last,
 // hourly, daily, weekly, monthly, yearly: a count or unlimited; within: a
 // span).
@@ -400,7 +474,8 @@ func ParseKeep(s string) (retention.Policy, error) {
 var envVars = []string{
 	"VOLBAK_SCHEDULE", "VOLBAK_TZ", "VOLBAK_JITTER", "VOLBAK_TO", "VOLBAK_LEVEL", "VOLBAK_KEEP", "VOLBAK_NOTIFY",
 	"VOLBAK_VOLUMES", "VOLBAK_VOLUME_LABEL", "VOLBAK_CONTAINER_LABEL", "VOLBAK_ALL", "VOLBAK_EXCLUDE", "VOLBAK_ANONYMOUS",
-	"VOLBAK_NOTIFY_SUCCESS", "VOLBAK_PING",
+	"VOLBAK_NOTIFY_SUCCESS", "VOLBAK_PING", "VOLBAK_ENCRYPT_TO", "VOLBAK_PASSPHRASE", "VOLBAK_IDENTITY",
+	"VOLBAK_VERIFY_SCHEDULE", "VOLBAK_VERIFY_DEEP", "VOLBAK_VERIFY_ALL",
 	"VOLBAK_CONCURRENCY", "VOLBAK_LISTEN", "VOLBAK_SHUTDOWN_GRACE", "VOLBAK_HEALTH_GRACE", "VOLBAK_HOOK_TIMEOUT",
 }
 
@@ -511,6 +586,17 @@ func fromEnv(getenv func(string) string, environ []string) (Config, error) {
 		errs = append(errs, jerr)
 	}
 	j.NotifySuccess = flag("VOLBAK_NOTIFY_SUCCESS")
+	if j.Encrypt, j.Keys, err = envKeys(getenv, get); err != nil {
+		errs = append(errs, err)
+	}
+	deep, all := flag("VOLBAK_VERIFY_DEEP"), flag("VOLBAK_VERIFY_ALL")
+	if spec := get("VOLBAK_VERIFY_SCHEDULE"); spec != "" {
+		if j.Verify, err = verifyPlan(spec, get("VOLBAK_TZ"), deep, all, "VOLBAK_VERIFY_SCHEDULE"); err != nil {
+			errs = append(errs, err)
+		}
+	} else if deep || all {
+		errs = append(errs, errors.New("VOLBAK_VERIFY_DEEP and VOLBAK_VERIFY_ALL go with VOLBAK_VERIFY_SCHEDULE (when to verify)"))
+	}
 	if j.Ping, err = checkPing(get("VOLBAK_PING")); err != nil {
 		errs = append(errs, fmt.Errorf("VOLBAK_PING: %w", err))
 	}

@@ -203,3 +203,44 @@ func TestSchedules(t *testing.T) {
 		}
 	}
 }
+
+// Encryption settings from the environment and from a file: recipients
+// one a line or comma-separated, a passphrase alone (and it opens what it
+// seals), refusals naming the key.
+func TestEncryptionSettings(t *testing.T) {
+	const a = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+	const b = "age1cu662hsjr8mk9rnvg88jczzyxqknrtmvwzxe9dqs7llvxsr589ns4awhz8"
+	getenv, environ := env("VOLBAK_SCHEDULE", "@daily", "VOLBAK_TO", "/b", "VOLBAK_ENCRYPT_TO", a+"\n# a comment\n"+b)
+	cfg, err := Load("", getenv, environ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := cfg.Jobs[0].Encrypt; e.Empty() || len(e.Public) != 2 || e.Public[1] != b {
+		t.Fatalf("recipients %+v", e)
+	}
+	pass := filepath.Join(t.TempDir(), "pass")
+	os.WriteFile(pass, []byte(" spaced pass \n"), 0o600)
+	getenv, environ = env("VOLBAK_SCHEDULE", "@daily", "VOLBAK_TO", "/b", "VOLBAK_PASSPHRASE_FILE", pass)
+	if cfg, err = Load("", getenv, environ); err != nil || !cfg.Jobs[0].Encrypt.Passphrase || cfg.Jobs[0].Keys.Empty() {
+		t.Fatalf("passphrase: %v %+v", err, cfg)
+	}
+	for _, c := range []struct {
+		kv   []string
+		says string
+	}{
+		{[]string{"VOLBAK_ENCRYPT_TO", "age1nope"}, "VOLBAK_ENCRYPT_TO line 1"},
+		{[]string{"VOLBAK_ENCRYPT_TO", a, "VOLBAK_PASSPHRASE", "x"}, "cannot be combined"},
+		{[]string{"VOLBAK_PASSPHRASE", "x", "VOLBAK_PASSPHRASE_FILE", pass}, "both set"},
+		{[]string{"VOLBAK_IDENTITY", "AGE-SECRET-KEY-1NOPE"}, "VOLBAK_IDENTITY"},
+	} {
+		getenv, environ := env(append([]string{"VOLBAK_SCHEDULE", "@daily", "VOLBAK_TO", "/b"}, c.kv...)...)
+		if _, err := Load("", getenv, environ); err == nil || !strings.Contains(err.Error(), c.says) || strings.Contains(err.Error(), "NOPE") {
+			t.Fatalf("%v: %v", c.kv, err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "volbak.yaml")
+	os.WriteFile(path, []byte("jobs:\n  - schedule: '@daily'\n    to: [/b]\n    select: {all: true}\n    encrypt_to: ["+a+"]\n    passphrase_file: "+pass+"\n"), 0o600)
+	if _, err := Load(path, nil, nil); err == nil || !strings.Contains(err.Error(), "passphrase_file") {
+		t.Fatalf("recipients and a passphrase: %v", err)
+	}
+}

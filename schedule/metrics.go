@@ -31,6 +31,9 @@ type Metrics struct {
 	next      *prometheus.GaugeVec
 	jobStatus *prometheus.GaugeVec
 	jobEnd    *prometheus.GaugeVec
+
+	verifyStatus  *prometheus.GaugeVec
+	verifySuccess *prometheus.GaugeVec
 }
 
 // NewMetrics registers the metrics of jobs (at zero, so that a job that
@@ -51,21 +54,23 @@ func NewMetrics(jobs []Job) *Metrics {
 		return c
 	}
 	m := &Metrics{
-		reg:          reg,
-		lastSuccess:  gauge("volbak_backup_last_success_timestamp_seconds", "When the volume's last successful backup ended (Unix time).", vol),
-		lastStatus:   gauge("volbak_backup_last_status", "1 if the volume's last backup succeeded, 0 if it failed.", vol),
-		duration:     gauge("volbak_backup_duration_seconds", "How long the volume's last backup took.", vol),
-		stored:       gauge("volbak_backup_stored_bytes", "Size of the volume's last snapshot as stored (compressed).", vol),
-		uncompressed: gauge("volbak_backup_uncompressed_bytes", "Size of the files in the volume's last snapshot.", vol),
-		files:        gauge("volbak_backup_files", "Entries in the volume's last snapshot.", vol),
-		kept:         gauge("volbak_snapshots_kept", "Snapshots of the volume (this host's) kept by the last retention pass, per job's first destination that ran it.", vol),
-		runs:         counter("volbak_runs_total", "Job runs begun."),
-		failures:     counter("volbak_run_failures_total", "Job runs in which some volume or destination failed."),
-		skipped:      counter("volbak_skipped_runs_total", "Scheduled runs skipped because the job's previous run was still going."),
-		pruned:       counter("volbak_pruned_snapshots_total", "Snapshots removed by retention."),
-		next:         gauge("volbak_next_run_timestamp_seconds", "When the job runs next (Unix time).", job),
-		jobStatus:    gauge("volbak_run_last_status", "1 if the job's last run succeeded, 0 if it failed.", job),
-		jobEnd:       gauge("volbak_run_last_end_timestamp_seconds", "When the job's last run ended (Unix time).", job),
+		reg:           reg,
+		lastSuccess:   gauge("volbak_backup_last_success_timestamp_seconds", "When the volume's last successful backup ended (Unix time).", vol),
+		lastStatus:    gauge("volbak_backup_last_status", "1 if the volume's last backup succeeded, 0 if it failed.", vol),
+		duration:      gauge("volbak_backup_duration_seconds", "How long the volume's last backup took.", vol),
+		stored:        gauge("volbak_backup_stored_bytes", "Size of the volume's last snapshot as stored (compressed).", vol),
+		uncompressed:  gauge("volbak_backup_uncompressed_bytes", "Size of the files in the volume's last snapshot.", vol),
+		files:         gauge("volbak_backup_files", "Entries in the volume's last snapshot.", vol),
+		kept:          gauge("volbak_snapshots_kept", "Snapshots of the volume (this host's) kept by the last retention pass, per job's first destination that ran it.", vol),
+		runs:          counter("volbak_runs_total", "Job runs begun."),
+		failures:      counter("volbak_run_failures_total", "Job runs in which some volume or destination failed."),
+		skipped:       counter("volbak_skipped_runs_total", "Scheduled runs skipped because the job's previous run was still going."),
+		pruned:        counter("volbak_pruned_snapshots_total", "Snapshots removed by retention."),
+		next:          gauge("volbak_next_run_timestamp_seconds", "When the job runs next (Unix time).", job),
+		jobStatus:     gauge("volbak_run_last_status", "1 if the job's last run succeeded, 0 if it failed.", job),
+		jobEnd:        gauge("volbak_run_last_end_timestamp_seconds", "When the job's last run ended (Unix time).", job),
+		verifyStatus:  gauge("volbak_verify_last_status", "1 if the snapshots of the volume last verified (per verify job, as job:verify) checked out, 0 if one failed.", vol),
+		verifySuccess: gauge("volbak_verify_last_success_timestamp_seconds", "When the volume's snapshots last checked out (Unix time).", vol),
 	}
 	for _, j := range jobs {
 		for _, c := range []*prometheus.CounterVec{m.runs, m.failures, m.skipped, m.pruned} {
@@ -121,6 +126,19 @@ func (m *Metrics) Volume(job string, v VolumeResult) {
 		m.kept.WithLabelValues(l...).Set(float64(v.Kept))
 	}
 	m.pruned.WithLabelValues(job).Add(float64(v.Pruned))
+}
+
+// Verified records one volume's verify in a verify run.
+func (m *Metrics) Verified(job string, v VolumeResult) {
+	if m == nil {
+		return
+	}
+	if v.Err != nil {
+		m.verifyStatus.WithLabelValues(job, v.Volume).Set(0)
+		return
+	}
+	m.verifyStatus.WithLabelValues(job, v.Volume).Set(1)
+	m.verifySuccess.WithLabelValues(job, v.Volume).Set(float64(v.End.Unix()))
 }
 
 // Done records how a run of job ended.

@@ -41,6 +41,9 @@ type Runner struct {
 	// OnStart and OnDone, if set, are told of each run (notifications).
 	OnStart func(ctx context.Context, j Job)
 	OnDone  func(ctx context.Context, j Job, r Result)
+	// Deep, if set, is how a verify schedule with deep: true checks a
+	// snapshot.
+	Deep DeepVerify
 }
 
 // Result is one run of a job.
@@ -129,7 +132,11 @@ func (r *Runner) Run(ctx context.Context, j Job) (res Result) {
 			r.OnDone(ctx, j, res)
 		}
 	}()
-	res.Err = r.run(ctx, j, log, &res)
+	if j.VerifyOf != "" {
+		res.Err = r.verify(ctx, j, log, &res)
+	} else {
+		res.Err = r.run(ctx, j, log, &res)
+	}
 	return res
 }
 
@@ -373,6 +380,7 @@ func (r *Runner) volume(ctx context.Context, eng *engine.Engine, j Job, sts []st
 	}()
 	bres, berr := backup.Volume(ctx, eng, sts, s.Volume, backup.Options{
 		Level: j.Level, Version: r.Version, Job: j.Name, Log: jlog, Streamed: restart, // it names the volume
+		Encrypt: j.Encrypt,
 	})
 	restart()
 	if bres.OK() > 0 {

@@ -3,7 +3,8 @@
 #   - versitygw (an S3-compatible gateway), built with go install into the
 #     test cache (about 3.5 minutes cold; kept between runs where the cache is);
 #   - OpenSSH's sshd, from Debian's openssh-server;
-#   - busybox-static, e2fsprogs, losetup and docker-compose, from Debian.
+#   - busybox-static, e2fsprogs, losetup, docker-compose, age and zstd, from
+#     Debian.
 # The tests start them on 127.0.0.1 themselves and stop them by PID.
 set -euo pipefail
 
@@ -27,6 +28,9 @@ command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || pkgs+=(e2f
 command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || pkgs+=(mount)
 # docker-compose 1.29 (Debian's): the test that runs examples/compose.yaml.
 command -v docker-compose >/dev/null 2>&1 || pkgs+=(docker-compose)
+# age and zstd: an encrypted archive opened by hand, as the README shows.
+command -v age >/dev/null 2>&1 || pkgs+=(age)
+command -v zstd >/dev/null 2>&1 || pkgs+=(zstd)
 if [ ${#pkgs[@]} -gt 0 ]; then
 	echo "test-deps: installing ${pkgs[*]}" >&2
 	if [ "$(id -u)" -ne 0 ]; then

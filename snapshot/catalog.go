@@ -96,9 +96,9 @@ func (p *Problem) Fix() string {
 	case errors.Is(p.Err, ErrMisplaced) && p.Twin:
 		return fmt.Sprintf("%s/ holds a manifest of the same name, so this is a copy of it or the same file under a second name "+
 			"(a link, a bind mount, a filesystem that ignores case); volbak will not delete it, lest that delete %s's snapshot: "+
-			"if it is a copy, remove %s and %s (and its index, if there) by hand", p.Owner, p.Owner, p.Key, archiveOf(p.Key))
+			"if it is a copy, remove %s and %s (and its index, if there) by hand", p.Owner, p.Owner, p.Key, archivesOf(p.Key))
 	case errors.Is(p.Err, ErrMisplaced):
-		return fmt.Sprintf("it is %s's: move it and %s into %s/ (its index too, if there) rather than delete it", p.Owner, archiveOf(p.Key), p.Owner)
+		return fmt.Sprintf("it is %s's: move it and %s into %s/ (its index too, if there) rather than delete it", p.Owner, archivesOf(p.Key), p.Owner)
 	case errors.Is(p.Err, fs.ErrPermission):
 		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}
@@ -108,8 +108,14 @@ func (p *Problem) Fix() string {
 // nameOf is a manifest key's name without .json: <UTC time>-<id>.
 func nameOf(key string) string { return strings.TrimSuffix(path.Base(key), ".json") }
 
-// archiveOf is the key of the archive beside a manifest's.
-func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ".tar.zst" }
+// archiveOf is the key of the plain archive beside a manifest's.
+func archiveOf(key string) string { return strings.TrimSuffix(key, ".json") + ArchiveSuffix }
+
+// archivesOf names the archive beside a manifest for a message, whichever
+// kind it is: a manifest that cannot be used does not say.
+func archivesOf(key string) string {
+	return archiveOf(key) + " (or " + archiveOf(key) + SealedSuffix + ")"
+}
 
 // List reads the manifests of volume (of every volume if empty). A manifest
 // that cannot be fetched for the storage's sake (a dropped connection, an
@@ -139,7 +145,7 @@ func List(ctx context.Context, st storage.Storage, volume string) (Catalog, erro
 		listed[o.Key] = true
 	}
 	for _, o := range objs {
-		if base, ok := stem(o.Key); ok && IsKey(o.Key) && !listed[base+".json"] {
+		if base, ok := dataBase(o.Key); ok && IsKey(o.Key) && !listed[base+".json"] {
 			c.Orphans = append(c.Orphans, o)
 		}
 		vol, created, id, ok := parseKey(o.Key)
@@ -228,11 +234,11 @@ func (k *kinded) Unwrap() []error {
 }
 
 // IsKey reports whether key is named as volbak names a snapshot's archive,
-// index or manifest, <volume>/<UTC time>-<id>.tar.zst, .index.jsonl.zst or
-// .json: a backend that must tell its own leftovers from another tool's
-// objects asks it.
+// index or manifest, <volume>/<UTC time>-<id>.tar.zst[.age],
+// .index.jsonl.zst[.age] or .json: a backend that must tell its own
+// leftovers from another tool's objects asks it.
 func IsKey(key string) bool {
-	if base, ok := stem(key); ok {
+	if base, ok := dataBase(key); ok {
 		key = base + ".json"
 	}
 	_, _, _, ok := parseKey(key)
@@ -312,12 +318,17 @@ func parse(key string, data []byte) (Manifest, error) {
 		return m, fmt.Errorf("it says volume %q, not %q, the directory it is in", m.Volume, vol)
 	case m.ID != id || m.Created.UTC().Format(timeLayout) != created.Format(timeLayout):
 		return m, fmt.Errorf("it says id %q made %s, not what its name says", m.ID, m.Created.UTC().Format(timeLayout))
-	case m.Archive != base+".tar.zst":
-		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+".tar.zst")
+	case m.Encryption == nil && m.Archive != base+ArchiveSuffix:
+		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+ArchiveSuffix)
+	case m.Encryption != nil && m.Archive != base+ArchiveSuffix+SealedSuffix:
+		return m, fmt.Errorf("it names archive %q, not %s beside it", m.Archive, path.Base(base)+ArchiveSuffix+SealedSuffix)
 	case len(m.SHA256) != 64 || m.Size < 0:
 		return m, errors.New("it is incomplete: no archive size or sha256")
-	case m.Index != "" && m.Index != base+indexSuffix:
-		return m, fmt.Errorf("it names index %q, not %s beside it", m.Index, path.Base(base)+indexSuffix)
+	case m.Encryption != nil && (m.Encryption.Format != "age" || len(m.Encryption.PlainSHA256) != 64 || m.Encryption.PlainSize < 0 ||
+		len(m.Encryption.HeaderSHA256) != 64 || m.Encryption.HeaderSize <= 0):
+		return m, errors.New("its encryption record is incomplete: no format age, or no plaintext or header size and sha256")
+	case m.Index != "" && m.Index != base+m.indexSuffix():
+		return m, fmt.Errorf("it names index %q, not %s beside it", m.Index, path.Base(base)+m.indexSuffix())
 	case m.Index != "" && (len(m.IndexSHA256) != 64 || m.IndexSize <= 0):
 		return m, errors.New("it is incomplete: no index size or sha256")
 	}
@@ -339,21 +350,33 @@ func Delete(ctx context.Context, st storage.Storage, key string) error {
 		return fmt.Errorf("delete manifest %s of %s@%s from %s: %w", key, vol, id, st, err)
 	}
 	// The manifest is gone: an interrupt now would leave an unlisted
-	// archive, so this finishes, within a bound.
+	// archive, so this finishes, within a bound. Every kind of data
+	// object is tried: the manifest, which said which, is gone.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	for _, k := range Companions(key) {
-		if err := st.Delete(actx, k); err != nil && !errors.Is(err, storage.ErrNotExist) {
-			return fmt.Errorf("snapshot %s@%s is no longer listed, but %s could not be deleted from %s (delete it by hand): %w", vol, id, k, st, err)
+	for _, suf := range dataSuffixes {
+		obj := strings.TrimSuffix(key, ".json") + suf
+		if err := st.Delete(actx, obj); err != nil && !errors.Is(err, storage.ErrNotExist) {
+			return fmt.Errorf("snapshot %s@%s is no longer listed, but %s could not be deleted from %s (delete it by hand): %w", vol, id, obj, st, err)
 		}
 	}
 	return nil
 }
 
+// ManifestOf is the key of the manifest beside a data object (an archive,
+// an index), "" if key is not named as one.
+func ManifestOf(key string) string {
+	base, ok := dataBase(key)
+	if !ok {
+		return ""
+	}
+	return base + ".json"
+}
+
 // ArchiveTime is when the backup that wrote the archive (or index) key
 // began, as its name says.
 func ArchiveTime(key string) (time.Time, bool) {
-	base, ok := stem(key)
+	base, ok := dataBase(key)
 	if !ok {
 		return time.Time{}, false
 	}

@@ -1,9 +1,10 @@
 // Package snapshot is the catalogue on any storage: the manifest that makes
 // an archive a snapshot, the key layout, listing and lookup.
 //
-//	<volume>/<UTC time>-<id>.tar.zst          the archive
-//	<volume>/<UTC time>-<id>.index.jsonl.zst  its file index (see IndexRef)
-//	<volume>/<UTC time>-<id>.json             its manifest, written last
+//	<volume>/<UTC time>-<id>.tar.zst              the archive
+//	<volume>/<UTC time>-<id>.tar.zst.age          the archive, when encrypted
+//	<volume>/<UTC time>-<id>.index.jsonl.zst[.age] its file index (see IndexRef)
+//	<volume>/<UTC time>-<id>.json                 its manifest, written last
 //
 // An archive without its manifest is an unfinished upload: never listed,
 // never restored. A key named like a manifest that cannot be read, that
@@ -25,8 +26,37 @@ import (
 )
 
 // FormatVersion is bumped when a reader of an older volbak could no longer
-// restore what this one writes.
-const FormatVersion = 1
+// restore what this one writes; it is the newest this one reads. A
+// manifest says the oldest format that restores it: 1 for a plain
+// snapshot, 2 for an encrypted one (a volbak before encryption would read
+// its archive as plain zstd and call it corrupt).
+const FormatVersion = 2
+
+// The formats a manifest says: plain, or encrypted.
+const (
+	FormatPlain     = 1
+	FormatEncrypted = 2
+)
+
+// Suffixes of a snapshot's archive beside its manifest.
+const (
+	ArchiveSuffix = ".tar.zst"
+	SealedSuffix  = ".age" // after ArchiveSuffix: an age file
+)
+
+// dataSuffixes are the objects a snapshot keeps beside its manifest, each
+// removed with it and, without a manifest, an unfinished upload.
+var dataSuffixes = []string{ArchiveSuffix, ArchiveSuffix + SealedSuffix, indexSuffix, indexSuffix + SealedSuffix}
+
+// dataBase is key without its data suffix: <volume>/<UTC time>-<id>.
+func dataBase(key string) (string, bool) {
+	for _, suf := range dataSuffixes {
+		if base, ok := strings.CutSuffix(key, suf); ok {
+			return base, true
+		}
+	}
+	return "", false
+}
 
 // ErrUnknown is returned for a volume or snapshot id the storage does not hold.
 var ErrUnknown = errors.New("no such snapshot")
@@ -57,11 +87,30 @@ type Manifest struct {
 	Level        string  `json:"zstd_level"`
 	Duration     float64 `json:"duration_seconds"`
 	Warnings     int64   `json:"warnings,omitempty"`
+	// Encryption, if set, says the archive is an age file, and what it
+	// decrypts to; Size and SHA256 above are of the stored bytes.
+	Encryption *Encryption `json:"encryption,omitempty"`
 	IndexRef
 
 	// ManifestKey is the key List read the manifest from: what Delete
 	// removes, never a key rebuilt from the fields above.
 	ManifestKey string `json:"-"`
+}
+
+// Encryption is what a manifest says of an encrypted archive: never a
+// secret, only what tells a person which key opens it.
+type Encryption struct {
+	Format string `json:"format"` // "age"
+	// Recipients are the public keys it is encrypted to (an SSH key by its
+	// type and fingerprint), or ["passphrase"].
+	Recipients  []string `json:"recipients"`
+	Passphrase  bool     `json:"passphrase,omitempty"`
+	PlainSize   int64    `json:"plain_size"`   // bytes of the tar.zst inside
+	PlainSHA256 string   `json:"plain_sha256"` // of the tar.zst inside
+	// The age header (with the nonce): damage there is told from a
+	// wrong key by it.
+	HeaderSize   int64  `json:"header_size"`
+	HeaderSHA256 string `json:"header_sha256"`
 }
 
 const timeLayout = "20060102T150405Z"
@@ -70,9 +119,17 @@ const timeLayout = "20060102T150405Z"
 func New(volume string, t time.Time) Manifest {
 	var b [4]byte
 	rand.Read(b[:])
-	m := Manifest{Format: FormatVersion, ID: hex.EncodeToString(b[:]), Volume: volume, Created: t.UTC()}
-	m.Archive = m.base() + ".tar.zst"
+	m := Manifest{Format: FormatPlain, ID: hex.EncodeToString(b[:]), Volume: volume, Created: t.UTC()}
+	m.Archive = m.base() + ArchiveSuffix
 	return m
+}
+
+// Seal marks m as a snapshot whose archive is encrypted to the recipients
+// described by public.
+func (m *Manifest) Seal(public []string, passphrase bool) {
+	m.Format = FormatEncrypted
+	m.Archive = m.base() + ArchiveSuffix + SealedSuffix
+	m.Encryption = &Encryption{Format: "age", Recipients: public, Passphrase: passphrase}
 }
 
 func (m Manifest) base() string {

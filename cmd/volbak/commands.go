@@ -28,9 +28,10 @@ const storageHelp = `Storage is one of
   s3://BUCKET/PREFIX                  an S3 bucket (AWS or any S3-compatible store)
   sftp://USER@HOST:PORT/PATH          a directory over SFTP
 Snapshots are laid out the same in each:
-  <volume>/<UTC time>-<id>.tar.zst          the archive (tar + zstd, open with tar --zstd -xf)
-  <volume>/<UTC time>-<id>.index.jsonl.zst  its file index (JSON lines, read with zstd -dc)
-  <volume>/<UTC time>-<id>.json             its manifest, written last
+  <volume>/<UTC time>-<id>.tar.zst              the archive (tar + zstd, open with tar --zstd -xf)
+  <volume>/<UTC time>-<id>.tar.zst.age          an encrypted one (age -d first)
+  <volume>/<UTC time>-<id>.index.jsonl.zst[.age] its file index (JSON lines: zstd -dc; age -d first)
+  <volume>/<UTC time>-<id>.json                 its manifest, written last
 An archive without a manifest is an unfinished backup and is never listed.
 Secrets never go in the URL: see 'volbak help storage'.`
 
@@ -110,6 +111,7 @@ func args(min int, max int) cobra.PositionalArgs {
 func backupCmd(g *globals) *cobra.Command {
 	var to []string
 	var level string
+	var seal sealFlags
 	c := &cobra.Command{
 		Use:   "backup VOLUME... --to STORAGE [--to STORAGE...]",
 		Short: "Back up volumes as new snapshots",
@@ -132,12 +134,24 @@ multipart upload is aborted, a temp file removed).
 Levels (zstd): fastest (the default; about 1.5% larger than default, a quarter
 less CPU), default, better, best (much slower).
 
+Encryption: --encrypt-to age1… (an age public key, as age-keygen prints it),
+--encrypt-to "ssh-ed25519 AAAA… comment" (an SSH public key), or
+--encrypt-to-file FILE (recipients one per line, as age -R reads them) store
+the archive as an age file, <id>.tar.zst.age; --passphrase-file FILE uses a
+passphrase instead (age scrypt; it cannot be combined with recipients).
+volbak encrypts the stream itself (the helper never sees a key), with no temp
+file. The manifest names the recipients (public keys, SSH keys by their
+fingerprint) and records the sha256 of the stored bytes and of what they
+decrypt to; never a secret. Restore and verify need --identity or
+--passphrase-file; by hand: age -d -i KEY ARCHIVE | zstd -d | tar -x.
+
 ` + storageHelp,
 		Example: `  volbak backup pgdata --to /srv/backups
   volbak backup pgdata redis-data --to file:///srv/backups --level default
   volbak backup pgdata --to s3://bucket/prefix
   volbak backup pgdata --to sftp://backup@nas:22/srv/volbak
-  volbak backup pgdata --to /srv/backups --to s3://bucket/offsite`,
+  volbak backup pgdata --to /srv/backups --to s3://bucket/offsite
+  volbak backup pgdata --to s3://bucket/offsite --encrypt-to age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p`,
 		Args: args(1, -1),
 		RunE: func(c *cobra.Command, vols []string) error {
 			for _, v := range vols {
@@ -151,6 +165,10 @@ less CPU), default, better, best (much slower).
 			}
 			if len(to) == 0 {
 				return usageError{errors.New("backup needs --to STORAGE (a directory, s3:// or sftp:// URL)")}
+			}
+			recipients, err := seal.recipients()
+			if err != nil {
+				return err
 			}
 			ctx := c.Context()
 			set, err := dest.OpenAll(ctx, to, g.destOptions())
@@ -177,7 +195,7 @@ less CPU), default, better, best (much slower).
 				return err
 			}
 			defer eng.Close()
-			opts := backup.Options{Level: lvl, Version: version, Log: g.logger(), Progress: g.progress()}
+			opts := backup.Options{Level: lvl, Version: version, Log: g.logger(), Progress: g.progress(), Encrypt: recipients}
 			var failed, partial []string
 			var firstErr error
 			for _, v := range vols {
@@ -225,6 +243,7 @@ less CPU), default, better, best (much slower).
 	}
 	c.Flags().StringArrayVar(&to, "to", nil, "storage to write to: directory, s3:// or sftp:// URL (repeatable)")
 	c.Flags().StringVar(&level, "level", string(archive.DefaultLevel), "zstd level: fastest, default, better, best")
+	seal.add(c.Flags())
 	return c
 }
 
@@ -236,7 +255,8 @@ func listCmd(g *globals) *cobra.Command {
 		Short: "List snapshots",
 		Long: `List the snapshots in STORAGE, oldest first: volume, snapshot id, the host
 that made it (the Docker daemon's name), time (UTC), stored size,
-uncompressed size and number of entries. Unfinished backups
+uncompressed size, number of entries, and for an encrypted snapshot "age"
+and what opens it ("passphrase", or the number of recipients). Unfinished backups
 (archives without a manifest) are not listed. --json prints the manifests.
 A manifest that cannot be used (damaged, from a newer volbak, unreadable by
 this user, saying another volume, time or id than its name, or whose archive
@@ -292,14 +312,14 @@ next backup to STORAGE does.
 				return enc.Encode(ms)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tHOST\tTIME\tSIZE\tUNCOMPRESSED\tFILES")
+			fmt.Fprintln(tw, "VOLUME\tSNAPSHOT\tHOST\tTIME\tSIZE\tUNCOMPRESSED\tFILES\tENCRYPTED")
 			for _, m := range ms {
 				host := m.Host
 				if host == "" {
 					host = "-"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", m.Volume, m.ID, host, m.Created.Format(time.RFC3339),
-					progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", m.Volume, m.ID, host, m.Created.Format(time.RFC3339),
+					progress.Bytes(m.Size), progress.Bytes(m.Uncompressed), m.Files, encrypted(m))
 			}
 			return tw.Flush()
 		},
@@ -310,11 +330,26 @@ next backup to STORAGE does.
 	return c
 }
 
+// encrypted is list's mark of an encrypted snapshot.
+func encrypted(m snapshot.Manifest) string {
+	switch e := m.Encryption; {
+	case e == nil:
+		return "-"
+	case e.Passphrase:
+		return "age (passphrase)"
+	case len(e.Recipients) == 1:
+		return "age (1 recipient)"
+	default:
+		return fmt.Sprintf("age (%d recipients)", len(e.Recipients))
+	}
+}
+
 func restoreCmd(g *globals) *cobra.Command {
 	var from, host, toVolume, toDir, driver string
 	var o restore.Options
 	var inPlace bool
 	var labels, driverOpts []string
+	var keys keyFlags
 	c := &cobra.Command{
 		Use:   "restore VOLUME[@SNAPSHOT] --from STORAGE (--to-volume NAME | --in-place | --to-dir PATH)",
 		Short: "Restore a snapshot into a volume or a directory",
@@ -353,6 +388,11 @@ switched in, so a power cut never leaves a restored tree of empty files.
 
 When several hosts back the same volume name up into STORAGE, the latest
 needs --host NAME (an id alone is enough).
+
+An encrypted snapshot (list marks it) needs its key: --identity FILE (an
+age identity file, or an SSH private key without a passphrase) or
+--passphrase-file FILE. A missing or wrong key is refused before anything
+is created or written, naming the keys the snapshot was encrypted to.
 
 ` + snapshotHelp + `
 
@@ -394,6 +434,9 @@ needs --host NAME (an id alone is enough).
 			}
 			if len(o.DriverOpts) > 0 && driver == "" {
 				return usageError{errors.New("--driver-opt goes with --driver")}
+			}
+			if o.Keys, err = keys.keys(); err != nil {
+				return err
 			}
 			ctx := c.Context()
 			st, m, err := g.findIn(ctx, from, vol, id, host)
@@ -439,6 +482,7 @@ needs --host NAME (an id alone is enough).
 	f.StringArrayVar(&labels, "label", nil, "KEY=VALUE label for the new volume, over the snapshot's (repeatable)")
 	f.StringVar(&driver, "driver", "", "volume driver for the new volume instead of the snapshot's")
 	f.StringArrayVar(&driverOpts, "driver-opt", nil, "KEY=VALUE driver option with --driver (repeatable)")
+	keys.add(f)
 	return c
 }
 
@@ -517,6 +561,7 @@ func keyValues(flag string, kvs []string) (map[string]string, error) {
 func verifyCmd(g *globals) *cobra.Command {
 	var from, host, volume string
 	var all, asJSON, deep bool
+	var keys keyFlags
 	c := &cobra.Command{
 		Use:   "verify VOLUME[@SNAPSHOT] --from STORAGE [--deep] | verify --all --from STORAGE [--volume V] [--deep]",
 		Short: "Read a snapshot end to end and check it",
@@ -538,13 +583,18 @@ reports manifests that cannot be used (an archive missing among them) and
 archives without a manifest (unfinished backups: reported, not failed).
 Exit 3 if a snapshot is corrupt, 1 if anything else failed.
 
+An encrypted snapshot is decrypted and checked the same way with
+--identity FILE or --passphrase-file FILE; without a key only its stored
+bytes are checked (size and sha256), and verify says it could not look
+inside.
+
 --deep also restores the snapshot into a throwaway volume (volbak-verify-ID-…,
 removed on every path, Ctrl-C included) and compares every restored file with
 the index the backup recorded: type, size, sha256 of the content, mode, owner,
 mtime, link target, device numbers. It lists the first differences and exits
 3 if there are any. A snapshot of an older volbak has no index: it is only
-restored, and said so. It needs the Docker daemon and room for the restored
-volume.
+restored, and said so. It needs the Docker daemon, room for the restored
+volume, and an encrypted snapshot's key.
 
 ` + snapshotHelp + `
 
@@ -555,6 +605,10 @@ volume.
   volbak verify pgdata --from /srv/backups --deep`,
 		Args: args(0, 1),
 		RunE: func(c *cobra.Command, a []string) error {
+			ids, err := keys.keys()
+			if err != nil {
+				return err
+			}
 			if all {
 				if len(a) > 0 {
 					return usageError{errors.New("verify --all takes no VOLUME: give --volume to check one volume's snapshots")}
@@ -564,7 +618,7 @@ volume.
 						return err
 					}
 				}
-				return verifyAll(c.Context(), g, from, volume, host, asJSON, deep)
+				return verifyAll(c.Context(), g, from, volume, host, asJSON, deep, ids)
 			}
 			if len(a) != 1 || volume != "" || asJSON {
 				return usageError{errors.New("verify takes VOLUME[@SNAPSHOT], or --all (with --volume, --json)")}
@@ -580,14 +634,19 @@ volume.
 			}
 			defer st.Close()
 			if deep {
-				return verifyDeepOne(ctx, g, st, m)
+				return verifyDeepOne(ctx, g, st, m, ids)
 			}
-			stats, err := restore.Verify(ctx, st, m)
+			stats, err := restore.Verify(ctx, st, m, ids)
 			if err != nil {
 				return fmt.Errorf("%s@%s: %w", m.Volume, m.ID, err)
 			}
 			if stats.Transit != nil {
 				fmt.Fprintf(g.stderr, "volbak: warning: %s@%s: %v\n", m.Volume, m.ID, stats.Transit)
+			}
+			if stats.Sealed {
+				fmt.Fprintf(g.stdout, "%s@%s stored bytes ok (%s, sha256 %s); encrypted, so its contents were not checked: give --identity or --passphrase-file to look inside\n",
+					m.Volume, m.ID, progress.Bytes(m.Size), m.SHA256)
+				return nil
 			}
 			fmt.Fprintf(g.stdout, "%s@%s ok: %d files, %s uncompressed, sha256 %s\n", m.Volume, m.ID, stats.Entries, progress.Bytes(stats.Bytes), m.SHA256)
 			return nil
@@ -599,6 +658,7 @@ volume.
 	c.Flags().StringVar(&volume, "volume", "", "with --all: only this volume's snapshots")
 	c.Flags().BoolVar(&asJSON, "json", false, "with --all: print the table as JSON")
 	c.Flags().BoolVar(&deep, "deep", false, "restore into a throwaway volume and compare every file with the backup's index")
+	keys.add(c.Flags())
 	return c
 }
 

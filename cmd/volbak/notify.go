@@ -19,6 +19,11 @@ type notifiers struct {
 func newNotifiers(jobs []schedule.Job, log *slog.Logger) (*notifiers, error) {
 	n := &notifiers{by: map[string]*notify.Notifier{}}
 	for _, j := range jobs {
+		if j.VerifyOf != "" {
+			// A verify run's success must not tell the ping's check that
+			// a backup ran: its failures are notified, nothing is pinged.
+			j.Ping = ""
+		}
 		if len(j.Notify) == 0 && j.Ping == "" {
 			continue
 		}

@@ -35,7 +35,15 @@ VOLBAK_TO (destinations, comma-separated), VOLBAK_KEEP
 (daily=7,weekly=4,monthly=6,within=30d; see volbak forget), VOLBAK_TZ,
 VOLBAK_JITTER, VOLBAK_LEVEL; VOLBAK_NOTIFY (shoutrrr URLs: ntfy://,
 slack://, discord://, telegram://, smtp://, generic://),
-VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); the selection
+VOLBAK_NOTIFY_SUCCESS, VOLBAK_PING (a healthchecks.io URL); encryption:
+VOLBAK_ENCRYPT_TO (age or SSH public keys, one a line or comma-separated),
+or VOLBAK_PASSPHRASE, and VOLBAK_IDENTITY (the key verify opens the job's
+snapshots with): give secrets as VOLBAK_PASSPHRASE_FILE and
+VOLBAK_IDENTITY_FILE (Docker secrets), since an environment variable shows
+in docker inspect;
+VOLBAK_VERIFY_SCHEDULE (when to verify the job's snapshots: each
+volume's latest, or all with VOLBAK_VERIFY_ALL; VOLBAK_VERIFY_DEEP
+restores each into a throwaway volume and compares every file); the selection
 VOLBAK_VOLUMES, VOLBAK_VOLUME_LABEL (default volbak.backup=true),
 VOLBAK_CONTAINER_LABEL, VOLBAK_ALL, VOLBAK_EXCLUDE, VOLBAK_ANONYMOUS; and
 VOLBAK_CONCURRENCY, VOLBAK_LISTEN, VOLBAK_SHUTDOWN_GRACE,
@@ -54,6 +62,8 @@ VOLBAK_CONFIG):
       keep: {daily: 7, weekly: 4}
       notify_file: /run/secrets/notify       # or notify: [URL...]
       ping_file: /run/secrets/healthchecks   # or ping: URL
+      encrypt_to: [age1…, "ssh-ed25519 AAAA…"]   # or encrypt_to_file: FILE, passphrase_file: FILE
+      verify: {schedule: "@weekly", deep: false, all: false}  # the job's snapshots checked
 
 Each run selects its volumes anew. For each volume: the volbak.exec-pre
 command of each running container that mounts it runs first (/bin/sh -c,
@@ -181,6 +191,9 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 	}
 	fmt.Fprintf(w, "  to        %s\n", strings.Join(to, ", "))
 	fmt.Fprintf(w, "  level     %s\n", j.Level)
+	if !j.Encrypt.Empty() {
+		fmt.Fprintf(w, "  encrypt   age, to %s\n", strings.Join(j.Encrypt.Public, ", "))
+	}
 	keep := "everything (no keep policy)"
 	if !j.Keep.Empty() {
 		keep = j.Keep.String()
@@ -188,6 +201,18 @@ func printJob(g *globals, j schedule.Job, now time.Time, vols []engine.Volume, c
 	fmt.Fprintf(w, "  keep      %s\n", keep)
 	if len(j.Notify) > 0 {
 		fmt.Fprintf(w, "  notify    %d URL(s)\n", len(j.Notify))
+	}
+	if v := j.Verify; v != nil {
+		what := "each volume's latest snapshot"
+		if v.All {
+			what = "every snapshot"
+		}
+		how := "stored bytes, zstd and tar checked"
+		if v.Deep {
+			how = "restored into a throwaway volume, every file compared"
+		}
+		fmt.Fprintf(w, "  verify    %s (%s), next %s: %s the job made here, %s\n", v.Spec, v.Schedule.Location,
+			v.Schedule.Next(now).In(v.Schedule.Location).Format(time.RFC3339), what, how)
 	}
 	sel := schedule.Select(j.Select, vols, cs)
 	self := engine.Self()

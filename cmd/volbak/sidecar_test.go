@@ -519,3 +519,47 @@ func TestComposeExample(t *testing.T) {
 		return running && s != started
 	})
 }
+
+// A job's verify schedule reads the job's encrypted snapshots with the
+// key it is given, says so in /metrics, and turns /healthz to 503 when one
+// is damaged.
+func TestSidecarVerifySchedule(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 1<<20, 5) })
+	k := newKeys(t)
+	id, err := os.ReadFile(k.ageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := freeAddr(t)
+	// Its backups are made by run --once on the host (the same daemon,
+	// so the same host), into the directory the sidecar mounts.
+	s := startSidecar(t, []string{"run", "--log-format", "json"},
+		"VOLBAK_SCHEDULE=0 3 1 1 *", "VOLBAK_TO=/backups", "VOLBAK_VOLUMES="+vol, "VOLBAK_ENCRYPT_TO="+k.ageRecipient,
+		"VOLBAK_IDENTITY="+string(id), "VOLBAK_VERIFY_SCHEDULE=*/2 * * * * *", "VOLBAK_LISTEN="+listen, "VOLBAK_HEALTH_GRACE=1m")
+	once := exec.Command(bin, "run", "--once", "--state-dir", t.TempDir())
+	once.Env = append(cleanEnv(), "VOLBAK_TO="+s.backups, "VOLBAK_VOLUMES="+vol, "VOLBAK_ENCRYPT_TO="+k.ageRecipient)
+	mustOK(t, volbakCmd(t, once))
+	ms := list(t, s.backups, vol)
+	if len(ms) != 1 || ms[0].Job != "default" || ms[0].Encryption == nil {
+		t.Fatalf("run --once: %+v", ms)
+	}
+	status := `volbak_verify_last_status{job="default:verify",volume="` + vol + `"}`
+	waitWithin(t, 3*time.Minute, "a verify run that read the snapshot", func() bool {
+		_, m := httpGet("http://" + listen + "/metrics")
+		return strings.Contains(m, status+" 1")
+	})
+	if code, body := httpGet("http://" + listen + "/healthz"); code != 200 {
+		t.Fatalf("/healthz %d: %s", code, body)
+	}
+	if logs := s.logs(t); !strings.Contains(logs, `"msg":"snapshot verified"`) || strings.Contains(logs, "contents not") {
+		t.Fatalf("the verify did not look inside with its key:\n%s", logs)
+	}
+	flipByte(t, s.backups, ms[0])
+	waitWithin(t, 3*time.Minute, "/healthz to say the damage", func() bool {
+		code, body := httpGet("http://" + listen + "/healthz")
+		return code == 503 && strings.Contains(body, "default:verify") && strings.Contains(body, "corrupt")
+	})
+	if _, m := httpGet("http://" + listen + "/metrics"); !strings.Contains(m, status+" 0") {
+		t.Fatalf("/metrics does not say the failure:\n%s", m)
+	}
+}

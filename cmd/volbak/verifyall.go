@@ -1,12 +1,15 @@
 package main
 
 import (
+	"strings"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"text/tabwriter"
 
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/progress"
 	"github.com/volbak/volbak/restore"
 	"github.com/volbak/volbak/snapshot"
@@ -28,7 +31,7 @@ type verifyRow struct {
 // archives without a manifest are reported, not failed (a backup killed
 // before its manifest, or one writing it now). With deep, each snapshot
 // is restored and its files compared with its index instead.
-func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON, deep bool) error {
+func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSON, deep bool, keys *encrypt.Identities) error {
 	st, cat, err := g.catalog(ctx, from, volume)
 	if err != nil {
 		return err
@@ -52,9 +55,9 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 		row := verifyRow{Snapshot: m.Volume + "@" + m.ID, Size: m.Size, Result: "ok"}
 		var v restore.Verified
 		if dv != nil {
-			_, row.Reason, err = dv.verify(ctx, m)
+			_, row.Reason, err = dv.verify(ctx, m, keys)
 		} else {
-			v, err = restore.Verify(ctx, st, m)
+			v, err = restore.Verify(ctx, st, m, keys)
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("verify interrupted at %s: %w", row.Snapshot, ctx.Err())
@@ -68,6 +71,9 @@ func verifyAll(ctx context.Context, g *globals, from, volume, host string, asJSO
 			failed++
 		case v.Transit != nil:
 			row.Reason = "sound in storage; " + v.Transit.Error()
+		}
+		if err == nil && v.Sealed {
+			row.Reason = strings.TrimPrefix(row.Reason+"; ", "; ") + "encrypted: stored bytes checked, contents not (no key given)"
 		}
 		rows = append(rows, row)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/restore"
 	"github.com/volbak/volbak/snapshot"
 	"github.com/volbak/volbak/storage"
@@ -27,8 +28,8 @@ func (g *globals) deepVerifier(ctx context.Context, st storage.Storage) (*deepVe
 // verify deep-verifies m and says in a line what it checked: the
 // sentence for a person, or, when the restored files differ from the
 // index, the error (ErrCorrupt) naming the first difference.
-func (v *deepVerifier) verify(ctx context.Context, m snapshot.Manifest) (restore.Deep, string, error) {
-	o := restore.DeepOptions{Log: v.g.logger(), Progress: v.g.progress()}
+func (v *deepVerifier) verify(ctx context.Context, m snapshot.Manifest, keys *encrypt.Identities) (restore.Deep, string, error) {
+	o := restore.DeepOptions{Log: v.g.logger(), Progress: v.g.progress(), Keys: keys}
 	if p, ok := v.st.(interface{ Path() string }); ok {
 		o.StoragePath = p.Path()
 	}
@@ -44,13 +45,13 @@ func (v *deepVerifier) verify(ctx context.Context, m snapshot.Manifest) (restore
 
 // verifyDeepOne is verify --deep VOLUME[@SNAPSHOT]: differences are
 // listed on stdout, the first ones, before the error says how many.
-func verifyDeepOne(ctx context.Context, g *globals, st storage.Storage, m snapshot.Manifest) error {
+func verifyDeepOne(ctx context.Context, g *globals, st storage.Storage, m snapshot.Manifest, keys *encrypt.Identities) error {
 	v, closeEng, err := g.deepVerifier(ctx, st)
 	if err != nil {
 		return err
 	}
 	defer closeEng()
-	d, said, err := v.verify(ctx, m)
+	d, said, err := v.verify(ctx, m, keys)
 	if len(d.First) > 0 {
 		fmt.Fprintf(g.stdout, "%s@%s: %d difference(s) between the restored files and the index; the first %d:\n", m.Volume, m.ID, d.Differences, len(d.First))
 		for _, diff := range d.First {

@@ -14,8 +14,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/volbak/volbak/encrypt"
 	"github.com/volbak/volbak/engine"
+	"github.com/volbak/volbak/restore"
 	"github.com/volbak/volbak/schedule"
+	"github.com/volbak/volbak/snapshot"
+	"github.com/volbak/volbak/storage"
 )
 
 // runDaemon is volbak run (and run --once): it takes the state directory,
@@ -42,9 +46,9 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 			log.Error("containers a killed volbak had stopped could not all be started again", "err", rerr)
 		}
 	}
-	metrics := schedule.NewMetrics(cfg.Jobs)
-	health := schedule.NewHealth(cfg.Jobs, time.Now(), cfg.HealthGrace, dir)
-	notifiers, err := newNotifiers(cfg.Jobs, log)
+	metrics := schedule.NewMetrics(cfg.Scheduled())
+	health := schedule.NewHealth(cfg.Scheduled(), time.Now(), cfg.HealthGrace, dir)
+	notifiers, err := newNotifiers(cfg.Scheduled(), log)
 	if err != nil {
 		return usageError{err}
 	}
@@ -68,6 +72,10 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 		OnStart:     notifiers.started,
 		OnDone:      notifiers.done,
 		Self:        engine.Self(),
+		Deep: func(ctx context.Context, eng *engine.Engine, st storage.Storage, m snapshot.Manifest, keys *encrypt.Identities) error {
+			_, err := restore.VerifyDeep(ctx, eng, st, m, restore.DeepOptions{Log: log, Keys: keys})
+			return err
+		},
 	}
 
 	// A first SIGTERM ends the ticks (no new run begins); the runs going
@@ -100,7 +108,7 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 		return runOnce(ctx, loopCtx, runCtx, cfg, runner)
 	}
 	sch := &schedule.Scheduler{
-		Jobs: cfg.Jobs, Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
+		Jobs: cfg.Scheduled(), Concurrency: cfg.Concurrency, Clock: schedule.RealClock{}, Log: log,
 		RunContext: runCtx,
 		Run: func(ctx context.Context, j schedule.Job) {
 			runner.Run(ctx, j)

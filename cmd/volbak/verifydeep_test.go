@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/moby/moby/client"
@@ -236,4 +237,69 @@ func TestVerifyDeepInterrupt(t *testing.T) {
 			noThrowaways(t, m.ID)
 		})
 	}
+}
+
+// An encrypted snapshot's index is sealed as its archive is (no name
+// readable in the stored object), and a deep verify opens both with the
+// key; without one it refuses before a volume is made.
+func TestVerifyDeepEncrypted(t *testing.T) {
+	vol, _ := newVolume(t, nil, edgeAndData(256<<10))
+	k := newKeys(t)
+	store := t.TempDir()
+	mustOK(t, volbak(t, "backup", vol, "--to", store, "--encrypt-to", k.ageRecipient))
+	ms := list(t, store, vol)
+	if len(ms) != 1 || !strings.HasSuffix(ms[0].Index, ".index.jsonl.zst.age") {
+		t.Fatalf("manifest: %+v", ms)
+	}
+	m := ms[0]
+	cleanThrowaways(t, m.ID)
+	stored, err := os.ReadFile(filepath.Join(store, filepath.FromSlash(m.Index)))
+	if err != nil || !bytes.HasPrefix(stored, []byte("age-encryption.org/v1")) || bytes.Contains(stored, []byte("plain.txt")) {
+		t.Fatalf("the stored index is not an age file hiding its names: %v %q", err, stored[:min(40, len(stored))])
+	}
+	r := mustOK(t, volbak(t, "verify", vol, "--from", store, "--deep", "--identity", k.ageID))
+	if !strings.Contains(r.stdout, "files compared, all match") {
+		t.Fatalf("deep verify: %s", r)
+	}
+	mustFail(t, volbak(t, "verify", vol, "--from", store, "--deep"), exitFailed, "--identity")
+	noThrowaways(t, m.ID)
+}
+
+// The sidecar's verify schedule with deep: true restores each volume's
+// latest snapshot into a throwaway volume and compares its files, and
+// leaves no volume once stopped.
+func TestSidecarDeepVerify(t *testing.T) {
+	vol, _ := newVolume(t, nil, func(d string) error { return voltest.Fill(d, 1<<20, 8) })
+	k := newKeys(t)
+	id, err := os.ReadFile(k.ageID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := freeAddr(t)
+	s := startSidecar(t, []string{"run", "--log-format", "json"},
+		"VOLBAK_SCHEDULE=0 3 1 1 *", "VOLBAK_TO=/backups", "VOLBAK_VOLUMES="+vol, "VOLBAK_ENCRYPT_TO="+k.ageRecipient,
+		"VOLBAK_IDENTITY="+string(id), "VOLBAK_VERIFY_SCHEDULE=*/2 * * * * *", "VOLBAK_VERIFY_DEEP=true", "VOLBAK_LISTEN="+listen)
+	once := exec.Command(bin, "run", "--once", "--state-dir", t.TempDir())
+	once.Env = append(cleanEnv(), "VOLBAK_TO="+s.backups, "VOLBAK_VOLUMES="+vol, "VOLBAK_ENCRYPT_TO="+k.ageRecipient)
+	mustOK(t, volbakCmd(t, once))
+	ms := list(t, s.backups, vol)
+	if len(ms) != 1 || ms[0].Index == "" {
+		t.Fatalf("run --once: %+v", ms)
+	}
+	cleanThrowaways(t, ms[0].ID)
+	status := `volbak_verify_last_status{job="default:verify",volume="` + vol + `"}`
+	waitWithin(t, 3*time.Minute, "a deep verify run", func() bool {
+		_, m := httpGet("http://" + listen + "/metrics")
+		return strings.Contains(m, status+" 1")
+	})
+	// The log reaches docker logs a little after the metrics change.
+	waitFor(t, "the deep verify in the log", func() bool {
+		logs := s.logs(t)
+		return strings.Contains(logs, "comparing the restored files") && strings.Contains(logs, `"deep":true`)
+	})
+	timeout := 60
+	if _, err := dc.ContainerStop(context.Background(), s.id, client.ContainerStopOptions{Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	noThrowaways(t, ms[0].ID)
 }

@@ -144,7 +144,7 @@ func (d *Dir) Put(ctx context.Context, key string, r io.Reader) (err error) {
 		if err != nil {
 			f.Close()
 			os.Remove(f.Name())
-			d.removeMade(made)
+			d.dropMade(made, dir)
 		}
 	}()
 	buf := make([]byte, 1<<20)

@@ -165,6 +165,50 @@ func TestFailedPutRemovesItsDirectory(t *testing.T) {
 	}
 }
 
+// Two Puts writing into one new directory at once (a snapshot's archive
+// and its index) that both fail, in either order: the directory goes,
+// whichever made it and whichever failed first.
+func TestTwoFailedPutsRemoveTheirDirectory(t *testing.T) {
+	ctx := context.Background()
+	d, _ := New(t.TempDir(), false)
+	temps := func() int {
+		n := 0
+		filepath.Walk(d.root, func(p string, info os.FileInfo, err error) error {
+			if err == nil && strings.HasPrefix(info.Name(), tempPrefix) {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	for _, makerFailsFirst := range []bool{true, false} {
+		boom := errors.New("source failed")
+		maker, other := io.Pipe()
+		maker2, other2 := io.Pipe()
+		done := [2]chan error{make(chan error, 1), make(chan error, 1)}
+		go func() { done[0] <- d.Put(ctx, "vol/x.tar.zst", maker) }()
+		for temps() < 1 {
+			time.Sleep(time.Millisecond)
+		}
+		go func() { done[1] <- d.Put(ctx, "vol/x.index.jsonl.zst", maker2) }()
+		for temps() < 2 {
+			time.Sleep(time.Millisecond)
+		}
+		first, second := other, other2
+		firstDone, secondDone := done[0], done[1]
+		if !makerFailsFirst {
+			first, second, firstDone, secondDone = other2, other, done[1], done[0]
+		}
+		first.CloseWithError(boom)
+		<-firstDone
+		second.CloseWithError(boom)
+		<-secondDone
+		if names, _ := os.ReadDir(d.root); len(names) != 0 {
+			t.Fatalf("maker fails first %v: left %v", makerFailsFirst, names)
+		}
+	}
+}
+
 // A temp file whose writer is alive is never stale; one nobody holds is,
 // and RemoveStale takes only that one.
 func TestStaleTempFiles(t *testing.T) {

@@ -175,6 +175,18 @@ func (d *Dir) remember(made []string) {
 	}
 }
 
+// dropMade is what a failed Put does with the directories it made (made,
+// deepest first, for its file in dir): they go if empty, and so do those
+// above its file that other Puts of this Dir made and left. Two Puts
+// write into one new directory at once (a snapshot's archive and its
+// index): the one that made it may fail while the other's temp file is
+// still there, and the other may fail next; whichever ends last, under
+// the lock, finds it empty.
+func (d *Dir) dropMade(made []string, dir string) {
+	d.remember(made)
+	d.removeMadeAbove(dir)
+}
+
 // removeMadeAbove removes dir and its parents while a Put of this Dir
 // made them and they are empty (rmdir, as in removeMade).
 func (d *Dir) removeMadeAbove(dir string) {

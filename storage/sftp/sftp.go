@@ -448,6 +448,16 @@ func (s *Store) remember(made []string) {
 	}
 }
 
+// dropMade is what a failed Put does with the directories it made (made,
+// deepest first, for its file in dir): they go if empty, and so do those
+// above its file that other Puts of this Store made and left (see the
+// local backend's dropMade: a snapshot's archive and index are written
+// into one new directory at once).
+func (s *Store) dropMade(c *conn, made []string, dir string) {
+	s.remember(made)
+	s.removeMadeAbove(c, dir)
+}
+
 // removeMadeAbove removes dir and its parents while a Put of this Store
 // made them and they are empty.
 func (s *Store) removeMadeAbove(c *conn, dir string) {

@@ -44,7 +44,7 @@ func (s *Store) discard(ctx context.Context, c *conn, tmp string, made []string)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	s.removeMade(c, made)
+	s.dropMade(c, made, path.Dir(tmp))
 	return nil
 }
 

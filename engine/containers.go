@@ -253,7 +253,8 @@ func (e *Engine) Volumes(ctx context.Context) ([]Volume, error) {
 	}
 	out := make([]Volume, 0, len(res.Items))
 	for _, v := range res.Items {
-		out = append(out, Volume{Name: v.Name, Driver: v.Driver, Options: v.Options, Labels: v.Labels, Mountpoint: v.Mountpoint})
+		created, _ := time.Parse(time.RFC3339, v.CreatedAt)
+		out = append(out, Volume{Name: v.Name, Driver: v.Driver, Options: v.Options, Labels: v.Labels, Mountpoint: v.Mountpoint, Created: created})
 	}
 	return out, nil
 }

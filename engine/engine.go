@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
@@ -84,6 +85,7 @@ type Volume struct {
 	Options    map[string]string
 	Labels     map[string]string
 	Mountpoint string
+	Created    time.Time // zero if the daemon did not say
 }
 
 // Volume returns the named volume, or an error wrapping ErrNoVolume.

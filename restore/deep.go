@@ -11,6 +11,8 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"strings"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/volbak/volbak/agent"
@@ -68,6 +70,7 @@ func VerifyDeep(ctx context.Context, eng Engine, st storage.Storage, m snapshot.
 	if opts.Show == 0 {
 		opts.Show = 10
 	}
+	sweepThrowaways(ctx, eng, log)
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	d.Volume = ThrowawayPrefix + m.ID + "-" + hex.EncodeToString(suffix[:])
@@ -132,6 +135,33 @@ func VerifyDeep(ctx context.Context, eng Engine, st storage.Storage, m snapshot.
 		return d, fmt.Errorf("%w: index %s holds %d entries, its manifest says %d", ErrCorrupt, m.Index, d.Recorded, m.IndexEntries)
 	}
 	return d, nil
+}
+
+// throwawayAge is how old a throwaway volume must be before another deep
+// verify removes it as one a killed verify left: a verify of a big volume
+// may take hours, and between its restore and its walk no container
+// holds the volume.
+const throwawayAge = 24 * time.Hour
+
+// sweepThrowaways removes the throwaway volumes that deep verifies killed
+// outright (SIGKILL, a sidecar's container removed) left: a day old, and
+// not in use (the daemon refuses to remove a volume a container mounts,
+// a live verify's helper among them). A failure is logged only.
+func sweepThrowaways(ctx context.Context, eng Engine, log *slog.Logger) {
+	vols, err := eng.Volumes(ctx)
+	if err != nil {
+		return
+	}
+	for _, v := range vols {
+		if _, ok := v.Labels[LabelVerify]; !ok || !strings.HasPrefix(v.Name, ThrowawayPrefix) || v.Created.IsZero() || time.Since(v.Created) < throwawayAge {
+			continue
+		}
+		if err := eng.RemoveVolume(ctx, v.Name); err != nil {
+			log.Warn("a throwaway volume a killed deep verify left could not be removed", "throwaway", v.Name, "err", err)
+			continue
+		}
+		log.Info("removed a throwaway volume a killed deep verify left", "throwaway", v.Name, "created", v.Created)
+	}
 }
 
 // compare runs the digest helper on the restored volume and merges its

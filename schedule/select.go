@@ -1,6 +1,8 @@
 package schedule
 
 import (
+	"github.com/volbak/volbak/restore"
+
 	"sort"
 	"strings"
 
@@ -50,6 +52,9 @@ func Select(sel Selection, vols []engine.Volume, cs []engine.Mounting) []Selecte
 	for _, v := range vols {
 		if Anonymous(v) && !sel.Anonymous {
 			continue
+		}
+		if _, throwaway := v.Labels[restore.LabelVerify]; throwaway {
+			continue // a deep verify's, gone when it ends
 		}
 		if sel.All {
 			pick(v.Name, "all")

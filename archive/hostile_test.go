@@ -409,10 +409,16 @@ func TestManyEntriesFlatMemory(t *testing.T) {
 }
 
 // sparseArchive archives a tree holding one sparse file, "big", of size
-// bytes with a single byte of data at its end.
+// bytes with a single byte of data at its end. The tree is removed at
+// once, not when the test ends: a fuzz worker is killed when fuzzing
+// stops, and leaves its test's temporary directory behind.
 func sparseArchive(t testing.TB, size int64) []byte {
 	t.Helper()
-	src := t.TempDir()
+	src, err := os.MkdirTemp("", "volbak-sparse-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(src)
 	f, err := os.Create(filepath.Join(src, "big"))
 	if err == nil {
 		_, err = f.WriteAt([]byte("x"), size-1)

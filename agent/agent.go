@@ -307,6 +307,9 @@ func runExtract(args []string, stdin io.Reader, em *emitter) error {
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
+	// In a volume, special files are the snapshot's own, as backed up:
+	// the helper's capabilities (engine.CapsWrite) bound what it can make.
+	job.AllowSpecial = true
 	job.Warn = func(path, msg string) { em.emit(Event{Event: "warning", Path: path, Message: msg}) }
 	job.Ready = func(id string) { em.emit(Event{Event: "ready", ID: id}) }
 	job.Recovered = func(r stage.Report) { em.emit(Event{Event: "note", Message: r.String()}) }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,6 +30,13 @@ type ExtractOptions struct {
 	// (they, and everything below them, are skipped with a warning): the
 	// names a staged restore keeps its own state under.
 	Reserved func(name string) bool
+	// AllowSpecial restores device nodes, setuid and setgid bits and file
+	// capabilities (security.capability). Into a volume they are what the
+	// snapshot holds, and a helper container restores them. Into a host
+	// directory they would be the host's: a device node is a door to that
+	// device for whoever can open it, a setuid-root file a root shell for
+	// whoever can run it. Without it they are left out, with a warning.
+	AllowSpecial bool
 }
 
 // holeBlock is the granule at which runs of zeros become holes on restore:
@@ -42,29 +48,39 @@ var zeroBlock [holeBlock]byte
 // minHole is the shortest run of zeros restored as a hole.
 var minHole = 64 << 10
 
-// Extract restores a tar+zstd stream into root, which must exist. It reads r
+// newDecoder reads a zstd stream with the window and memory a frame may ask
+// for bounded (maxWindow): anything more is refused before it is allocated.
+func newDecoder(r io.Reader) (*zstd.Decoder, error) {
+	return zstd.NewReader(r, zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
+}
+
+// Extract restores a tar+zstd stream into root, which must exist and be
+// empty (what a staged restore extracts into: restore/stage). It reads r
 // to its end even after the tar's end marker, so that a corrupt or extended
-// stream fails here, before the caller calls the restore good. Names that
-// would land outside root, and writes through a symlink in the archive, are
-// refused.
+// stream fails here, before the caller calls the restore good. An entry that
+// would be written anywhere but inside root, or through anything but a
+// directory the archive made, is refused (see walk), as is one that
+// declares more than a restore takes (see the limits in order.go): the error
+// wraps ErrCorrupt and names the first such entry.
 func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
-	dec, err := zstd.NewReader(r)
+	dec, err := newDecoder(r)
 	if err != nil {
 		return Stats{}, err
 	}
 	defer dec.Close()
 	cr := &countReader{r: dec}
 	x := &extractor{
-		root:  root,
-		tr:    tar.NewReader(cr),
-		dirs:  map[string]bool{".": true},
-		buf:   make([]byte, 1<<20),
-		warn:  opt.Warn,
-		root0: os.Geteuid() == 0,
+		root:         root,
+		cr:           cr,
+		tr:           tar.NewReader(cr),
+		warn:         opt.Warn,
+		root0:        os.Geteuid() == 0,
+		allowSpecial: opt.AllowSpecial,
 
 		rootHdr:  opt.Root,
 		reserved: opt.Reserved,
 	}
+	x.walk = newWalk(x, true)
 	if x.warn == nil {
 		x.warn = func(string, string) {}
 	}
@@ -81,22 +97,32 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 		}
 	}
 	if err == nil {
-		err = x.finishDirs()
+		err = x.walk.finish()
+	}
+	if err == nil {
+		err = x.flush()
 	}
 	x.stats.Bytes = cr.n
 	return x.stats, err
 }
 
 type extractor struct {
-	root   string
-	tr     *tar.Reader
-	dirs   map[string]bool // relative dirs known to be real directories, not symlinks
-	later  []pending       // directories get their metadata last, deepest first
-	buf    []byte
-	warn   func(path, msg string)
-	root0  bool // running as root: owners are restored
-	warned map[string]bool
-	stats  Stats
+	root         string
+	cr           *countReader
+	tr           *tar.Reader
+	holes        int64 // made up by the tar reader for sparse files (entryData)
+	walk         *walk
+	buf          []byte
+	warn         func(path, msg string)
+	root0        bool // running as root: owners are restored
+	allowSpecial bool // device nodes, setuid bits and capabilities are restored
+	warned       map[string]bool
+	stats        Stats
+
+	// closing are directories the stream has left, whose metadata waits
+	// until the files written into them by workers are done (flush).
+	closing []openDir
+	queued  int // bytes of xattrs in closing
 
 	rootHdr  func(*tar.Header)
 	reserved func(string) bool
@@ -109,15 +135,11 @@ type extractor struct {
 	// Small files are written by workers (extract_files.go).
 	jobs     chan fileJob
 	pool     chan []byte
+	made     int // buffers made for the pool
 	workers  sync.WaitGroup
 	pending  sync.WaitGroup
 	mu       sync.Mutex // guards warned, stats.Warnings and asyncErr
 	asyncErr error
-}
-
-type pending struct {
-	full string
-	hdr  *tar.Header
 }
 
 func (x *extractor) run() error {
@@ -143,8 +165,9 @@ func (x *extractor) run() error {
 }
 
 // ErrCorrupt marks a stream that is not a whole, valid archive: a failed
-// checksum, a truncation, a broken tar. Other failures (a full disk, a
-// refused chown) are the target's, not the archive's.
+// checksum, a truncation, a broken tar, an entry no restore may write.
+// Other failures (a full disk, a refused chown) are the target's, not the
+// archive's.
 var ErrCorrupt = errors.New("archive corrupt")
 
 // errNoEntries: every volbak archive holds at least its root directory.
@@ -152,202 +175,170 @@ var errNoEntries = fmt.Errorf("%w: it holds no entries", ErrCorrupt)
 
 // corrupt words the decoder's and tar reader's errors for a person.
 func corrupt(err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) {
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("%w: truncated: %w", ErrCorrupt, err)
+	case errors.Is(err, zstd.ErrWindowSizeExceeded), errors.Is(err, zstd.ErrDecoderSizeExceeded):
+		return fmt.Errorf("%w: a zstd frame asks for a window of more than %d MiB, more than a restore allocates (volbak writes 8 MiB frames): %w", ErrCorrupt, maxWindow>>20, err)
 	}
 	return fmt.Errorf("%w: %w", ErrCorrupt, err)
 }
 
-// cleanName turns an entry name into a slash path relative to root, or an
-// error for a name that climbs out of it.
-func cleanName(name string) (string, error) {
-	name = strings.TrimLeft(name, "/")
-	for _, part := range strings.Split(name, "/") {
-		if part == ".." {
-			return "", fmt.Errorf("%w: entry %q leaves the target: refused", ErrCorrupt, name)
-		}
-	}
-	return path.Clean("./" + name), nil
-}
+func (x *extractor) path(rel string) string { return filepath.Join(x.root, filepath.FromSlash(rel)) }
 
 func (x *extractor) entry(hdr *tar.Header) error {
-	rel, err := cleanName(hdr.Name)
+	rel, err := checkHeader(hdr)
 	if err != nil {
 		return err
 	}
-	full := filepath.Join(x.root, filepath.FromSlash(rel))
+	full := x.path(rel)
+	if !supported(hdr) {
+		x.warnOnce(fmt.Sprintf("type %q", hdr.Typeflag), rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
+		return nil
+	}
+	isDir := hdr.Typeflag == tar.TypeDir
 	if rel == "." {
-		if hdr.Typeflag == tar.TypeDir {
-			if x.rootHdr != nil {
-				x.rootHdr(hdr)
-			} else {
-				x.later = append(x.later, pending{full, hdr})
-			}
+		if !isDir {
+			return refused(hdr.Name, "names the root, a directory, as something else")
+		}
+		if x.rootHdr != nil {
+			x.rootHdr(hdr)
+		} else {
+			x.walk.open[0].hdr = held(hdr)
 		}
 		return nil
 	}
 	if top, _, _ := strings.Cut(rel, "/"); x.reserved != nil && x.reserved(top) {
-		x.warnOnce("reserved:"+top, rel, "name reserved for volbak's own restore state; not restored")
+		x.warnOnce("reserved", rel, "name reserved for volbak's own restore state; not restored")
 		return nil
 	}
-	if err := x.parent(rel); err != nil {
+	exists, err := x.walk.place(rel, isDir)
+	if err != nil {
 		return err
 	}
-	if x.inFlight(rel) {
-		// A worker may not have written this name yet: an archive that
-		// lists it twice must find it there, as it would without workers.
-		if err := x.settle(); err != nil {
-			return err
-		}
+	if !x.allowSpecial && hdr.Typeflag != tar.TypeDir && hdr.Typeflag != tar.TypeLink {
+		// (A link's header repeats its target's mode, and names the
+		// target's inode: nothing of its own to strip.)
+		x.strip(rel, hdr)
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := x.mkdir(rel, full); err != nil {
-			return err
+		if !exists {
+			err = x.mkdir(rel)
+		} else if err = os.Chmod(full, 0o700); err != nil {
+			// Listed again: writable again until the stream leaves it.
+			err = fmt.Errorf("chmod %s: %w", rel, err)
 		}
-		x.later = append(x.later, pending{full, hdr})
-		return nil
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
-		return x.file(rel, full, hdr)
+		err = x.file(rel, full, hdr)
 	case tar.TypeSymlink:
-		if err := x.replace(rel, full); err != nil {
-			return err
-		}
-		if err := os.Symlink(hdr.Linkname, full); err != nil {
-			return fmt.Errorf("symlink %s: %w", rel, err)
+		if err = os.Symlink(hdr.Linkname, full); err != nil {
+			err = fmt.Errorf("symlink %s: %w", rel, err)
+			break
 		}
 		x.chown(rel, full, hdr, nil)
-		return x.times(rel, full, hdr, nil)
+		err = x.times(rel, full, hdr, nil)
 	case tar.TypeLink:
-		target, err := cleanName(hdr.Linkname)
-		if err != nil {
-			return err
-		}
-		if err := x.settle(); err != nil {
-			return err
-		}
-		if !x.dirs[path.Dir(target)] {
-			return fmt.Errorf("%w: hardlink %s: target %s is not inside the restored tree: refused", ErrCorrupt, rel, target)
-		}
-		if err := x.replace(rel, full); err != nil {
-			return err
-		}
-		if err := os.Link(filepath.Join(x.root, filepath.FromSlash(target)), full); err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				x.warnOnce("link:"+rel, rel, "hardlink target "+target+" is not in the archive or was not restored; not restored")
-				return nil
-			}
-			return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)
-		}
-		return nil
-	case tar.TypeFifo, tar.TypeChar, tar.TypeBlock:
-		if err := x.replace(rel, full); err != nil {
-			return err
-		}
-		kind := uint32(unix.S_IFIFO)
-		switch hdr.Typeflag {
-		case tar.TypeChar:
-			kind = unix.S_IFCHR
-		case tar.TypeBlock:
-			kind = unix.S_IFBLK
-		}
-		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
-		if err := unix.Mknod(full, kind|uint32(hdr.Mode&0o7777), int(dev)); err != nil {
-			if errors.Is(err, unix.EPERM) {
-				x.warnOnce("mknod", rel, "device node not created: not permitted here (needs CAP_MKNOD)")
-				return nil
-			}
-			return fmt.Errorf("mknod %s: %w", rel, err)
-		}
-		if err := x.meta(rel, full, hdr, nil); err != nil {
-			return err
-		}
-		return x.times(rel, full, hdr, nil)
+		err = x.link(rel, full, hdr)
 	default:
-		x.warnOnce(fmt.Sprintf("type %q", hdr.Typeflag), rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
-		return nil
-	}
-}
-
-// parent makes sure rel's parent directories exist as real directories, so
-// that no entry is ever written through a symlink the archive planted.
-func (x *extractor) parent(rel string) error {
-	dir := path.Dir(rel)
-	if x.dirs[dir] {
-		return nil
-	}
-	if err := x.parent(dir); err != nil {
-		return err
-	}
-	return x.mkdir(dir, filepath.Join(x.root, filepath.FromSlash(dir)))
-}
-
-func (x *extractor) mkdir(rel, full string) error {
-	if x.dirs[rel] {
-		return nil
-	}
-	err := os.Mkdir(full, 0o700)
-	if errors.Is(err, os.ErrExist) {
-		var st unix.Stat_t
-		if err := unix.Lstat(full, &st); err != nil {
-			return fmt.Errorf("stat %s: %w", rel, err)
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			if err := x.replace(rel, full); err != nil {
-				return err
-			}
-			err = os.Mkdir(full, 0o700)
-		} else {
-			err = nil
-		}
+		err = x.special(rel, full, hdr)
 	}
 	if err != nil {
-		return fmt.Errorf("mkdir %s: %w", rel, err)
-	}
-	x.dirs[rel] = true
-	return nil
-}
-
-// replace clears the way for a non-directory entry at full. An archive lists
-// each name once, so this only matters for restores over --force'd leftovers
-// and hostile archives; the directory cache is dropped when a directory goes,
-// since its descendants went with it.
-func (x *extractor) replace(rel, full string) error {
-	var st unix.Stat_t
-	if err := unix.Lstat(full, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		return fmt.Errorf("stat %s: %w", rel, err)
-	}
-	// A worker may still be writing below what is about to go: let it
-	// finish, or it would write through whatever takes the name's place.
-	if err := x.settle(); err != nil {
 		return err
 	}
-	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-		clear(x.dirs)
-		x.dirs["."] = true
+	return x.walk.placed(rel, isDir, hdr)
+}
+
+// link makes rel a second name of an entry before it, never through a
+// symlink: os.Link would follow one in the target's parents, so a link
+// through a symlink to /etc would give a host file a name in the restore.
+func (x *extractor) link(rel, full string, hdr *tar.Header) error {
+	target, _ := cleanName(hdr.Name, hdr.Linkname, "hardlink target") // checked by checkHeader
+	ok, err := x.walk.link(rel, target)
+	if err != nil {
+		return err
 	}
-	if err := os.RemoveAll(full); err != nil {
-		return fmt.Errorf("replace %s: %w", rel, err)
+	if ok {
+		// Linked as named (linkat without AT_SYMLINK_FOLLOW): a target that
+		// is a symlink gets a second name, what it points to does not.
+		err = os.Link(x.path(target), full)
+	}
+	if !ok || errors.Is(err, os.ErrNotExist) {
+		x.warnOnce("link", rel, "hardlink target "+target+" is not in the archive or was not restored; not restored")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("hardlink %s to %s: %w", rel, target, err)
 	}
 	return nil
 }
 
-// content writes size bytes from the archive into f; see writeData.
-func (x *extractor) content(f *os.File, size int64) error {
+// special makes a FIFO or a device node.
+func (x *extractor) special(rel, full string, hdr *tar.Header) error {
+	kind := uint32(unix.S_IFIFO)
+	switch hdr.Typeflag {
+	case tar.TypeChar:
+		kind = unix.S_IFCHR
+	case tar.TypeBlock:
+		kind = unix.S_IFBLK
+	}
+	if kind != unix.S_IFIFO && !x.allowSpecial {
+		x.warnOnce("special:device", rel, "device node not created: restored outside a volume, it would open that device of this host to whoever may open the node (--allow-special creates it)")
+		return nil
+	}
+	dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
+	if err := unix.Mknod(full, kind|uint32(hdr.Mode&0o7777), int(dev)); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			x.warnOnce("mknod", rel, "device node not created: not permitted here (needs CAP_MKNOD)")
+			return nil
+		}
+		return fmt.Errorf("mknod %s: %w", rel, err)
+	}
+	if err := x.meta(rel, full, hdr, nil); err != nil {
+		return err
+	}
+	return x.times(rel, full, hdr, nil)
+}
+
+// strip leaves out of a non-directory what only a volume may get (see
+// ExtractOptions.AllowSpecial): setuid and setgid bits, and capabilities.
+func (x *extractor) strip(rel string, hdr *tar.Header) {
+	if hdr.Mode&0o6000 != 0 {
+		hdr.Mode &^= 0o6000
+		x.warnOnce("special:setid", rel, "setuid/setgid bits not restored: outside a volume they would run as that owner on this host (--allow-special restores them)")
+	}
+	const caps = PAXXattr + "security.capability"
+	if _, ok := hdr.PAXRecords[caps]; ok {
+		delete(hdr.PAXRecords, caps)
+		x.warnOnce("special:caps", rel, "file capabilities (security.capability) not restored: outside a volume they would give their privileges on this host (--allow-special restores them)")
+	}
+}
+
+func (x *extractor) data(rel string) entryData {
+	return entryData{tr: x.tr, cr: x.cr, name: rel, holes: &x.holes}
+}
+
+// content writes rel's size bytes from the archive into f; see writeData.
+func (x *extractor) content(rel string, f *os.File, size int64) error {
 	var off, end int64
 	for off < size {
-		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
-		n, err := io.ReadFull(x.tr, chunk)
-		e, werr := writeData(f, chunk[:n], off, off+int64(n) == size)
-		if werr != nil {
-			return werr
+		if x.buf == nil {
+			x.buf = make([]byte, 1<<20)
 		}
-		end = max(end, e)
+		chunk := x.buf[:min(int64(len(x.buf)), size-off)]
+		holes := x.holes
+		n, err := io.ReadFull(x.data(rel), chunk)
+		if x.holes-holes < int64(n) { // else all of it a hole: nothing to look at
+			e, werr := writeData(f, chunk[:n], off, off+int64(n) == size)
+			if werr != nil {
+				return werr
+			}
+			end = max(end, e)
+		}
 		off += int64(n)
-		if err != nil {
+		if errors.Is(err, ErrCorrupt) {
+			return err
+		} else if err != nil {
 			return corrupt(err)
 		}
 	}
@@ -405,22 +396,18 @@ func writeData(f *os.File, chunk []byte, off int64, last bool) (int64, error) {
 func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // meta restores owner, mode and xattrs, in that order: chown clears setuid
-// bits and file capabilities, so they are set after it.
-// meta restores owner, mode and xattrs, in that order: chown clears setuid
 // bits and file capabilities, so they are set after it. Through f when
 // there is one: no path to resolve, and nothing a path could be swapped to.
 func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
 	x.chown(rel, full, hdr, f)
-	mode := uint32(hdr.Mode & 0o7777)
-	var err error
-	if f != nil {
-		err = unix.Fchmod(int(f.Fd()), mode)
-	} else {
-		err = unix.Fchmodat(unix.AT_FDCWD, full, mode, 0)
-	}
-	if err != nil {
+	if f == nil {
+		if err := x.chmod(rel, full, hdr); err != nil {
+			return err
+		}
+	} else if err := unix.Fchmod(int(f.Fd()), uint32(hdr.Mode&0o7777)); err != nil {
 		return fmt.Errorf("chmod %s: %w", rel, err)
 	}
+	var err error
 	for name, val := range XattrsOf(hdr.PAXRecords) {
 		if f != nil {
 			err = unix.Fsetxattr(int(f.Fd()), name, []byte(val), 0)
@@ -430,6 +417,15 @@ func (x *extractor) meta(rel, full string, hdr *tar.Header, f *os.File) error {
 		if err != nil {
 			x.warnOnce("xattr:"+name, rel, fmt.Sprintf("xattr %s not restored: %v", name, err))
 		}
+	}
+	return nil
+}
+
+// chmod sets the mode on a path that is not a symlink (fchmodat follows
+// one, and Linux has no lchmod).
+func (x *extractor) chmod(rel, full string, hdr *tar.Header) error {
+	if err := unix.Fchmodat(unix.AT_FDCWD, full, uint32(hdr.Mode&0o7777), 0); err != nil {
+		return fmt.Errorf("chmod %s: %w", rel, err)
 	}
 	return nil
 }
@@ -510,29 +506,8 @@ func (x *extractor) checkClamped(rel, full string, ts [2]unix.Timespec, f *os.Fi
 		which, time.Unix(want.Sec, want.Nsec).UTC().Format(time.RFC3339Nano), time.Unix(got.Sec, got.Nsec).UTC().Format(time.RFC3339Nano)))
 }
 
-// finishDirs gives directories their metadata after everything inside them
-// was written (writing a child changes a directory's mtime, and a read-only
-// directory would refuse its children). Deepest first, since the archive
-// lists parents before children.
-func (x *extractor) finishDirs() error {
-	for i := len(x.later) - 1; i >= 0; i-- {
-		p := x.later[i]
-		rel, _ := filepath.Rel(x.root, p.full)
-		if !x.dirs[filepath.ToSlash(rel)] {
-			// Replaced by a later entry (or a parent was): its path may now
-			// lead through a symlink, so it gets nothing.
-			x.warnOnce("replaced-dir", rel, "directory replaced by a later entry; its metadata not restored")
-			continue
-		}
-		if err := x.meta(rel, p.full, p.hdr, nil); err != nil {
-			return err
-		}
-		if err := x.times(rel, p.full, p.hdr, nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+// maxWarnKinds bounds the kinds of warning given one by one.
+const maxWarnKinds = 64
 
 // warnOnce reports the first entry that hit a kind of problem and counts
 // every one, so that a volume of 100k files owned by others gives one line.
@@ -542,6 +517,11 @@ func (x *extractor) warnOnce(kind, rel, msg string) {
 	x.stats.Warnings++
 	if x.warned == nil {
 		x.warned = map[string]bool{}
+	}
+	if len(x.warned) >= maxWarnKinds && !x.warned[kind] {
+		// An archive can name any number of kinds (an xattr name is
+		// one): past a few dozen, the first of the rest says them all.
+		kind = "more"
 	}
 	if x.warned[kind] {
 		return
@@ -568,60 +548,6 @@ func newMetaSetter(warn func(path, msg string)) *extractor {
 		warn = func(string, string) {}
 	}
 	return &extractor{warn: warn, root0: os.Geteuid() == 0}
-}
-
-// Scan reads a tar+zstd stream to its end without writing anything: it
-// checks every zstd checksum and the tar structure, and counts.
-func Scan(r io.Reader) (Stats, error) {
-	dec, err := zstd.NewReader(r)
-	if err != nil {
-		return Stats{}, err
-	}
-	defer dec.Close()
-	cr := &countReader{r: dec}
-	tr := tar.NewReader(cr)
-	var st Stats
-	dirs := map[string]bool{".": true} // as Extract's: a hardlink's target must be in one
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			if st.Entries == 0 {
-				return st, errNoEntries
-			}
-			break
-		}
-		if err == nil {
-			// What a restore refuses, a verify must not call good.
-			var rel, target string
-			rel, err = cleanName(hdr.Name)
-			for d := path.Dir(rel); err == nil && !dirs[d]; d = path.Dir(d) {
-				dirs[d] = true
-			}
-			if err == nil && hdr.Typeflag == tar.TypeDir {
-				dirs[rel] = true
-			}
-			if err == nil && hdr.Typeflag == tar.TypeLink {
-				if target, err = cleanName(hdr.Linkname); err == nil && !dirs[path.Dir(target)] {
-					err = fmt.Errorf("%w: hardlink %s: target %s is not inside the restored tree", ErrCorrupt, rel, target)
-				}
-			}
-		}
-		if err != nil {
-			st.Bytes = cr.n
-			return st, corrupt(err)
-		}
-		st.Entries++
-		if _, err := io.Copy(io.Discard, tr); err != nil {
-			st.Bytes = cr.n
-			return st, corrupt(err)
-		}
-	}
-	if _, err := io.Copy(io.Discard, cr); err != nil {
-		st.Bytes = cr.n
-		return st, corrupt(err)
-	}
-	st.Bytes = cr.n
-	return st, nil
 }
 
 type countReader struct {

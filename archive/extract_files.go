@@ -34,9 +34,6 @@ func (x *extractor) startWorkers() {
 	}
 	x.jobs = make(chan fileJob)
 	x.pool = make(chan []byte, poolBuffers)
-	for range poolBuffers {
-		x.pool <- make([]byte, smallFile)
-	}
 	for range n {
 		x.workers.Add(1)
 		go func() {
@@ -51,6 +48,21 @@ func (x *extractor) startWorkers() {
 			}
 		}()
 	}
+}
+
+// buffer takes a buffer from the pool, made when first needed: a small
+// archive needs few of them.
+func (x *extractor) buffer() []byte {
+	select {
+	case b := <-x.pool:
+		return b
+	default:
+	}
+	if x.made < poolBuffers {
+		x.made++
+		return make([]byte, smallFile)
+	}
+	return <-x.pool
 }
 
 // stopWorkers waits for every file handed out and returns the first error.
@@ -98,21 +110,17 @@ func (x *extractor) failed() error {
 // file restores a regular file: a small one through a worker, a large one
 // here, streamed.
 func (x *extractor) file(rel, full string, hdr *tar.Header) error {
-	if x.dirs[rel] {
-		// A directory of that name came first: the file takes its place,
-		// as a later entry of a name does for every other kind.
-		if err := x.replace(rel, full); err != nil {
-			return err
-		}
-	}
 	if x.jobs != nil && hdr.Size <= smallFile {
 		if err := x.failed(); err != nil {
 			return err
 		}
-		buf := <-x.pool
+		buf := x.buffer()
 		data := buf[:hdr.Size]
-		if _, err := io.ReadFull(x.tr, data); err != nil {
+		if _, err := io.ReadFull(x.data(rel), data); err != nil {
 			x.pool <- buf
+			if errors.Is(err, ErrCorrupt) {
+				return err
+			}
 			return corrupt(err)
 		}
 		x.pending.Add(1)
@@ -125,7 +133,7 @@ func (x *extractor) file(rel, full string, hdr *tar.Header) error {
 	if err != nil {
 		return fmt.Errorf("create %s: %w", rel, err)
 	}
-	if err := x.content(f, hdr.Size); err != nil {
+	if err := x.content(rel, f, hdr.Size); err != nil {
 		f.Close()
 		return fmt.Errorf("%s: %w", rel, err)
 	}
@@ -159,19 +167,9 @@ func (x *extractor) finishFile(rel, full string, hdr *tar.Header, f *os.File) er
 	return err
 }
 
-// create makes a new file, replacing a non-directory already there (a
-// leftover the archive lists again). It never follows a symlink.
+// create makes a new file: the walk has cleared its name (an entry listed
+// again replaces the one before). O_EXCL: never through a symlink, nor
+// over anything.
 func create(full string) (*os.File, error) {
-	const flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL | unix.O_NOFOLLOW
-	f, err := os.OpenFile(full, flags, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		var st unix.Stat_t
-		if lerr := unix.Lstat(full, &st); lerr == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			if rerr := os.Remove(full); rerr != nil {
-				return nil, rerr
-			}
-			f, err = os.OpenFile(full, flags, 0o600)
-		}
-	}
-	return f, err
+	return os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 }

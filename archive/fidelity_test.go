@@ -118,7 +118,7 @@ func TestFarTimesRoundTrip(t *testing.T) {
 		t.Fatalf("%d of %d entries in the archive", seen, len(want))
 	}
 
-	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
+	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{AllowSpecial: true, Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
 		t.Fatal(err)
 	}
 	for name, tm := range want {
@@ -161,7 +161,7 @@ func TestFarAccessTimes(t *testing.T) {
 	}
 	tw.Close()
 	enc.Close()
-	if _, err := Extract(&raw, dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
+	if _, err := Extract(&raw, dst, ExtractOptions{AllowSpecial: true, Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"d", "f", "l", "p", "c"} {
@@ -314,7 +314,7 @@ func TestHardlinkedSpecialFiles(t *testing.T) {
 	if !maps.Equal(links, want) {
 		t.Fatalf("hardlink entries %v, want %v", links, want)
 	}
-	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
+	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{AllowSpecial: true, Warn: func(p, m string) { t.Errorf("warning: %s: %s", p, m) }}); err != nil {
 		t.Fatal(err)
 	}
 	voltest.SameTree(t, src, dst)

@@ -38,8 +38,10 @@ func toDir(ctx context.Context, src *verifier, in io.Reader, m snapshot.Manifest
 		Replace: opts.Replace,
 		Entries: m.Files, Bytes: m.Uncompressed,
 		SpaceCheck: !opts.NoSpaceCheck,
-		Warn:       warn,
-		Ready:      func(string) { ready = true },
+		// On the host, unless asked: see Options.AllowSpecial.
+		AllowSpecial: opts.AllowSpecial,
+		Warn:         warn,
+		Ready:        func(string) { ready = true },
 	})
 	if err == nil {
 		return nil

@@ -74,6 +74,11 @@ type Options struct {
 	KeepDriverOpts bool
 	// NoSpaceCheck skips the check that the target has room.
 	NoSpaceCheck bool
+	// AllowSpecial restores device nodes, setuid and setgid bits and file
+	// capabilities into a ToDir target, where they are the host's: without
+	// it they are left out, with a warning. A volume always gets them, as
+	// backed up.
+	AllowSpecial bool
 	// Labels are merged over the snapshot's; Driver and DriverOpts, if set,
 	// replace the snapshot's. Only for a volume the restore creates.
 	Labels     map[string]string

@@ -181,7 +181,7 @@ func TestSnapshotsFromTwoHosts(t *testing.T) {
 	says(t, mustOK(t, volbak(t, "restore", vol, "--from", store, "--host", here.Host, "--to-volume", dst)), vol+"@"+here.ID)
 	sameTree(t, src, mountpoint(t, dst))
 	dir := filepath.Join(t.TempDir(), "d")
-	says(t, mustOK(t, volbak(t, "restore", vol+"@feed", "--from", store, "--to-dir", dir)), vol+"@feed0001")
+	says(t, mustOK(t, volbak(t, "restore", vol+"@feed", "--from", store, "--to-dir", dir, "--allow-special")), vol+"@feed0001")
 	sameTree(t, src, dir)
 	mustFail(t, volbak(t, "verify", vol+"@feed0001", "--from", store, "--host", here.Host), 1, "not in")
 

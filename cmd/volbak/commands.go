@@ -386,6 +386,19 @@ again as soon as the snapshot is in place, or when the restore failed
 the message names them). Containers started with --rm are refused. The restored data is synced to disk before it is
 switched in, so a power cut never leaves a restored tree of empty files.
 
+An archive whose entries would land outside the target (absolute names,
+"..", a path through a symlink or a file, a hardlink to outside), or that
+declares more than a restore takes (names past PATH_MAX, xattrs past 64 KiB,
+a zstd window past 64 MiB), is refused, naming its first such entry;
+nothing of it is kept.
+
+--to-dir restores onto this host, as root, so device nodes, setuid and
+setgid bits and file capabilities are left out there (with a warning that
+counts them): a device node would open that device of the host to whoever
+may open the node, a setuid-root file would be a root shell for whoever may
+run it. --allow-special restores them, for a snapshot you trust. A volume
+always gets them, as backed up.
+
 When several hosts back the same volume name up into STORAGE, the latest
 needs --host NAME (an id alone is enough).
 
@@ -425,6 +438,9 @@ is created or written, naming the keys the snapshot was encrypted to.
 				}
 			} else if o.StopContainers || o.KeepDriverOpts || len(labels) > 0 || driver != "" {
 				return usageError{errors.New("--stop-containers, --keep-driver-opts, --label and --driver go with a volume target")}
+			}
+			if o.AllowSpecial && toDir == "" {
+				return usageError{errors.New("--allow-special goes with --to-dir (a volume always gets device nodes, setuid bits and capabilities as backed up)")}
 			}
 			if o.Labels, err = keyValues("--label", labels); err != nil {
 				return err
@@ -479,6 +495,7 @@ is created or written, naming the keys the snapshot was encrypted to.
 	f.BoolVar(&o.StopContainers, "stop-containers", false, "stop running containers that use the target volume, and start them again afterwards")
 	f.BoolVar(&o.KeepDriverOpts, "keep-driver-opts", false, "recreate driver options that mount existing storage (bind, device, NFS) instead of dropping them")
 	f.BoolVar(&o.NoSpaceCheck, "no-space-check", false, "skip the check that the target has room for the snapshot")
+	f.BoolVar(&o.AllowSpecial, "allow-special", false, "with --to-dir: restore device nodes, setuid/setgid bits and file capabilities onto this host too (left out otherwise: they would open the host's devices or give root to whoever runs them)")
 	f.StringArrayVar(&labels, "label", nil, "KEY=VALUE label for the new volume, over the snapshot's (repeatable)")
 	f.StringVar(&driver, "driver", "", "volume driver for the new volume instead of the snapshot's")
 	f.StringArrayVar(&driverOpts, "driver-opt", nil, "KEY=VALUE driver option with --driver (repeatable)")

@@ -23,7 +23,11 @@ type Job struct {
 	Entries, Bytes int64
 	// SpaceCheck refuses a target whose filesystem cannot take Bytes more.
 	SpaceCheck bool
-	Warn       func(path, msg string)
+	// AllowSpecial restores device nodes, setuid bits and file
+	// capabilities (archive.ExtractOptions.AllowSpecial): always into a
+	// volume, into a host directory only when asked.
+	AllowSpecial bool
+	Warn         func(path, msg string)
 	// Ready is called once the target was checked and may be written:
 	// before it, nothing was touched, and the archive need not be read.
 	Ready func(id string)
@@ -86,6 +90,8 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		Warn:     warn,
 		Root:     func(h *tar.Header) { rootHdr = h },
 		Reserved: Reserved,
+
+		AllowSpecial: job.AllowSpecial,
 	})
 	stopFlush()
 	if err == nil && (job.Entries > 0 && st.Entries != job.Entries || job.Bytes > 0 && st.Bytes != job.Bytes) {

@@ -10,6 +10,10 @@
 #   PROFILE      voltree -profile         (default mixed: mixed|small|big|edge)
 #   REPS         repetitions per timed run, best (min) wall time is kept (default 2)
 #   KEEP_IMAGES  if set, keep the volbakbench-busybox:1 image afterwards
+#   ENCRYPT      1 (default): also volbak backup --encrypt-to and restore
+#                --identity (age, a key generated in the work dir), each rep
+#                beside the plain volbak runs, with the CPU time of volbak
+#                and of its helper containers; 0 to skip
 #   REMOTE       1 (default): also back up to and restore from S3 (versitygw)
 #                and SFTP (OpenSSH sshd) on 127.0.0.1, started here via
 #                internal/testsrv/serve and stopped by PID; 0 to skip
@@ -36,7 +40,7 @@
 #                returns pages)
 #
 # Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
-# (only if zstd, GNU time or busybox-static are missing).
+# (only if zstd, GNU time, busybox-static or, with ENCRYPT=1, age are missing).
 #
 # stdout is the Markdown result (also saved to bench/out/results-<date>.md);
 # progress goes to stderr. Docker objects created: volumes volbakbench-*,
@@ -49,6 +53,7 @@ SIZE=${SIZE:-1GiB}
 PROFILE=${PROFILE:-mixed}
 REPS=${REPS:-2}
 REMOTE=${REMOTE:-1}
+ENCRYPT=${ENCRYPT:-1}
 STALL_BOUND=${STALL_BOUND:-60}
 SERVERS_TMPFS=${SERVERS_TMPFS:-0}
 SIDECAR=${SIDECAR:-1}
@@ -92,6 +97,7 @@ WORK=""
 CHILD=""   # pid (= process group, via setsid) of the command being timed
 SERVE_PID="" # the S3 + SFTP test servers' launcher
 POLL_PID=""  # pid (= process group) of the sidecar section's helper poller
+HCPU_PID=""  # pid (= process group) of the helper CPU pollers (helper_cpu_start)
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
@@ -104,6 +110,10 @@ cleanup() {
 	if [[ -n $POLL_PID ]]; then
 		kill -TERM -- "-$POLL_PID" 2>/dev/null
 		wait "$POLL_PID" 2>/dev/null
+	fi
+	if [[ -n $HCPU_PID ]]; then
+		kill -TERM -- "-$HCPU_PID" 2>/dev/null
+		wait "$HCPU_PID" 2>/dev/null
 	fi
 	if [[ -n $WORK ]] && mountpoint -q "$WORK/servers" 2>/dev/null; then
 		umount "$WORK/servers" && log "cleanup: unmounted the servers' tmpfs"
@@ -195,6 +205,61 @@ manifest_field() { # DIR FIELD
 
 vol_rm() { docker volume rm -f "$1" >/dev/null 2>&1 || true; }
 
+# The helper containers' CPU time in one timed run, from their cgroups:
+# docker events names each helper labelled for VOLUME as it starts, and a
+# poller reads its cgroup's CPU usage every 20 ms (bash builtins only:
+# read, and read -t on a FIFO nobody writes for the sleep) until the
+# cgroup goes with the container. The last reading is its total, short by
+# what it used in the last 20 ms at most; a helper that came and went
+# between two readings (volbak's "agent recover" before a backup, a few
+# ms) counts 0. The pollers live in one process group (HCPU_PID).
+# helper_cpu_start VOLUME FILE: FILE gets "start ID" as each helper starts
+# and "done ID NANOSECONDS" when its cgroup is gone.
+helper_cpu_start() {
+	: >"$2"
+	[[ -p $WORK/sleep.fifo ]] || mkfifo "$WORK/sleep.fifo"
+	setsid bash -c 'vol=$1 out=$2 fifo=$3
+		docker events --filter type=container --filter event=start --filter "label=io.volbak.volume=$vol" \
+				--format "{{.Actor.ID}}" |
+			while read -r id; do
+				echo "start $id" >>"$out"
+				(
+					exec {z}<>"$fifo"
+					last=0 f="" try
+					# cgroup v1 (cgroupfs or systemd driver): ns; v2: usage_usec.
+					for try in /sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage \
+						/sys/fs/cgroup/cpuacct/system.slice/docker-$id.scope/cpuacct.usage \
+						/sys/fs/cgroup/docker/$id/cpu.stat /sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat; do
+						[[ -e $try ]] && { f=$try; break; }
+					done
+					if [[ $f == *cpu.stat ]]; then
+						while read -r _ u 2>/dev/null <"$f"; do last=$((u * 1000)); read -t 0.02 -u "$z" || true; done
+					elif [[ -n $f ]]; then
+						while read -r u 2>/dev/null <"$f"; do last=$u; read -t 0.02 -u "$z" || true; done
+					fi
+					echo "done $id $last" >>"$out"
+				) &
+			done' _ "$1" "$2" "$WORK/sleep.fifo" </dev/null >/dev/null 2>&1 &
+	HCPU_PID=$!
+	sleep 0.5 # docker events is listening
+}
+# helper_cpu_stop FILE: waits (up to 10 s) for every started helper's
+# poller to finish, stops the pollers and prints the helpers' CPU seconds.
+helper_cpu_stop() {
+	local starts dones
+	for _ in $(seq 100); do
+		starts=$(grep -c '^start ' "$1" || true) dones=$(grep -c '^done ' "$1" || true)
+		((starts == dones)) && break
+		sleep 0.1
+	done
+	((starts == dones)) || log "WARNING: $((starts - dones)) helper(s) still running 10 s after the command; their CPU is not counted"
+	kill -TERM -- "-$HCPU_PID" 2>/dev/null
+	wait "$HCPU_PID" 2>/dev/null || true
+	HCPU_PID=""
+	((starts > 0)) || log "WARNING: docker events saw no helper start in $1"
+	awk '$1 == "done" { ns += $3 } END { printf "%.2f", ns / 1e9 }' "$1"
+}
+
 # The machine, for the report's last line.
 machine() {
 	local cpu ver root
@@ -214,6 +279,7 @@ command -v zstd >/dev/null || missing+=(zstd)
 # package provides that (it replaces the dynamic "busybox" package).
 [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" && -x /bin/busybox ]] ||
 	missing+=(busybox-static)
+if ((ENCRYPT)) && ! command -v age-keygen >/dev/null; then missing+=(age); fi
 if ((${#missing[@]})); then
 	log "installing with apt-get: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -223,6 +289,7 @@ fi
 command -v zstd >/dev/null || die "zstd still missing"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time still missing"
 [[ -x /bin/busybox ]] || die "/bin/busybox still missing"
+if ((ENCRYPT)) && ! command -v age-keygen >/dev/null; then die "age-keygen still missing"; fi
 
 WORK=$(mktemp -d /var/tmp/volbakbench.XXXXXX)
 mkdir -p "$WORK/logs" "$OUT_DIR"
@@ -254,6 +321,12 @@ VOLTREE=$WORK/voltree
 VOLBAK=$WORK/volbak
 VOLBAK_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 VOLBAK_DIRTY=$( [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && echo " (+ uncommitted changes)" || true)
+if ((ENCRYPT)); then
+	# In the work dir, so that cleanup removes it with everything else.
+	age-keygen -o "$WORK/bench.key" 2>/dev/null || die "age-keygen failed"
+	AGE_RECIPIENT=$(age-keygen -y "$WORK/bench.key") || die "age-keygen -y failed"
+	log "age key generated in $WORK/bench.key ($AGE_RECIPIENT)"
+fi
 
 for v in $(docker volume ls -q --filter name=volbakbench- 2>/dev/null); do
 	[[ $v == volbakbench-* ]] || continue
@@ -318,7 +391,36 @@ rm -rf "$WORK/warmstore"
 
 # ------------------------------------------------------------------ 7. measurements
 
-declare -A BEST RSS OSIZE
+declare -A BEST RSS OSIZE CPU HCPU REPWALL
+
+# timed_volbak KEY NAME VOLUME ARGS...: runs volbak ARGS like the rows
+# above (run_timed under /usr/bin/time), and with ENCRYPT=1 also sums the
+# CPU time of the helpers serving VOLUME; keeps the best wall time in
+# BEST[KEY], the CPU seconds of that rep in CPU[KEY] (volbak, user + sys)
+# and HCPU[KEY] (its helpers), the max RSS in RSS[KEY], and every rep's
+# wall time in REPWALL[KEY].
+timed_volbak() {
+	local k=$1 name=$2 vol=$3 cpu hcpu=""
+	shift 3
+	if ((ENCRYPT)); then helper_cpu_start "$vol" "$WORK/hcpu-$name.txt"; fi
+	run_timed "$name" /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" "$VOLBAK" "$@"
+	if ((ENCRYPT)); then hcpu=$(helper_cpu_stop "$WORK/hcpu-$name.txt"); fi
+	cpu=$(awk '{ printf "%.2f", $3 + $4 }' "$WORK/time.out")
+	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB, CPU s: volbak $cpu, helpers ${hcpu:-(not measured)}"
+	BEST[$k]=$(min "${BEST[$k]:-}" "$WALL")
+	if [[ ${BEST[$k]} == "$WALL" ]]; then
+		CPU[$k]=$cpu HCPU[$k]=$hcpu
+	fi
+	RSS[$k]=$(max "${RSS[$k]:-}" "$(rss_kib "$WORK/time.out")")
+	REPWALL[$k]+="$WALL "
+}
+
+# The volbak runs of one rep, plain and (ENCRYPT=1) encrypted: which goes
+# first alternates from rep to rep, so that neither always runs on the
+# machine as the other left it.
+rep_kinds() { # REP
+	if ((!ENCRYPT)); then echo plain; elif (($1 % 2)); then echo plain enc; else echo enc plain; fi
+}
 
 # Backups, baseline and volbak taking turns, so that whatever the machine
 # does meanwhile (writeback, other tenants) falls on both alike.
@@ -331,13 +433,19 @@ for ((i = 1; i <= REPS; i++)); do
 	log "  ${WALL}s"
 	BEST[base_backup]=$(min "${BEST[base_backup]:-}" "$WALL")
 
-	rm -rf "$WORK/store"
-	log "volbak backup rep $i/$REPS"
-	run_timed "volbak-backup-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
-		"$VOLBAK" backup "$SRC_VOL" --to "$WORK/store" -q --log-format json
-	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
-	BEST[vb_backup]=$(min "${BEST[vb_backup]:-}" "$WALL")
-	RSS[vb_backup]=$(max "${RSS[vb_backup]:-}" "$(rss_kib "$WORK/time.out")")
+	for kind in $(rep_kinds "$i"); do
+		if [[ $kind == plain ]]; then
+			rm -rf "$WORK/store"
+			log "volbak backup rep $i/$REPS"
+			timed_volbak vb_backup "volbak-backup-$i" "$SRC_VOL" \
+				backup "$SRC_VOL" --to "$WORK/store" -q --log-format json
+		else
+			rm -rf "$WORK/store-enc"
+			log "volbak backup --encrypt-to rep $i/$REPS"
+			timed_volbak vb_backup_enc "volbak-backup-enc-$i" "$SRC_VOL" \
+				backup "$SRC_VOL" --to "$WORK/store-enc" --encrypt-to "$AGE_RECIPIENT" -q --log-format json
+		fi
+	done
 done
 OSIZE[base_backup]=$(stat -c %s "$WORK/baseline.tar.zst")
 OSIZE[vb_backup]=$(manifest_field "$WORK/store" size)
@@ -345,6 +453,7 @@ VB_LEVEL=$(manifest_field "$WORK/store" zstd_level)
 VB_UNCOMP=$(manifest_field "$WORK/store" uncompressed_size)
 VB_FILES=$(manifest_field "$WORK/store" files)
 VB_WARNINGS=$(manifest_field "$WORK/store" warnings)
+if ((ENCRYPT)); then OSIZE[vb_backup_enc]=$(manifest_field "$WORK/store-enc" size); fi
 
 # volbak backup --level default, once (to its own store; the restore uses ./store).
 log "volbak backup --level default (1 rep)"
@@ -358,7 +467,11 @@ rm -rf "$WORK/store-default"
 
 # Before each restore: the last one's 1 GiB goes back to the free pages
 # the next one writes into, and both archives are read from cache.
-prep_restore() { drop_caches; cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null; }
+prep_restore() {
+	drop_caches
+	cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null
+	if ((ENCRYPT)); then cat "$WORK"/store-enc/*/*.tar.zst.age >/dev/null; fi
+}
 
 # Restores, taking turns too, each into a fresh volume, none removed until
 # the end: ext4 makes every file creation scan past inodes deleted in the
@@ -377,13 +490,19 @@ for ((i = 1; i <= REPS; i++)); do
 	BEST[base_restore]=$(min "${BEST[base_restore]:-}" "$WALL")
 
 	DST_VOL=volbakbench-dst-$i
-	prep_restore
-	log "volbak restore rep $i/$REPS"
-	run_timed "volbak-restore-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
-		"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
-	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
-	BEST[vb_restore]=$(min "${BEST[vb_restore]:-}" "$WALL")
-	RSS[vb_restore]=$(max "${RSS[vb_restore]:-}" "$(rss_kib "$WORK/time.out")")
+	DST_ENC_VOL=volbakbench-dst-enc-$i
+	for kind in $(rep_kinds "$i"); do
+		prep_restore
+		if [[ $kind == plain ]]; then
+			log "volbak restore rep $i/$REPS"
+			timed_volbak vb_restore "volbak-restore-$i" "$DST_VOL" \
+				restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
+		else
+			log "volbak restore --identity rep $i/$REPS"
+			timed_volbak vb_restore_enc "volbak-restore-enc-$i" "$DST_ENC_VOL" \
+				restore "$SRC_VOL" --from "$WORK/store-enc" --to-volume "$DST_ENC_VOL" --identity "$WORK/bench.key" -q
+		fi
+	done
 
 	# In place, over the copy just restored: the staged tree beside the old
 	# one, the switch, and the old tree's removal.
@@ -492,6 +611,11 @@ if ((!FID_OK)); then
 	log "voltree diff found differences (first 40 lines):"
 	head -n 40 "$WORK/diff.out" >&2
 fi
+ENC_FID=""
+if ((ENCRYPT)); then
+	ENC_FID=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_ENC_VOL")" 2>&1 | tail -n1) ||
+		die "fidelity of the last encrypted restore: $ENC_FID"
+fi
 SPARSE_LINE="n/a (no edge/sparse.img in profile $PROFILE)"
 SPARSE_NOTE=""
 if [[ -f $SRC_MP/edge/sparse.img ]]; then
@@ -522,6 +646,33 @@ remote_row() { # LABEL KEY LOCALKEY
 		"$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')" \
 		"$(awk -v n="${RSS[$2]}" 'BEGIN{ printf "%.1f", n / 1024 }')" \
 		"$(awk -v a="$wall" -v b="${BEST[$3]}" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
+}
+
+enc_row() { # LABEL KEY PLAINKEY
+	local wall=${BEST[$2]} p=${BEST[$3]}
+	printf '| %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$wall" \
+		"$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')" \
+		"$( [[ -n ${OSIZE[$2]:-} ]] && awk -v n="${OSIZE[$2]}" 'BEGIN{ printf "%.1f", n / 1048576 }' || echo –)" \
+		"${CPU[$2]}" "${HCPU[$2]:-–}" \
+		"$(awk -v n="${RSS[$2]}" 'BEGIN{ printf "%.1f", n / 1024 }')" \
+		"$(awk -v a="$wall" -v b="$p" 'BEGIN{ printf "%.2fx", a / b }')" \
+		"$(awk -v a="$wall" -v b="$p" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
+}
+
+# per_rep KEY PLAINKEY: each rep's encrypted / plain wall ratio, and their median.
+per_rep() {
+	awk -v e="${REPWALL[$1]}" -v p="${REPWALL[$2]}" 'BEGIN{
+		n = split(e, E, " "); split(p, P, " ")
+		for (i = 1; i <= n; i++) { r[i] = E[i] / P[i]; printf "rep %d %.2f / %.2f s = %.3fx; ", i, E[i], P[i], r[i] }
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+		printf "median %.3fx", (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+	}'
+}
+
+# enc_verdict KEY PLAINKEY: the throughput encrypted / plain (best of each)
+# against the target of at most 10% lost.
+enc_verdict() {
+	awk -v a="${BEST[$1]}" -v b="${BEST[$2]}" 'BEGIN{ t = b / a * 100; printf "%.1f%% (%s)", t, (t >= 90 ? "met" : "NOT met") }'
 }
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%+.1f%%", (a / b - 1) * 100 }'; }
@@ -555,6 +706,23 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
 	echo "- Baseline restore fidelity (info only; busybox tar is known to drop xattrs, symlink owners and directory mtimes): $BASE_DIFF_LINE"
 	echo "- Machine: $(machine)."
+	if ((ENCRYPT)); then
+		echo
+		echo "Encryption with age (one X25519 recipient, generated for the run): \`volbak backup --encrypt-to\` to and \`volbak restore --identity\` from a local directory, each rep right beside the plain volbak runs of the table above (the same runs: which of the two goes first alternates by rep). Best (min) wall time of $REPS rep(s); the CPU columns are of the best rep."
+		echo
+		echo "| run | wall s | MB/s | stored MiB | CPU s volbak | CPU s helpers | peak RSS MiB | encrypted / plain (wall) | throughput vs plain |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+		enc_row "volbak backup" vb_backup vb_backup
+		enc_row "volbak backup --encrypt-to" vb_backup_enc vb_backup
+		enc_row "volbak restore" vb_restore vb_restore
+		enc_row "volbak restore --identity" vb_restore_enc vb_restore
+		echo
+		echo "- Target, age costs at most 10% of throughput: backup $(enc_verdict vb_backup_enc vb_backup), restore $(enc_verdict vb_restore_enc vb_restore) of plain."
+		echo "- Per rep, encrypted / plain wall: backup $(per_rep vb_backup_enc vb_backup); restore $(per_rep vb_restore_enc vb_restore)."
+		echo "- CPU s volbak: /usr/bin/time user + sys of the volbak process. CPU s helpers: the helper containers' cgroup CPU usage, read every 20 ms until each container is gone (short by at most 20 ms a helper). The daemon's and its shim's CPU moving the attach stream is in neither."
+		echo "- Stored size encrypted vs plain: $(awk -v e="${OSIZE[vb_backup_enc]}" -v p="${OSIZE[vb_backup]}" 'BEGIN{ printf "%+d bytes, %+.3f%%", e - p, (e / p - 1) * 100 }') (age adds 16 bytes a 64 KiB chunk, and its header)."
+		echo "- Fidelity (voltree diff source vs the last encrypted restore): $ENC_FID"
+	fi
 	if ((REMOTE)); then
 		echo
 		echo "Remote storage, same volume, servers on 127.0.0.1 on this machine, their data on $SERVERS_FS (versitygw v1.8.0 posix backend; OpenSSH sshd internal-sftp), default part size (16 MiB, 4 in flight):"

@@ -10,6 +10,10 @@
 #   PROFILE      voltree -profile         (default mixed: mixed|small|big|edge)
 #   REPS         repetitions per timed run, best (min) wall time is kept (default 2)
 #   KEEP_IMAGES  if set, keep the volbakbench-busybox:1 image afterwards
+#   ENCRYPT      1 (default): also volbak backup --encrypt-to and restore
+#                --identity (age, a key generated in the work dir), each rep
+#                beside the plain volbak runs, with the CPU time of volbak
+#                and of its helper containers; 0 to skip
 #   REMOTE       1 (default): also back up to and restore from S3 (versitygw)
 #                and SFTP (OpenSSH sshd) on 127.0.0.1, started here via
 #                internal/testsrv/serve and stopped by PID; 0 to skip
@@ -36,7 +40,7 @@
 #                returns pages)
 #
 # Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
-# (only if zstd, GNU time or busybox-static are missing).
+# (only if zstd, GNU time, busybox-static or, with ENCRYPT=1, age are missing).
 #
 # stdout is the Markdown result (also saved to bench/out/results-<date>.md);
 # progress goes to stderr. Docker objects created: volumes volbakbench-*,
@@ -49,6 +53,7 @@ SIZE=${SIZE:-1GiB}
 PROFILE=${PROFILE:-mixed}
 REPS=${REPS:-2}
 REMOTE=${REMOTE:-1}
+ENCRYPT=${ENCRYPT:-1}
 STALL_BOUND=${STALL_BOUND:-60}
 SERVERS_TMPFS=${SERVERS_TMPFS:-0}
 SIDECAR=${SIDECAR:-1}
@@ -92,6 +97,7 @@ WORK=""
 CHILD=""   # pid (= process group, via setsid) of the command being timed
 SERVE_PID="" # the S3 + SFTP test servers' launcher
 POLL_PID=""  # pid (= process group) of the sidecar section's helper poller
+HCPU_PID=""  # pid (= process group) of the helper CPU pollers (helper_cpu_start)
 cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM
@@ -104,6 +110,10 @@ cleanup() {
 	if [[ -n $POLL_PID ]]; then
 		kill -TERM -- "-$POLL_PID" 2>/dev/null
 		wait "$POLL_PID" 2>/dev/null
+	fi
+	if [[ -n $HCPU_PID ]]; then
+		kill -TERM -- "-$HCPU_PID" 2>/dev/null
+		wait "$HCPU_PID" 2>/dev/null
 	fi
 	if [[ -n $WORK ]] && mountpoint -q "$WORK/servers" 2>/dev/null; then
 		umount "$WORK/servers" && log "cleanup: unmounted the servers' tmpfs"
@@ -195,6 +205,61 @@ manifest_field() { # DIR FIELD
 
 vol_rm() { docker volume rm -f "$1" >/dev/null 2>&1 || true; }
 
+# The helper containers' CPU time in one timed run, from their cgroups:
+# docker events names each helper labelled for VOLUME as it starts, and a
+# poller reads its cgroup's CPU usage every 20 ms (bash builtins only:
+# read, and read -t on a FIFO nobody writes for the sleep) until the
+# cgroup goes with the container. The last reading is its total, short by
+# what it used in the last 20 ms at most; a helper that came and went
+# between two readings (volbak's "agent recover" before a backup, a few
+# ms) counts 0. The pollers live in one process group (HCPU_PID).
+# helper_cpu_start VOLUME FILE: FILE gets "start ID" as each helper starts
+# and "done ID NANOSECONDS" when its cgroup is gone.
+helper_cpu_start() {
+	: >"$2"
+	[[ -p $WORK/sleep.fifo ]] || mkfifo "$WORK/sleep.fifo"
+	setsid bash -c 'vol=$1 out=$2 fifo=$3
+		docker events --filter type=container --filter event=start --filter "label=io.volbak.volume=$vol" \
+				--format "{{.Actor.ID}}" |
+			while read -r id; do
+				echo "start $id" >>"$out"
+				(
+					exec {z}<>"$fifo"
+					last=0 f="" try
+					# cgroup v1 (cgroupfs or systemd driver): ns; v2: usage_usec.
+					for try in /sys/fs/cgroup/cpuacct/docker/$id/cpuacct.usage \
+						/sys/fs/cgroup/cpuacct/system.slice/docker-$id.scope/cpuacct.usage \
+						/sys/fs/cgroup/docker/$id/cpu.stat /sys/fs/cgroup/system.slice/docker-$id.scope/cpu.stat; do
+						[[ -e $try ]] && { f=$try; break; }
+					done
+					if [[ $f == *cpu.stat ]]; then
+						while read -r _ u 2>/dev/null <"$f"; do last=$((u * 1000)); read -t 0.02 -u "$z" || true; done
+					elif [[ -n $f ]]; then
+						while read -r u 2>/dev/null <"$f"; do last=$u; read -t 0.02 -u "$z" || true; done
+					fi
+					echo "done $id $last" >>"$out"
+				) &
+			done' _ "$1" "$2" "$WORK/sleep.fifo" </dev/null >/dev/null 2>&1 &
+	HCPU_PID=$!
+	sleep 0.5 # docker events is listening
+}
+# helper_cpu_stop FILE: waits (up to 10 s) for every started helper's
+# poller to finish, stops the pollers and prints the helpers' CPU seconds.
+helper_cpu_stop() {
+	local starts dones
+	for _ in $(seq 100); do
+		starts=$(grep -c '^start ' "$1" || true) dones=$(grep -c '^done ' "$1" || true)
+		((starts == dones)) && break
+		sleep 0.1
+	done
+	((starts == dones)) || log "WARNING: $((starts - dones)) helper(s) still running 10 s after the command; their CPU is not counted"
+	kill -TERM -- "-$HCPU_PID" 2>/dev/null
+	wait "$HCPU_PID" 2>/dev/null || true
+	HCPU_PID=""
+	((starts > 0)) || log "WARNING: docker events saw no helper start in $1"
+	awk '$1 == "done" { ns += $3 } END { printf "%.2f", ns / 1e9 }' "$1"
+}
+
 # The machine, for the report's last line.
 machine() {
 	local cpu ver root
@@ -214,6 +279,7 @@ command -v zstd >/dev/null || missing+=(zstd)
 # package provides that (it replaces the dynamic "busybox" package).
 [[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null) == "install ok installed" && -x /bin/busybox ]] ||
 	missing+=(busybox-static)
+if ((ENCRYPT)) && ! command -v age-keygen >/dev/null; then missing+=(age); fi
 if ((${#missing[@]})); then
 	log "installing with apt-get: ${missing[*]}"
 	export DEBIAN_FRONTEND=noninteractive
@@ -223,6 +289,7 @@ fi
 command -v zstd >/dev/null || die "zstd still missing"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time still missing"
 [[ -x /bin/busybox ]] || die "/bin/busybox still missing"
+if ((ENCRYPT)) && ! command -v age-keygen >/dev/null; then die "age-keygen still missing"; fi
 
 WORK=$(mktemp -d /var/tmp/volbakbench.XXXXXX)
 mkdir -p "$WORK/logs" "$OUT_DIR"
@@ -254,6 +321,12 @@ VOLTREE=$WORK/voltree
 VOLBAK=$WORK/volbak
 VOLBAK_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 VOLBAK_DIRTY=$( [[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && echo " (+ uncommitted changes)" || true)
+if ((ENCRYPT)); then
+	# In the work dir, so that cleanup removes it with everything else.
+	age-keygen -o "$WORK/bench.key" 2>/dev/null || die "age-keygen failed"
+	AGE_RECIPIENT=$(age-keygen -y "$WORK/bench.key") || die "age-keygen -y failed"
+	log "age key generated in $WORK/bench.key ($AGE_RECIPIENT)"
+fi
 
 for v in $(docker volume ls -q --filter name=volbakbench- 2>/dev/null); do
 	[[ $v == volbakbench-* ]] || continue
@@ -263,311 +336,10 @@ done
 
 # ------------------------------------------------------------------ sidecar
 
-# volbak run, the scheduler sidecar, run here as a host process (not the
-# image's container): (a) idle between runs, its schedule months away,
-# without and with a /metrics scraper; (b) one job backing up
-# SIDECAR_VOLUMES small labelled volumes (run --once) vs as many volbak
-# backup calls one after another, while a poller and docker events check
-# that no two helpers ever serve one volume; (c) idle again after a
-# scheduled run of those volumes. Defined here, run after the other
-# measurements (or alone, with ONLY_SIDECAR=1).
-SC_RUN=$$-$(date +%s)
-SC_LABEL=volbakbench.sidecar=$SC_RUN   # the 50 volumes: a label no one else has
-SC_IDLE_LABEL=volbakbench.idle=$SC_RUN # the idle daemon's one volume
-SC_IDLE_VOL=volbakbench-sc-idle
-SC_NEVER="0 0 1 1 *"                   # the idle daemon's schedule: next 1 January
-SC_SETTLE=5
-SC_SCRAPE_EVERY=15
-SC_VOLS=()
-declare -A SC
-
-# CPU time (utime + stime, clock ticks, all threads) of PID.
-cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
-# Context switches of all of PID's threads, voluntary and not.
-ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{n += $2} END{print n + 0}'; }
-
-# A TCP port nothing listens on, for --listen.
-free_port() {
-	local p
-	for _ in $(seq 50); do
-		p=$((20000 + RANDOM % 40000))
-		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
-	done
-	die "no free TCP port found"
-}
-
-# sidecar_idle NAME WINDOW [ADDR [AFTER_RUN]]: volbak run (a host process),
-# --listen ADDR if ADDR is not empty. Without AFTER_RUN it selects
-# $SC_IDLE_VOL with a schedule months away; with AFTER_RUN=1 it selects the
-# SC_VOLS, its schedule fires once a few seconds after its start, and
-# sampling waits for that run's end. After SC_SETTLE s, VmRSS is sampled
-# every second for WINDOW s, /metrics scraped every SC_SCRAPE_EVERY s if
-# it listens (as Prometheus would). Sets SC[NAME_*]: rss (max VmRSS, KiB),
-# rss0 and rss1 (first and last sample), cpu (s used in the window), ctx
-# (context switches in it), threads (max), samples, scrapes, window (s).
-sidecar_idle() {
-	local name=$1 window=$2 addr=${3:-} after=${4:-0} pid i c0 c1 x0 x1 t0 t1 d rss maxrss=0 rss0="" thr maxthr=0 n=0 scrapes=0 rc=0
-	local args=() sched=$SC_NEVER label=$SC_IDLE_LABEL store=$WORK/sc-idle-store logf=$WORK/logs/sidecar-idle-$name.log
-	[[ -n $addr ]] && args=(--listen "$addr")
-	if ((after)); then
-		# Seconds first (six fields), in UTC like date -u.
-		sched="CRON_TZ=UTC $(date -u -d "+$((SC_SETTLE + 5)) seconds" '+%-S %-M %-H') * * *"
-		label=$SC_LABEL store=$WORK/sc-post-store
-		log "sidecar: volbak run ($name), schedule \"$sched\": waiting for its run of ${#SC_VOLS[@]} volumes, then settle ${SC_SETTLE}s and ${window}s of samples"
-	else
-		log "sidecar: idle volbak run ($name), settle ${SC_SETTLE}s, then ${window}s of samples"
-	fi
-	env VOLBAK_SCHEDULE="$sched" VOLBAK_TO="$store" VOLBAK_VOLUME_LABEL="$label" \
-		setsid "$VOLBAK" run --state-dir "$WORK/sc-state-idle-$name" --log-format json "${args[@]}" \
-		>"$logf" 2>&1 </dev/null &
-	CHILD=$!
-	pid=$CHILD
-	if ((after)); then
-		for ((i = 0; ; i++)); do
-			grep -q '"msg":"run done"' "$logf" && break
-			if grep -q '"msg":"run failed"' "$logf" || ! kill -0 "$pid" 2>/dev/null || ((i > 36000)); then
-				cat "$logf" >&2
-				die "volbak run ($name): its run did not succeed"
-			fi
-			sleep 0.1
-		done
-		SC[${name}_run]=$(sed -n 's/.*"msg":"run done".*"seconds":\([0-9.]*\).*/\1/p' "$logf" | head -n1 | awk '{ printf "%.1f", $1 }')
-		sc_check_store "$store"
-	fi
-	sleep "$SC_SETTLE"
-	if ! kill -0 "$pid" 2>/dev/null || [[ $(cat "/proc/$pid/comm" 2>/dev/null) != volbak ]]; then
-		cat "$logf" >&2
-		die "volbak run ($name) is not running after ${SC_SETTLE}s (pid $pid)"
-	fi
-	c0=$(cpu_ticks "$pid"); x0=$(ctx_switches "$pid"); t0=${EPOCHREALTIME/./}
-	for ((i = 0; i <= window; i++)); do
-		# On the second from t0, whatever the loop itself takes.
-		d=$((t0 + i * 1000000 - ${EPOCHREALTIME/./}))
-		((d > 0)) && sleep "$((d / 1000000)).$(printf '%06d' $((d % 1000000)))"
-		if [[ -n $addr ]] && ((i < window && i % SC_SCRAPE_EVERY == 0)); then
-			curl -sf --max-time 5 "http://$addr/metrics" >"$WORK/sc-metrics.txt" ||
-				die "scrape of http://$addr/metrics failed"
-			grep -q '^volbak_runs_total' "$WORK/sc-metrics.txt" || die "no volbak_runs_total in /metrics"
-			scrapes=$((scrapes + 1))
-		fi
-		rss=$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")
-		thr=$(awk '/^Threads:/{print $2}' "/proc/$pid/status")
-		[[ -n $rss0 ]] || rss0=$rss
-		maxrss=$(max "$maxrss" "$rss"); maxthr=$(max "$maxthr" "$thr")
-		n=$((n + 1))
-	done
-	c1=$(cpu_ticks "$pid"); x1=$(ctx_switches "$pid"); t1=${EPOCHREALTIME/./}
-	kill -TERM "$pid"
-	wait "$pid" || rc=$?
-	CHILD=""
-	((rc == 0)) || log "WARNING: volbak run ($name) exited $rc on SIGTERM"
-	SC[${name}_rss]=$maxrss
-	SC[${name}_rss0]=$rss0
-	SC[${name}_rss1]=$rss
-	SC[${name}_threads]=$maxthr
-	SC[${name}_cpu]=$(awk -v a="$c0" -v b="$c1" -v hz="$(getconf CLK_TCK)" 'BEGIN{ printf "%.2f", (b - a) / hz }')
-	SC[${name}_ctx]=$((x1 - x0))
-	SC[${name}_samples]=$n
-	SC[${name}_scrapes]=$scrapes
-	SC[${name}_window]=$(awk -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.1f", (b - a) / 1e6 }')
-	log "  max RSS ${maxrss} KiB (first sample ${rss0}, last ${rss} KiB), CPU ${SC[${name}_cpu]} s, ${SC[${name}_ctx]} context switches in ${SC[${name}_window]} s"
-}
-
-# poll_start FILE: every 100 ms (plus docker ps's own time), one line per
-# poll into FILE: "ID=VOLUME" of each running volbak helper, space-separated;
-# and, exact where the polls sample, the helpers' start and die events
-# into FILE.events ("NANOS ACTION ID VOLUME").
-poll_start() {
-	setsid bash -c 'docker events --filter type=container --filter label=io.volbak.helper \
-			--format "{{.TimeNano}} {{.Action}} {{.Actor.ID}} {{index .Actor.Attributes \"io.volbak.volume\"}}" >"$1.events" &
-		while :; do
-			docker ps --filter label=io.volbak.helper --format "{{.ID}}={{.Label \"io.volbak.volume\"}}" 2>/dev/null | tr "\n" " "
-			echo
-			sleep 0.1
-		done' _ "$1" >"$1" 2>/dev/null </dev/null &
-	POLL_PID=$!
-	sleep 0.5 # docker events is listening
-}
-poll_stop() {
-	kill -TERM -- "-$POLL_PID" 2>/dev/null
-	wait "$POLL_PID" 2>/dev/null || true
-	POLL_PID=""
-}
-# poll_summary FILE: "MAX DUPS POLLS HELPERS VOLUMES" over this bench's
-# volumes (volbakbench-sc-*): the most helpers seen at once, the volumes
-# seen with two helpers at once (comma-separated, or -), the polls, the
-# distinct helpers and the distinct volumes seen.
-poll_summary() {
-	awk '{
-		n = 0; delete seen
-		for (f = 1; f <= NF; f++) {
-			split($f, p, "="); id = p[1]; v = p[2]
-			if (v !~ /^volbakbench-sc-/) continue
-			n++; ids[id] = 1; vols[v] = 1
-			if (v in seen) dup[v] = 1
-			seen[v] = 1
-		}
-		if (n > mx) mx = n
-		polls++
-	} END {
-		d = ""; for (v in dup) d = d (d == "" ? "" : ",") v
-		ni = 0; for (i in ids) ni++
-		nv = 0; for (v in vols) nv++
-		print mx + 0, (d == "" ? "-" : d), polls + 0, ni, nv
-	}' "$1"
-}
-
-# events_summary FILE.events: "MAX DUPS STARTS" from the helpers' start and
-# die events for this bench's volumes: the most running at once, the
-# volumes that had two at once (or -), the helpers started.
-events_summary() {
-	awk '$4 ~ /^volbakbench-sc-/ && ($2 == "start" || $2 == "die") {
-		if ($2 == "start") {
-			if (run[$3]) next
-			run[$3] = 1; n++; on[$4]++; starts++
-			if (on[$4] > 1) dup[$4] = 1
-			if (n > mx) mx = n
-		} else if (run[$3]) {
-			run[$3] = 0; n--; on[$4]--
-		}
-	} END {
-		d = ""; for (v in dup) d = d (d == "" ? "" : ",") v
-		print mx + 0, (d == "" ? "-" : d), starts + 0
-	}' "$1"
-}
-
-# sc_check_store DIR: one snapshot (manifest) per volume of SC_VOLS.
-sc_check_store() {
-	local v n
-	for v in "${SC_VOLS[@]}"; do
-		n=$(ls "$1/$v"/*.json 2>/dev/null | wc -l)
-		((n == 1)) || die "sidecar: $n snapshots of $v in $1, want 1"
-	done
-}
-
-sidecar_measure() {
-	local i mp0 mp v name sum best
-	docker volume create --label "$SC_IDLE_LABEL" "$SC_IDLE_VOL" >/dev/null
-	echo idle >"$(mountpoint_of "$SC_IDLE_VOL")/idle.txt"
-	sidecar_idle plain "$SIDECAR_IDLE"
-	SC[metrics_addr]=127.0.0.1:$(free_port)
-	sidecar_idle metrics "$SIDECAR_IDLE" "${SC[metrics_addr]}"
-	vol_rm "$SC_IDLE_VOL"
-
-	log "sidecar: $SIDECAR_VOLUMES volumes labelled $SC_LABEL, $SIDECAR_VOL_SIZE each (voltree small, generated once, copied)"
-	for ((i = 1; i <= SIDECAR_VOLUMES; i++)); do
-		v=$(printf 'volbakbench-sc-%02d' "$i")
-		docker volume create --label "$SC_LABEL" "$v" >/dev/null
-		SC_VOLS+=("$v")
-		mp=$(mountpoint_of "$v")
-		if ((i == 1)); then
-			mp0=$mp
-			"$VOLTREE" gen -profile small -size "$SIDECAR_VOL_SIZE" -seed 1 "$mp0" 2> >(sed 's/^/[voltree] /' >&2)
-		else
-			cp -a "$mp0/." "$mp/"
-		fi
-	done
-	sync
-	SC[vol_bytes]=$(du -sb "$mp0" | awk '{print $1}')
-	SC[vol_entries]=$(find "$mp0" | wc -l)
-	log "  each: ${SC[vol_bytes]} bytes apparent, ${SC[vol_entries]} entries"
-	log "sidecar: warm-up backup of ${SC_VOLS[0]} (untimed)"
-	run_timed sidecar-warmup "$VOLBAK" backup "${SC_VOLS[0]}" --to "$WORK/sc-warm" -q --log-format json
-	rm -rf "$WORK/sc-warm"
-
-	# Taking turns, like the other rows; the poller runs during both, so
-	# that both pay for it alike.
-	for ((i = 1; i <= REPS; i++)); do
-		for name in once seq; do
-			rm -rf "$WORK/sc-store" "$WORK/sc-state-once"
-			poll_start "$WORK/sc-poll-$name-$i.txt"
-			if [[ $name == once ]]; then
-				log "sidecar: volbak run --once, one job, ${#SC_VOLS[@]} volumes, rep $i/$REPS"
-				run_timed "sidecar-once-$i" /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" \
-					env VOLBAK_SCHEDULE="$SC_NEVER" VOLBAK_TO="$WORK/sc-store" VOLBAK_VOLUME_LABEL="$SC_LABEL" \
-					"$VOLBAK" run --once --state-dir "$WORK/sc-state-once" -q --log-format json
-			else
-				log "sidecar: ${#SC_VOLS[@]} x volbak backup, one after another, rep $i/$REPS"
-				run_timed "sidecar-seq-$i" /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" \
-					bash -c 'vb=$1 to=$2; shift 2; for v; do "$vb" backup "$v" --to "$to" -q --log-format json || exit; done' \
-					_ "$VOLBAK" "$WORK/sc-store" "${SC_VOLS[@]}"
-			fi
-			poll_stop
-			sc_check_store "$WORK/sc-store"
-			read -r "SC[${name}_emax_$i]" "SC[${name}_edups_$i]" "SC[${name}_estarts_$i]" \
-				< <(events_summary "$WORK/sc-poll-$name-$i.txt.events")
-			((${SC[${name}_estarts_$i]} >= ${#SC_VOLS[@]})) ||
-				log "WARNING: docker events saw ${SC[${name}_estarts_$i]} helpers start, want ${#SC_VOLS[@]} at least"
-			read -r "SC[${name}_max_$i]" "SC[${name}_dups_$i]" "SC[${name}_polls_$i]" "SC[${name}_helpers_$i]" "SC[${name}_pvols_$i]" \
-				< <(poll_summary "$WORK/sc-poll-$name-$i.txt")
-			SC[${name}_pollrate_$i]=$(awk -v w="$WALL" -v n="${SC[${name}_polls_$i]}" 'BEGIN{ printf "%.0f", n ? w * 1000 / n : 0 }')
-			log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB; helpers: max ${SC[${name}_max_$i]} at once, two on one volume: ${SC[${name}_dups_$i]} (${SC[${name}_polls_$i]} polls, ${SC[${name}_helpers_$i]} helpers on ${SC[${name}_pvols_$i]} volumes seen); events: max ${SC[${name}_emax_$i]}, two on one volume: ${SC[${name}_edups_$i]}, ${SC[${name}_estarts_$i]} started"
-			SC[${name}_wall_$i]=$WALL
-			best=${SC[${name}_wall]:-}
-			SC[${name}_wall]=$(min "$best" "$WALL")
-			if [[ ${SC[${name}_wall]} == "$WALL" ]]; then
-				SC[${name}_cpu]=$(awk '{ printf "%.2f", $3 + $4 }' "$WORK/time.out")
-			fi
-			SC[${name}_rss]=$(max "${SC[${name}_rss]:-}" "$(rss_kib "$WORK/time.out")")
-			SC[${name}_max]=$(max "${SC[${name}_max]:-}" "${SC[${name}_max_$i]}")
-			SC[${name}_emax]=$(max "${SC[${name}_emax]:-}" "${SC[${name}_emax_$i]}")
-			[[ ${SC[${name}_dups_$i]} == - ]] || SC[${name}_dups]+="rep $i: ${SC[${name}_dups_$i]} "
-			[[ ${SC[${name}_edups_$i]} == - ]] || SC[${name}_edups]+="rep $i: ${SC[${name}_edups_$i]} "
-			SC[${name}_estarts]=$(( ${SC[${name}_estarts]:-0} + ${SC[${name}_estarts_$i]} ))
-			SC[${name}_polls]=$(( ${SC[${name}_polls]:-0} + ${SC[${name}_polls_$i]} ))
-		done
-	done
-	rm -rf "$WORK/sc-store"
-
-	# The daemon idle again after a scheduled run of the same volumes: what
-	# the run left behind, and whether Go gives it back (it forces a GC
-	# every 2 minutes, then its scavenger returns pages).
-	SC[post_addr]=127.0.0.1:$(free_port)
-	sidecar_idle post "$SIDECAR_POST_IDLE" "${SC[post_addr]}" 1
-	rm -rf "$WORK/sc-post-store"
-	for v in "${SC_VOLS[@]}"; do vol_rm "$v"; done
-}
-
-sidecar_report() {
-	local mib='{ printf "%.1f", $1 / 1024 }' n=${#SC_VOLS[@]} k verdict label
-	echo "Scheduler sidecar: \`volbak run\` as a host process started by this script (not the image's container), its state dir under $WORK."
-	echo
-	echo "Idle daemon: after ${SC_SETTLE} s to settle, VmRSS (/proc/PID/status) sampled every second, and its CPU time (utime + stime of all threads, /proc/PID/stat) and context switches (all threads) over the window. Rows 1 and 2: \`VOLBAK_SCHEDULE=\"$SC_NEVER\"\`, one labelled volume selected, nothing run yet. Row 3: a schedule that fired once, ${SC_SETTLE}+5 s after the start, backing up the $n volumes below (${SC[post_run]} s); sampled from ${SC_SETTLE} s after that run's end."
-	echo
-	echo "| daemon | window s | samples | max RSS MiB | first / last sample RSS MiB | CPU s in window | context switches | threads | target: RSS <= 25 MiB, CPU ~0 |"
-	echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
-	for k in plain metrics post; do
-		case $k in
-		plain) label="idle, no listener" ;;
-		metrics) label="idle, --listen, /metrics scraped every ${SC_SCRAPE_EVERY} s (${SC[metrics_scrapes]} in the window)" ;;
-		post) label="idle after one scheduled run of the $n volumes, --listen, /metrics every ${SC_SCRAPE_EVERY} s (${SC[post_scrapes]} in the window)" ;;
-		esac
-		verdict=$(awk -v r="${SC[${k}_rss]}" -v c="${SC[${k}_cpu]}" -v w="${SC[${k}_window]}" 'BEGIN{ print (r <= 25 * 1024 ? "RSS met" : "RSS NOT met") ", CPU " (c / w * 60 < 0.05 ? "~0" : "NOT ~0") }')
-		printf '| %s | %s | %s | %s | %s / %s | %s | %s | %s | %s |\n' "$label" \
-			"${SC[${k}_window]}" "${SC[${k}_samples]}" "$(echo "${SC[${k}_rss]}" | awk "$mib")" \
-			"$(echo "${SC[${k}_rss0]}" | awk "$mib")" "$(echo "${SC[${k}_rss1]}" | awk "$mib")" \
-			"${SC[${k}_cpu]}" "${SC[${k}_ctx]}" "${SC[${k}_threads]}" "$verdict"
-	done
-	echo
-	echo "- CPU is counted in clock ticks of $((1000 / $(getconf CLK_TCK))) ms: 0.00 means less than one tick in the window; \"~0\" means under 0.05 s a minute."
-	echo
-	echo "$n volumes labelled \`${SC_LABEL%%=*}=…\`, each $SIDECAR_VOL_SIZE of voltree \`small\` (${SC[vol_bytes]} bytes apparent, ${SC[vol_entries]} entries; the same tree in each), to a local directory ($WORK_FS under /var/tmp). Best (min) wall time of $REPS rep(s), the two taking turns; no keep policy (no pruning)."
-	echo
-	echo "| run | wall s | s per volume | CPU s of volbak (user + sys) | peak RSS MiB | max helpers at once (polls / events) | ratio vs sequential (wall) |"
-	echo "|---|---:|---:|---:|---:|---:|---:|"
-	for k in seq once; do
-		printf '| %s | %.2f | %.3f | %s | %s | %s / %s | %s |\n' \
-			"$( [[ $k == seq ]] && echo "$n x \`volbak backup VOL --to DIR\`, one after another" || echo "\`volbak run --once\`, one job selecting the $n volumes by label")" \
-			"${SC[${k}_wall]}" "$(awk -v w="${SC[${k}_wall]}" -v n="$n" 'BEGIN{ print w / n }')" "${SC[${k}_cpu]}" \
-			"$(echo "${SC[${k}_rss]}" | awk "$mib")" "${SC[${k}_max]}" "${SC[${k}_emax]}" \
-			"$(awk -v a="${SC[${k}_wall]}" -v b="${SC[seq_wall]}" 'BEGIN{ printf "%.2fx", a / b }')"
-	done
-	echo
-	echo "- Per rep, sidecar / sequential wall: $(for ((k = 1; k <= REPS; k++)); do awk -v a="${SC[once_wall_$k]}" -v b="${SC[seq_wall_$k]}" -v k="$k" 'BEGIN{ printf "rep %d %.1f / %.1f s = %.2fx; ", k, a, b, a / b }'; done)"
-	echo "- CPU s: /usr/bin/time of the volbak process(es) of the best rep (the $n calls summed); the helper containers' CPU is not included. Peak RSS: the largest volbak process, max over reps."
-	echo "- Helpers on one volume, watched during every rep of both runs (so both pay for it): \`docker ps --filter label=io.volbak.helper\` every 100 ms plus its own time (sidecar: $(for ((k = 1; k <= REPS; k++)); do printf '%s polls, one per %s ms, saw %s helpers on %s volumes; ' "${SC[once_polls_$k]}" "${SC[once_pollrate_$k]}" "${SC[once_helpers_$k]}" "${SC[once_pvols_$k]}"; done)), and \`docker events\` (start/die of every helper, exact). Two helpers on one volume at once: sidecar ${SC[once_dups]:-never} (polls), ${SC[once_edups]:-never} (events, ${SC[once_estarts]} helpers started); sequential ${SC[seq_dups]:-never} (polls), ${SC[seq_edups]:-never} (events, ${SC[seq_estarts]} started)."
-	echo "- Each run's store held one snapshot of each of the $n volumes afterwards (checked, the scheduled run's too)."
-}
+# The sidecar's measurements and report (sidecar_measure, sidecar_report)
+# live in their own file, sourced here.
+# shellcheck source=bench/sidecar.sh
+source "$SCRIPT_DIR/sidecar.sh"
 
 if ((SIDECAR && ONLY_SIDECAR)); then
 	WORK_FS=$(df -PT "$WORK" | awk 'NR==2{print $2}')
@@ -619,7 +391,36 @@ rm -rf "$WORK/warmstore"
 
 # ------------------------------------------------------------------ 7. measurements
 
-declare -A BEST RSS OSIZE
+declare -A BEST RSS OSIZE CPU HCPU REPWALL
+
+# timed_volbak KEY NAME VOLUME ARGS...: runs volbak ARGS like the rows
+# above (run_timed under /usr/bin/time), and with ENCRYPT=1 also sums the
+# CPU time of the helpers serving VOLUME; keeps the best wall time in
+# BEST[KEY], the CPU seconds of that rep in CPU[KEY] (volbak, user + sys)
+# and HCPU[KEY] (its helpers), the max RSS in RSS[KEY], and every rep's
+# wall time in REPWALL[KEY].
+timed_volbak() {
+	local k=$1 name=$2 vol=$3 cpu hcpu=""
+	shift 3
+	if ((ENCRYPT)); then helper_cpu_start "$vol" "$WORK/hcpu-$name.txt"; fi
+	run_timed "$name" /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" "$VOLBAK" "$@"
+	if ((ENCRYPT)); then hcpu=$(helper_cpu_stop "$WORK/hcpu-$name.txt"); fi
+	cpu=$(awk '{ printf "%.2f", $3 + $4 }' "$WORK/time.out")
+	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB, CPU s: volbak $cpu, helpers ${hcpu:-(not measured)}"
+	BEST[$k]=$(min "${BEST[$k]:-}" "$WALL")
+	if [[ ${BEST[$k]} == "$WALL" ]]; then
+		CPU[$k]=$cpu HCPU[$k]=$hcpu
+	fi
+	RSS[$k]=$(max "${RSS[$k]:-}" "$(rss_kib "$WORK/time.out")")
+	REPWALL[$k]+="$WALL "
+}
+
+# The volbak runs of one rep, plain and (ENCRYPT=1) encrypted: which goes
+# first alternates from rep to rep, so that neither always runs on the
+# machine as the other left it.
+rep_kinds() { # REP
+	if ((!ENCRYPT)); then echo plain; elif (($1 % 2)); then echo plain enc; else echo enc plain; fi
+}
 
 # Backups, baseline and volbak taking turns, so that whatever the machine
 # does meanwhile (writeback, other tenants) falls on both alike.
@@ -632,13 +433,19 @@ for ((i = 1; i <= REPS; i++)); do
 	log "  ${WALL}s"
 	BEST[base_backup]=$(min "${BEST[base_backup]:-}" "$WALL")
 
-	rm -rf "$WORK/store"
-	log "volbak backup rep $i/$REPS"
-	run_timed "volbak-backup-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
-		"$VOLBAK" backup "$SRC_VOL" --to "$WORK/store" -q --log-format json
-	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
-	BEST[vb_backup]=$(min "${BEST[vb_backup]:-}" "$WALL")
-	RSS[vb_backup]=$(max "${RSS[vb_backup]:-}" "$(rss_kib "$WORK/time.out")")
+	for kind in $(rep_kinds "$i"); do
+		if [[ $kind == plain ]]; then
+			rm -rf "$WORK/store"
+			log "volbak backup rep $i/$REPS"
+			timed_volbak vb_backup "volbak-backup-$i" "$SRC_VOL" \
+				backup "$SRC_VOL" --to "$WORK/store" -q --log-format json
+		else
+			rm -rf "$WORK/store-enc"
+			log "volbak backup --encrypt-to rep $i/$REPS"
+			timed_volbak vb_backup_enc "volbak-backup-enc-$i" "$SRC_VOL" \
+				backup "$SRC_VOL" --to "$WORK/store-enc" --encrypt-to "$AGE_RECIPIENT" -q --log-format json
+		fi
+	done
 done
 OSIZE[base_backup]=$(stat -c %s "$WORK/baseline.tar.zst")
 OSIZE[vb_backup]=$(manifest_field "$WORK/store" size)
@@ -646,6 +453,7 @@ VB_LEVEL=$(manifest_field "$WORK/store" zstd_level)
 VB_UNCOMP=$(manifest_field "$WORK/store" uncompressed_size)
 VB_FILES=$(manifest_field "$WORK/store" files)
 VB_WARNINGS=$(manifest_field "$WORK/store" warnings)
+if ((ENCRYPT)); then OSIZE[vb_backup_enc]=$(manifest_field "$WORK/store-enc" size); fi
 
 # volbak backup --level default, once (to its own store; the restore uses ./store).
 log "volbak backup --level default (1 rep)"
@@ -659,7 +467,11 @@ rm -rf "$WORK/store-default"
 
 # Before each restore: the last one's 1 GiB goes back to the free pages
 # the next one writes into, and both archives are read from cache.
-prep_restore() { drop_caches; cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null; }
+prep_restore() {
+	drop_caches
+	cat "$WORK/baseline.tar.zst" "$WORK"/store/*/*.tar.zst >/dev/null
+	if ((ENCRYPT)); then cat "$WORK"/store-enc/*/*.tar.zst.age >/dev/null; fi
+}
 
 # Restores, taking turns too, each into a fresh volume, none removed until
 # the end: ext4 makes every file creation scan past inodes deleted in the
@@ -678,13 +490,19 @@ for ((i = 1; i <= REPS; i++)); do
 	BEST[base_restore]=$(min "${BEST[base_restore]:-}" "$WALL")
 
 	DST_VOL=volbakbench-dst-$i
-	prep_restore
-	log "volbak restore rep $i/$REPS"
-	run_timed "volbak-restore-$i" /usr/bin/time -f '%e %M' -o "$WORK/time.out" \
-		"$VOLBAK" restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
-	log "  ${WALL}s, peak RSS $(rss_kib "$WORK/time.out") KiB"
-	BEST[vb_restore]=$(min "${BEST[vb_restore]:-}" "$WALL")
-	RSS[vb_restore]=$(max "${RSS[vb_restore]:-}" "$(rss_kib "$WORK/time.out")")
+	DST_ENC_VOL=volbakbench-dst-enc-$i
+	for kind in $(rep_kinds "$i"); do
+		prep_restore
+		if [[ $kind == plain ]]; then
+			log "volbak restore rep $i/$REPS"
+			timed_volbak vb_restore "volbak-restore-$i" "$DST_VOL" \
+				restore "$SRC_VOL" --from "$WORK/store" --to-volume "$DST_VOL" -q
+		else
+			log "volbak restore --identity rep $i/$REPS"
+			timed_volbak vb_restore_enc "volbak-restore-enc-$i" "$DST_ENC_VOL" \
+				restore "$SRC_VOL" --from "$WORK/store-enc" --to-volume "$DST_ENC_VOL" --identity "$WORK/bench.key" -q
+		fi
+	done
 
 	# In place, over the copy just restored: the staged tree beside the old
 	# one, the switch, and the old tree's removal.
@@ -793,6 +611,11 @@ if ((!FID_OK)); then
 	log "voltree diff found differences (first 40 lines):"
 	head -n 40 "$WORK/diff.out" >&2
 fi
+ENC_FID=""
+if ((ENCRYPT)); then
+	ENC_FID=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_ENC_VOL")" 2>&1 | tail -n1) ||
+		die "fidelity of the last encrypted restore: $ENC_FID"
+fi
 SPARSE_LINE="n/a (no edge/sparse.img in profile $PROFILE)"
 SPARSE_NOTE=""
 if [[ -f $SRC_MP/edge/sparse.img ]]; then
@@ -823,6 +646,33 @@ remote_row() { # LABEL KEY LOCALKEY
 		"$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')" \
 		"$(awk -v n="${RSS[$2]}" 'BEGIN{ printf "%.1f", n / 1024 }')" \
 		"$(awk -v a="$wall" -v b="${BEST[$3]}" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
+}
+
+enc_row() { # LABEL KEY PLAINKEY
+	local wall=${BEST[$2]} p=${BEST[$3]}
+	printf '| %s | %.2f | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$wall" \
+		"$(awk -v n="$VOL_BYTES" -v t="$wall" 'BEGIN{ printf "%.1f", n / 1e6 / t }')" \
+		"$( [[ -n ${OSIZE[$2]:-} ]] && awk -v n="${OSIZE[$2]}" 'BEGIN{ printf "%.1f", n / 1048576 }' || echo –)" \
+		"${CPU[$2]}" "${HCPU[$2]:-–}" \
+		"$(awk -v n="${RSS[$2]}" 'BEGIN{ printf "%.1f", n / 1024 }')" \
+		"$(awk -v a="$wall" -v b="$p" 'BEGIN{ printf "%.2fx", a / b }')" \
+		"$(awk -v a="$wall" -v b="$p" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
+}
+
+# per_rep KEY PLAINKEY: each rep's encrypted / plain wall ratio, and their median.
+per_rep() {
+	awk -v e="${REPWALL[$1]}" -v p="${REPWALL[$2]}" 'BEGIN{
+		n = split(e, E, " "); split(p, P, " ")
+		for (i = 1; i <= n; i++) { r[i] = E[i] / P[i]; printf "rep %d %.2f / %.2f s = %.3fx; ", i, E[i], P[i], r[i] }
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+		printf "median %.3fx", (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+	}'
+}
+
+# enc_verdict KEY PLAINKEY: the throughput encrypted / plain (best of each)
+# against the target of at most 10% lost.
+enc_verdict() {
+	awk -v a="${BEST[$1]}" -v b="${BEST[$2]}" 'BEGIN{ t = b / a * 100; printf "%.1f%% (%s)", t, (t >= 90 ? "met" : "NOT met") }'
 }
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%+.1f%%", (a / b - 1) * 100 }'; }
@@ -856,6 +706,23 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
 	echo "- Baseline restore fidelity (info only; busybox tar is known to drop xattrs, symlink owners and directory mtimes): $BASE_DIFF_LINE"
 	echo "- Machine: $(machine)."
+	if ((ENCRYPT)); then
+		echo
+		echo "Encryption with age (one X25519 recipient, generated for the run): \`volbak backup --encrypt-to\` to and \`volbak restore --identity\` from a local directory, each rep right beside the plain volbak runs of the table above (the same runs: which of the two goes first alternates by rep). Best (min) wall time of $REPS rep(s); the CPU columns are of the best rep."
+		echo
+		echo "| run | wall s | MB/s | stored MiB | CPU s volbak | CPU s helpers | peak RSS MiB | encrypted / plain (wall) | throughput vs plain |"
+		echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+		enc_row "volbak backup" vb_backup vb_backup
+		enc_row "volbak backup --encrypt-to" vb_backup_enc vb_backup
+		enc_row "volbak restore" vb_restore vb_restore
+		enc_row "volbak restore --identity" vb_restore_enc vb_restore
+		echo
+		echo "- Target, age costs at most 10% of throughput: backup $(enc_verdict vb_backup_enc vb_backup), restore $(enc_verdict vb_restore_enc vb_restore) of plain."
+		echo "- Per rep, encrypted / plain wall: backup $(per_rep vb_backup_enc vb_backup); restore $(per_rep vb_restore_enc vb_restore)."
+		echo "- CPU s volbak: /usr/bin/time user + sys of the volbak process. CPU s helpers: the helper containers' cgroup CPU usage, read every 20 ms until each container is gone (short by at most 20 ms a helper). The daemon's and its shim's CPU moving the attach stream is in neither."
+		echo "- Stored size encrypted vs plain: $(awk -v e="${OSIZE[vb_backup_enc]}" -v p="${OSIZE[vb_backup]}" 'BEGIN{ printf "%+d bytes, %+.3f%%", e - p, (e / p - 1) * 100 }') (age adds 16 bytes a 64 KiB chunk, and its header)."
+		echo "- Fidelity (voltree diff source vs the last encrypted restore): $ENC_FID"
+	fi
 	if ((REMOTE)); then
 		echo
 		echo "Remote storage, same volume, servers on 127.0.0.1 on this machine, their data on $SERVERS_FS (versitygw v1.8.0 posix backend; OpenSSH sshd internal-sftp), default part size (16 MiB, 4 in flight):"

@@ -5,6 +5,7 @@
 package encrypt
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -206,6 +207,7 @@ const ScryptWorkFactor = 18
 // the plaintext written.
 type Writer struct {
 	w    io.WriteCloser
+	out  *bufio.Writer
 	sum  hashWriter
 	size int64
 	// Header is the age header and nonce as written: their size and
@@ -220,25 +222,41 @@ type hashWriter interface {
 	Sum([]byte) []byte
 }
 
-// Seal starts an age file on dst for r's recipients.
+// Seal starts an age file on dst for r's recipients: its header is
+// written to dst before Seal returns.
 func (r *Recipients) Seal(dst io.Writer) (*Writer, error) {
+	// age writes each 64 KiB chunk as it is sealed; batching them into
+	// 1 MiB writes gives dst (a backup's fan-out to its destinations) the
+	// pieces it gets from a plain backup, not sixteen times as many.
+	out := bufio.NewWriterSize(dst, 1<<20)
 	// age.Encrypt writes the header and the nonce before it returns, and
 	// nothing else: what passed through hw by then is the header.
-	hw := &headerWriter{w: dst, h: sha256.New()}
+	hw := &headerWriter{w: out, h: sha256.New()}
 	w, err := age.Encrypt(hw, r.list...)
+	if err == nil {
+		err = out.Flush()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
-	return &Writer{w: w, sum: sha256.New(), HeaderSize: hw.n, HeaderSHA256: hex.EncodeToString(hw.h.Sum(nil))}, nil
+	sw := &Writer{w: w, out: out, sum: sha256.New(), HeaderSize: hw.n, HeaderSHA256: hex.EncodeToString(hw.h.Sum(nil))}
+	hw.h = nil
+	return sw, nil
 }
 
 type headerWriter struct {
 	w io.Writer
+	// h hashes the header, and is nil once it is written: age goes on
+	// writing every chunk through hw, and hashing those too cost a third
+	// sha256 of the whole archive (0.36 CPU-s a 589 MB one) for nothing.
 	h hashWriter
 	n int64
 }
 
 func (hw *headerWriter) Write(p []byte) (int, error) {
+	if hw.h == nil {
+		return hw.w.Write(p)
+	}
 	n, err := hw.w.Write(p)
 	hw.h.Write(p[:n])
 	hw.n += int64(n)
@@ -252,8 +270,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close flushes the last chunk; it does not close the destination.
-func (w *Writer) Close() error { return w.w.Close() }
+// Close writes the last chunk; it does not close the destination.
+func (w *Writer) Close() error {
+	if err := w.w.Close(); err != nil {
+		return err
+	}
+	return w.out.Flush()
+}
 
 // Plain is the size and sha256 (hex) of what was written.
 func (w *Writer) Plain() (int64, string) { return w.size, hex.EncodeToString(w.sum.Sum(nil)) }

@@ -184,3 +184,67 @@ func TestDamage(t *testing.T) {
 		}
 	}
 }
+
+type writeSizes struct{ sizes []int }
+
+func (w *writeSizes) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return len(p), nil
+}
+
+// The sealed stream leaves in 1 MiB writes, and the plaintext comes out
+// in reads as large as asked, not in age's 64 KiB chunks: see Seal and
+// Checked.Read for why.
+func TestLargePieces(t *testing.T) {
+	id, _ := age.GenerateX25519Identity()
+	r := &Recipients{}
+	r.Add(id.Recipient().String())
+	dst := &writeSizes{}
+	w, err := r.Seal(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dst.sizes) != 1 {
+		t.Fatalf("the header is not written by Seal: %v", dst.sizes)
+	}
+	plain := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16+1000)
+	for p := plain; len(p) > 0; p = p[min(len(p), 32<<10):] {
+		w.Write(p[:min(len(p), 32<<10)])
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	body := dst.sizes[1:]
+	for i, n := range body[:len(body)-1] {
+		if n != 1<<20 {
+			t.Fatalf("write %d of the body is %d bytes, want 1 MiB: %v", i, n, body)
+		}
+	}
+
+	f := seal(t, r, plain)
+	ids := &Identities{}
+	ids.AddFile(file(t, id.String()))
+	in, err := ids.Open(bytes.NewReader(f.data), r.Public, f.hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := Check(in, f.n, f.sum, func() error { return nil }, errCorrupt)
+	buf := make([]byte, 1<<20)
+	var got []byte
+	for {
+		k, err := c.Read(buf)
+		got = append(got, buf[:k]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k != len(buf) {
+			t.Fatalf("read %d bytes before the end, want %d", k, len(buf))
+		}
+	}
+	if !bytes.Equal(got, plain) {
+		t.Fatal("round trip differs")
+	}
+}

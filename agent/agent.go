@@ -73,7 +73,11 @@ func (e *emitter) emit(ev Event) {
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	em := &emitter{enc: json.NewEncoder(stderr)}
 	var err error
+	if spec := os.Getenv(UserEnv); spec != "" {
+		err = dropRoot(spec)
+	}
 	switch {
+	case err != nil:
 	case len(args) > 0 && args[0] == "archive":
 		err = runArchive(args[1:], stdout, em)
 	case len(args) > 0 && args[0] == "extract":

@@ -99,7 +99,11 @@ func (x indexLines) Write(line []byte) (int, error) {
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	em := newEmitter(stderr)
 	var err error
+	if spec := os.Getenv(UserEnv); spec != "" {
+		err = dropRoot(spec)
+	}
 	switch {
+	case err != nil:
 	case len(args) > 0 && args[0] == "archive":
 		err = runArchive(args[1:], stdout, em)
 	case len(args) > 0 && args[0] == "digest":

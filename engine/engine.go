@@ -47,6 +47,9 @@ type Engine struct {
 	imageOnce sync.Once
 	imageID   string
 	imageErr  error
+
+	mu   sync.Mutex
+	ncpu int // the daemon's, once known: see cores
 }
 
 // New connects to the daemon named by DOCKER_HOST (or the default socket)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -15,24 +16,65 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
+	"github.com/volbak/volbak/agent"
 )
 
 // MountPoint is where a helper sees the volume it serves.
 const MountPoint = "/data"
 
-// Capabilities a helper needs and nothing more: reading every file whatever
-// its mode, or recreating every file with its owner, mode, xattrs and
-// device numbers.
+// Capabilities. A helper starts with none (CapDrop ALL) and gets back
+// only these. Each was taken away in turn against the real daemon (Engine
+// 20.10, kernel 6.18: the end-to-end round trips, an in-place restore of
+// voltest's edge tree, a setgid file and directory of another group), and
+// what broke without it is its reason.
 var (
-	CapsRead  = []string{"DAC_READ_SEARCH"}
-	CapsWrite = []string{"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP"}
+	// A backup reads every file whatever its mode and owner: without
+	// DAC_READ_SEARCH a file of mode 0000 fails it.
+	CapsRead = []string{"DAC_READ_SEARCH"}
+	// A restore (and a recovery) recreates every entry as it was.
+	CapsWrite = []string{
+		// Owners: without it every entry comes back owned by root.
+		"CHOWN",
+		// Replacing a volume's contents (in-place, --force, a recovery)
+		// removes what it held, read-only directories of other owners
+		// among it: without it the replaced tree stays behind. A fresh
+		// restore does without it (a directory gets its mode after its
+		// children), but FOWNER could chmod its way to the same access,
+		// so a set without it for fresh restores would buy nothing.
+		"DAC_OVERRIDE",
+		// Modes and times of entries that already have their owner:
+		// chown comes first, since it clears setuid bits and file
+		// capabilities, and then chmod and utimensat need FOWNER (without
+		// it, setting the mtime of a symlink owned by 1000 fails the
+		// restore).
+		"FOWNER",
+		// Setgid of a group the helper is not in: without it the kernel
+		// clears the bit, silently (a 2755 file of 999:999 came back 0755).
+		"FSETID",
+		// Device nodes (FIFOs need nothing).
+		"MKNOD",
+		// security.capability xattrs: without it they are lost, with a
+		// warning.
+		"SETFCAP",
+	}
 )
+
+// nobody is who a helper that only reads runs as. Root only where
+// ownership requires it: a helper that writes (extract, recover) creates,
+// chowns, chmods and removes entries of every owner, and a user other
+// than root holding CHOWN, FOWNER and DAC_OVERRIDE would be root in all
+// but name (archive and restore/stage also take euid 0 to mean that
+// owners are theirs to restore). A backup changes nothing: it reads as
+// nobody with DAC_READ_SEARCH. It still starts as root, with SETUID and
+// SETGID besides, and drops them with root as it starts (agent.UserEnv
+// says why).
+const nobody = "65534:65534"
 
 // Helper is one run of `volbak agent …` in a container beside a volume.
 type Helper struct {
-	Op       string // "backup" or "restore": names and labels the container
-	Volume   string // mounted at MountPoint
-	ReadOnly bool
+	Op       string   // "backup" or "restore": names and labels the container
+	Volume   string   // mounted at MountPoint
+	ReadOnly bool     // and the agent runs as nobody: it changes nothing
 	Args     []string // the agent's arguments, after the binary
 	Caps     []string
 	// Stdin, if set, is streamed to the helper's stdin, which is closed at
@@ -48,9 +90,17 @@ type Helper struct {
 }
 
 // ExitError is a helper that ended with a non-zero status.
-type ExitError struct{ Code int64 }
+type ExitError struct {
+	Code   int64
+	Memory int64 // the helper's memory limit, in bytes
+}
 
-func (e *ExitError) Error() string { return fmt.Sprintf("helper exited with status %d", e.Code) }
+func (e *ExitError) Error() string {
+	if e.Code == 137 && e.Memory > 0 {
+		return fmt.Sprintf("helper was killed (status 137), most likely for going over its memory limit of %d MiB", e.Memory>>20)
+	}
+	return fmt.Sprintf("helper exited with status %d", e.Code)
+}
 
 // Run runs the helper to its end. The container is removed on every path,
 // cancellation included.
@@ -62,6 +112,15 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	name := "volbak-" + h.Op + "-" + hex.EncodeToString(suffix[:])
+	lim, err := e.helperLimits(ctx)
+	if err != nil {
+		return err
+	}
+	caps, env := h.Caps, lim.env()
+	if h.ReadOnly {
+		caps = append(slices.Clone(h.Caps), "SETUID", "SETGID")
+		env = append(env, agent.UserEnv+"="+nobody)
+	}
 	stdin := h.Stdin != nil
 	// Created whole or not at all: an interrupt in the middle of the call
 	// could leave a container the daemon made but volbak never heard of.
@@ -73,7 +132,8 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			Image:        image,
 			Entrypoint:   []string{"/volbak"},
 			Cmd:          h.Args,
-			User:         "0:0",
+			Env:          env,
+			User:         "0:0", // a non-root start would hold no capability: see nobody
 			WorkingDir:   "/",
 			AttachStdin:  stdin,
 			OpenStdin:    stdin,
@@ -90,11 +150,17 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			}},
 			NetworkMode: "none",
 			// json-file would copy every byte of the stream into the daemon's log.
-			LogConfig:      container.LogConfig{Type: "none"},
-			CapDrop:        []string{"ALL"},
-			CapAdd:         h.Caps,
-			SecurityOpt:    []string{"no-new-privileges"},
+			LogConfig:   container.LogConfig{Type: "none"},
+			CapDrop:     []string{"ALL"},
+			CapAdd:      caps,
+			SecurityOpt: []string{"no-new-privileges"},
+			// Nothing in a helper writes outside the volume, so no tmpfs.
 			ReadonlyRootfs: true,
+			Resources: container.Resources{
+				Memory:     lim.memory,
+				MemorySwap: lim.memory, // none of it in swap
+				PidsLimit:  &lim.pids,
+			},
 			// If volbak itself dies, the daemon still cleans up after the helper.
 			AutoRemove: true,
 		},
@@ -219,7 +285,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			return fmt.Errorf("helper: %s", res.Error.Message)
 		}
 		if res.StatusCode != 0 {
-			return &ExitError{Code: res.StatusCode}
+			return &ExitError{Code: res.StatusCode, Memory: lim.memory}
 		}
 	case err := <-wait.Error:
 		return fmt.Errorf("wait for helper: %w", err)

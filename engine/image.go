@@ -61,12 +61,21 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 	} else if !cerrdefs.IsNotFound(err) {
 		return "", fmt.Errorf("inspect helper image: %w", err)
 	}
+	if err := e.loadImage(ctx, img); err != nil {
+		return "", err
+	}
+	e.pruneOldImages(ctx, img.id)
+	return img.id, nil
+}
+
+// loadImage loads img into the daemon, and checks that it is there.
+func (e *Engine) loadImage(ctx context.Context, img *image) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(img.writeSave(pw)) }()
 	res, err := e.cli.ImageLoad(ctx, pr, client.ImageLoadWithQuiet(true))
 	if err != nil {
 		pr.CloseWithError(err)
-		return "", fmt.Errorf("load helper image: %w", err)
+		return fmt.Errorf("load helper image: %w", err)
 	}
 	defer res.Close()
 	// The daemon answers with a JSON message stream; an error is one of them.
@@ -81,17 +90,16 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 		if err := dec.Decode(&msg); err == io.EOF {
 			break
 		} else if err != nil {
-			return "", fmt.Errorf("load helper image: %w", err)
+			return fmt.Errorf("load helper image: %w", err)
 		}
 		if msg.Error != "" {
-			return "", fmt.Errorf("load helper image: %s", msg.Error)
+			return fmt.Errorf("load helper image: %s", msg.Error)
 		}
 	}
 	if _, err := e.cli.ImageInspect(ctx, img.id); err != nil {
-		return "", fmt.Errorf("helper image %s missing after load: %w", img.id, err)
+		return fmt.Errorf("helper image %s missing after load: %w", img.id, err)
 	}
-	e.pruneOldImages(ctx, img.id)
-	return img.id, nil
+	return nil
 }
 
 // pruneOldImages removes helper images that a newer load left untagged

@@ -245,6 +245,12 @@ func ParseSpan(s string) (Span, error) {
 			return Span{}, fmt.Errorf("span %q: unknown unit %q (y, m, d, h; minutes are too fine for snapshots)", s, string(unit))
 		}
 		order = order[at+1:] // each unit once, largest first
+		// Each part is bounded before they are summed below: a sum that
+		// overflows passed that check, and 1200000000000000000d put the
+		// cutoff in the year 289902471739 (found by FuzzSpan).
+		if n > century/hoursPer[unit] {
+			return Span{}, fmt.Errorf("span %q is over a century: give a shorter one", s)
+		}
 		switch unit {
 		case 'y':
 			sp.Years = n
@@ -259,11 +265,16 @@ func ParseSpan(s string) (Span, error) {
 	}
 	// Past a century the arithmetic overflows, and the cutoff would land
 	// in the future: nothing but the newest kept.
-	if sp.Years*8766+sp.Months*731+sp.Days*24+sp.Hours > 100*8766 {
+	if sp.Years*hoursPer['y']+sp.Months*hoursPer['m']+sp.Days*hoursPer['d']+sp.Hours > century {
 		return Span{}, fmt.Errorf("span %q is over a century: give a shorter one", s)
 	}
 	return sp, nil
 }
+
+// century in hours, and the hours of each unit of a Span, rounded up.
+const century = 100 * 8766
+
+var hoursPer = map[byte]int{'y': 8766, 'm': 731, 'd': 24, 'h': 1}
 
 // ParseCount reads a rule's count: a number of periods, or "unlimited"
 // (-1 too, as restic took it before 0.16) for every period.

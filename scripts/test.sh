@@ -3,7 +3,8 @@
 # (the Docker daemon; versitygw, an S3 server, and OpenSSH's sshd, which the
 # tests themselves start on 127.0.0.1 and stop by PID), then runs every test.
 # The end-to-end tests need root and fail, rather than skip, when the daemon
-# or a server cannot be found.
+# or a server cannot be found. Last, every fuzz target runs for a short
+# while (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -31,3 +32,8 @@ fi
 cat "$deps_log" >&2
 rm -f "$deps_log"
 go test -count=1 -timeout 20m "$@" ./...
+# Then a short run of every fuzz target (FUZZTIME each, 10s by default;
+# FUZZ=0 skips it).
+if [ "${FUZZ:-1}" != 0 ]; then
+  scripts/fuzz.sh
+fi

@@ -198,16 +198,29 @@ func Redact(dest string) string {
 		return dest
 	}
 	u, err := url.Parse(dest)
-	if err != nil || strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.RawQuery, "@") && u.Query().Get("endpoint") == "" {
+	if err != nil || u.Opaque != "" || strings.Contains(u.Path, "@") || strings.Contains(u.Fragment, "@") || strings.Contains(u.RawQuery, "@") && u.Query().Get("endpoint") == "" {
 		// Cannot tell where a secret would be (a password holding '/', '#'
-		// or '%' breaks the parse): keep the user and what follows the
-		// last '@', mask between.
+		// or '%' breaks the parse; "sftp:://u:pw@h" is all opaque, which
+		// u.Redacted shows whole, as FuzzRedact found): keep the user and
+		// what follows the last '@', mask between. Unless a '?' or '#'
+		// comes before the last '@' and either an '@' before it, or a '='
+		// or '&' after it: then that '@' may be a parameter's (the user's
+		// part ended earlier), and nothing is shown.
 		at := strings.LastIndex(rest, "@")
-		if at < 0 {
+		if q := strings.IndexAny(rest, "?#"); at < 0 || q >= 0 && q < at && (strings.Contains(rest[:q], "@") || strings.ContainsAny(rest[q:at], "=&")) {
 			return scheme + "://xxxxx"
 		}
 		user, _, _ := strings.Cut(rest[:at], ":")
-		return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
+		if strings.ContainsAny(user, "?#&=/") {
+			user = "xxxxx" // parameters, rather
+		}
+		// Nor can the parameters be told apart: none is shown (FuzzRedact
+		// found ?secret_key= shown whole after a bad port).
+		shown := rest[at+1:]
+		if q := strings.IndexAny(shown, "?#&"); q >= 0 {
+			shown = shown[:q] + "?xxxxx"
+		}
+		return scheme + "://" + user + ":xxxxx@" + shown
 	}
 	if u.RawQuery != "" {
 		q := u.Query()

@@ -23,6 +23,11 @@ func TestRedact(t *testing.T) {
 		"s3://b/p?secret_key=hunter2&region=x":       "s3://b/p?region=x&secret_key=xxxxx",
 		"sftp://user:1234?hunter2@host/dir":          "sftp://user:xxxxx@host/dir",
 		"s3://b/p?endpoint=http://AK:hunter2@h:9000": "s3://b/p?endpoint=http%3A%2F%2Fxxxxx%40h%3A9000",
+		"sftp://u@nas:bad%zz/srv?secret_key=hunter2": "sftp://u:xxxxx@nas:bad%zz/srv?xxxxx",
+		"sftp://u@h/p?token=hun@ter2":                "sftp://xxxxx",
+		"sftp://me@example.com:pa#ss@host/dir":       "sftp://xxxxx",
+		"sftp://me@example.com:pa/ss@host/dir":       "sftp://me@example.com:xxxxx@host/dir",
+		"sftp:://u:hunter2@h/p":                      "sftp:://u:xxxxx@h/p",
 	} {
 		if got := Redact(in); got != want {
 			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
@@ -34,7 +39,8 @@ func TestRedact(t *testing.T) {
 func TestOpenErrorsHideSecrets(t *testing.T) {
 	for _, d := range []string{"ftp://u:hunter2@host/x", "file://u:hunter2@host/x", "sftp://u:hunter2@nas:bad%zz/srv",
 		"sftp://u:12/hunter2@127.0.0.1:1/dir", "sftp://u@127.0.0.1:1/dir?pw=hunter2", "s3://b/p?secret_key=hunter2",
-		"sftp://user:1234?hunter2@host/dir", "s3://b/p?endpoint=http://AK:hunter2@h:9000", "s3://b/p?endpoint=http://AK:hun%zzter2@h:9000"} {
+		"sftp://user:1234?hunter2@host/dir", "s3://b/p?endpoint=http://AK:hunter2@h:9000", "s3://b/p?endpoint=http://AK:hun%zzter2@h:9000",
+		"sftp:://u:hunter2@h/p", "ftp:://u:hunter2@h/p"} {
 		_, err := Open(context.Background(), d, Options{Getenv: func(string) string { return "" }})
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("Open(%q): %v", d, err)

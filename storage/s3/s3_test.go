@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -37,6 +38,12 @@ var srv *testsrv.S3
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
+	// A fuzz run (scripts/fuzz.sh) asks no server, and each of its
+	// workers runs TestMain again: none is started for it.
+	flag.Parse()
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "volbak-s3test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/user"
@@ -75,6 +76,11 @@ func parseURL(u *url.URL, getenv func(string) string) (target, error) {
 	if u.Scheme != "sftp" {
 		return t, fmt.Errorf("not an sftp URL: scheme %q", u.Scheme)
 	}
+	if u.Opaque != "" {
+		// sftp:://u:pw@h, say: all of it opaque, and u.Redacted would
+		// show the password.
+		return t, errors.New("sftp URL: no // after sftp: write sftp://USER@HOST:PORT/PATH")
+	}
 	if _, has := u.User.Password(); has {
 		// The URL itself is not repeated: it holds the password.
 		return t, errors.New("sftp URL holds a password: put it in a file and pass --ssh-password-file FILE instead " +
@@ -99,6 +105,10 @@ func parseURL(u *url.URL, getenv func(string) string) (target, error) {
 	t.host = u.Hostname()
 	if t.host == "" {
 		return t, fmt.Errorf("sftp URL %s: no host", u.Redacted())
+	}
+	if _, err := netip.ParseAddr(t.host); strings.Contains(t.host, ":") && err != nil {
+		// "sftp://::/x" has host ":", which no dial reaches (FuzzParseURL).
+		return t, fmt.Errorf("sftp URL %s: bad host %q (an IPv6 address goes in brackets: sftp://user@[::1]:22/path)", u.Redacted(), t.host)
 	}
 	t.port = 22
 	if p := u.Port(); p != "" {

@@ -98,7 +98,7 @@ func (p *Problem) Fix() string {
 			"(a link, a bind mount, a filesystem that ignores case); volbak will not delete it, lest that delete %s's snapshot: "+
 			"if it is a copy, remove %s and %s (and its index, if there) by hand", p.Owner, p.Owner, p.Key, archivesOf(p.Key))
 	case errors.Is(p.Err, ErrMisplaced):
-		return fmt.Sprintf("it is %s's: move it and %s into %s/ (its index too, if there) rather than delete it", p.Owner, archivesOf(p.Key), p.Owner)
+		return fmt.Sprintf("it is %s's: move it, %s and its index (if there) into %s/ rather than delete it", p.Owner, archivesOf(p.Key), p.Owner)
 	case errors.Is(p.Err, fs.ErrPermission):
 		return "this user may not read it (another account's?): list as the user that wrote it, or make it readable; " + del
 	}

@@ -348,7 +348,7 @@ func TestMisplaced(t *testing.T) {
 	if p.Key != key || p.Owner != "pgdata" || p.Twin || p.Damaged() || !errors.Is(&p, ErrMisplaced) {
 		t.Fatalf("problem: %+v", p)
 	}
-	if fix := p.Fix(); !strings.Contains(fix, "move it and pgdata-old/20260102T030405Z-bbbb2222.tar.zst (or pgdata-old/20260102T030405Z-bbbb2222.tar.zst.age) into pgdata/") || strings.Contains(fix, "volbak delete") {
+	if fix := p.Fix(); !strings.Contains(fix, "move it, pgdata-old/20260102T030405Z-bbbb2222.tar.zst (or pgdata-old/20260102T030405Z-bbbb2222.tar.zst.age) and its index (if there) into pgdata/") || strings.Contains(fix, "volbak delete") {
 		t.Fatalf("fix: %s", fix)
 	}
 	// Deleting it knowingly, by its name, is allowed: nothing else holds it.

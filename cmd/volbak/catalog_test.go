@@ -150,6 +150,7 @@ func TestSnapshotsFromTwoHosts(t *testing.T) {
 	there := here
 	there.ID, there.Host, there.Created = "feed0001", "otherhost", here.Created.Add(time.Second)
 	there.Archive = strings.TrimSuffix(there.Key(), ".json") + ".tar.zst"
+	there.IndexRef = snapshot.IndexRef{} // an older volbak's there: no index
 	archive, err := os.ReadFile(filepath.Join(store, filepath.FromSlash(here.Archive)))
 	if err != nil {
 		t.Fatal(err)

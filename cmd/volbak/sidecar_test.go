@@ -546,7 +546,8 @@ func TestSidecarVerifySchedule(t *testing.T) {
 	status := `volbak_verify_last_status{job="default:verify",volume="` + vol + `"}`
 	waitWithin(t, 3*time.Minute, "a verify run that read the snapshot", func() bool {
 		_, m := httpGet("http://" + listen + "/metrics")
-		return strings.Contains(m, status+" 1")
+		// The log as docker copies it may lag behind the metrics.
+		return strings.Contains(m, status+" 1") && strings.Contains(s.logs(t), `"msg":"snapshot verified"`)
 	})
 	if code, body := httpGet("http://" + listen + "/healthz"); code != 200 {
 		t.Fatalf("/healthz %d: %s", code, body)

@@ -207,7 +207,7 @@ func TestComparePaths(t *testing.T) {
 	in := []string{".", "a", "a/x", "a/x/y", "a/z", "a.b", "a0", "b", "b/c"}
 	for i := range in {
 		for j := range in {
-			got := comparePaths(in[i], in[j])
+			got := cmpNames(in[i], in[j])
 			want := 0
 			if i < j {
 				want = -1
@@ -215,7 +215,7 @@ func TestComparePaths(t *testing.T) {
 				want = 1
 			}
 			if got != want {
-				t.Errorf("comparePaths(%q, %q) = %d, want %d", in[i], in[j], got, want)
+				t.Errorf("cmpNames(%q, %q) = %d, want %d", in[i], in[j], got, want)
 			}
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 )
 
 // maxIndexLine bounds one line of an index: a name and a link target of
@@ -106,7 +105,7 @@ func CompareIndex(recorded, found io.Reader, show int) (Comparison, error) {
 		case f == nil:
 			order = -1
 		default:
-			order = comparePaths(r.Name(), f.Name())
+			order = cmpNames(r.Name(), f.Name())
 		}
 		switch {
 		case order < 0:
@@ -133,38 +132,6 @@ func CompareIndex(recorded, found io.Reader, show int) (Comparison, error) {
 	}
 	c.Recorded, c.Found = rec.n, fnd.n
 	return c, nil
-}
-
-// comparePaths orders two entry names as the archive walk meets them:
-// the root (".") first, then one path component at a time, in byte
-// order, so that a directory comes before what it holds and what it
-// holds before its next sibling ("a/x" before "a.b", which plain string
-// order would not give).
-func comparePaths(a, b string) int {
-	switch {
-	case a == b:
-		return 0
-	case a == ".":
-		return -1
-	case b == ".":
-		return 1
-	}
-	for {
-		ca, ra, moreA := strings.Cut(a, "/")
-		cb, rb, moreB := strings.Cut(b, "/")
-		if c := strings.Compare(ca, cb); c != 0 {
-			return c
-		}
-		switch {
-		case !moreA && !moreB:
-			return 0
-		case !moreA:
-			return -1
-		case !moreB:
-			return 1
-		}
-		a, b = ra, rb
-	}
 }
 
 // indexReader reads index lines one at a time and checks their order.
@@ -207,7 +174,7 @@ func (x *indexReader) next() (*IndexEntry, error) {
 	if name == "" || x.cur.Type == "" {
 		return nil, x.fail(errors.New("an entry without a path or a type"))
 	}
-	if x.n > 1 && comparePaths(x.prev, name) >= 0 {
+	if x.n > 1 && cmpNames(x.prev, name) >= 0 {
 		return nil, x.fail(fmt.Errorf("%w: %q after %q", ErrIndexOrder, name, x.prev))
 	}
 	x.prev = name

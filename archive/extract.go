@@ -37,6 +37,11 @@ type ExtractOptions struct {
 	// device for whoever can open it, a setuid-root file a root shell for
 	// whoever can run it. Without it they are left out, with a warning.
 	AllowSpecial bool
+	// MaxBytes and MaxEntries, if above 0, are what the archive's
+	// manifest says it holds: a stream that goes past either is refused
+	// at once, not once a lying manifest's small archive has filled the
+	// disk with what it expands to.
+	MaxBytes, MaxEntries int64
 }
 
 // holeBlock is the granule at which runs of zeros become holes on restore:
@@ -68,7 +73,7 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 		return Stats{}, err
 	}
 	defer dec.Close()
-	cr := &countReader{r: dec}
+	cr := &countReader{r: dec, max: opt.MaxBytes}
 	x := &extractor{
 		root:         root,
 		cr:           cr,
@@ -76,6 +81,7 @@ func Extract(r io.Reader, root string, opt ExtractOptions) (Stats, error) {
 		warn:         opt.Warn,
 		root0:        os.Geteuid() == 0,
 		allowSpecial: opt.AllowSpecial,
+		maxEntries:   opt.MaxEntries,
 
 		rootHdr:  opt.Root,
 		reserved: opt.Reserved,
@@ -114,8 +120,9 @@ type extractor struct {
 	walk         *walk
 	buf          []byte
 	warn         func(path, msg string)
-	root0        bool // running as root: owners are restored
-	allowSpecial bool // device nodes, setuid bits and capabilities are restored
+	root0        bool  // running as root: owners are restored
+	allowSpecial bool  // device nodes, setuid bits and capabilities are restored
+	maxEntries   int64 // 0: no bound (ExtractOptions.MaxEntries)
 	warned       map[string]bool
 	stats        Stats
 
@@ -155,6 +162,9 @@ func (x *extractor) run() error {
 			return corrupt(err)
 		}
 		x.stats.Entries++
+		if x.maxEntries > 0 && x.stats.Entries > x.maxEntries {
+			return fmt.Errorf("%w: it holds more than the %d entries its manifest records", ErrCorrupt, x.maxEntries)
+		}
 		if err := x.entry(hdr); err != nil {
 			return err
 		}
@@ -551,12 +561,16 @@ func newMetaSetter(warn func(path, msg string)) *extractor {
 }
 
 type countReader struct {
-	r io.Reader
-	n int64
+	r   io.Reader
+	n   int64
+	max int64 // 0: no bound
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if c.max > 0 && c.n > c.max {
+		return n, fmt.Errorf("%w: it expands to more than the %d bytes its manifest records", ErrCorrupt, c.max)
+	}
 	return n, err
 }

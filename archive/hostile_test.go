@@ -452,3 +452,47 @@ func TestHolesBounded(t *testing.T) {
 	}
 	t.Logf("a 4 GiB hole restored in %v", time.Since(start))
 }
+
+// Entries alternating between two deep trees cost a thousand lookups
+// each: past the budget the archive is refused, by a restore and by Scan,
+// within seconds, not hours. And a stream that expands past what its
+// manifest says is refused as it goes past.
+func TestCostlyOrderAndLyingSize(t *testing.T) {
+	deep := func(top string) string { return top + strings.Repeat("/d", 500) }
+	hdrs := []*tar.Header{{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}}
+	for i := range 400 {
+		top := "a"
+		if i%2 == 1 {
+			top = "b"
+		}
+		hdrs = append(hdrs, &tar.Header{Name: fmt.Sprintf("%s/f%d", deep(top), i), Typeflag: tar.TypeReg, Mode: 0o644})
+	}
+	data, _, err := voltest.TarZst(hdrs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := Extract(bytes.NewReader(data), t.TempDir(), ExtractOptions{}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "too many out of the order") {
+		t.Fatalf("restore: %v", err)
+	}
+	if _, err := Scan(bytes.NewReader(data)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("scan: %v", err)
+	}
+	t.Logf("refused in %s", time.Since(start))
+
+	big, n, err := voltest.TarZst(&tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		&tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644, Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Extract(bytes.NewReader(big), dst, ExtractOptions{MaxBytes: 1 << 20}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "more than the 1048576 bytes") {
+		t.Fatalf("a stream past its manifest's size: %v", err)
+	}
+	if _, err := Extract(bytes.NewReader(big), t.TempDir(), ExtractOptions{MaxBytes: n, MaxEntries: 1}); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "more than the 1 entries") {
+		t.Fatalf("a stream past its manifest's entries: %v", err)
+	}
+	if _, err := Extract(bytes.NewReader(big), t.TempDir(), ExtractOptions{MaxBytes: n, MaxEntries: 2}); err != nil {
+		t.Fatalf("within its manifest: %v", err)
+	}
+}

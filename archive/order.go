@@ -283,7 +283,16 @@ type walk struct {
 	hi      string
 	hiDir   bool
 	inOrder bool
+	// slow counts the directories looked up for entries out of order: a
+	// crafted archive alternating between two deep trees costs a thousand
+	// lookups an entry (165 ms: hours for a megabyte), so past
+	// maxSlowSteps it is refused.
+	slow int
 }
+
+// maxSlowSteps bounds the lookups out-of-order entries may cost: a few
+// seconds. volbak's own archives need none.
+const maxSlowSteps = 20_000
 
 func newWalk(t tree, keep bool) *walk {
 	return &walk{t: t, keep: keep, open: []openDir{{rel: "."}}, hi: ".", hiDir: true, inOrder: true}
@@ -319,6 +328,9 @@ func (w *walk) place(rel string, dir bool) (exists bool, err error) {
 	}
 	for top := w.top(); top != parent; {
 		c := child(top, parent)
+		if w.slow++; w.slow > maxSlowSteps {
+			return false, refused(rel, fmt.Sprintf("is one of too many out of the order volbak writes in (%d directories looked up for them): not an archive volbak made", maxSlowSteps))
+		}
 		k, err := w.t.kind(c)
 		if err != nil {
 			return false, err

@@ -92,6 +92,8 @@ func Run(root string, r io.Reader, job Job) (archive.Stats, error) {
 		Reserved: Reserved,
 
 		AllowSpecial: job.AllowSpecial,
+		MaxBytes:     job.Bytes,
+		MaxEntries:   job.Entries,
 	})
 	stopFlush()
 	if err == nil && (job.Entries > 0 && st.Entries != job.Entries || job.Bytes > 0 && st.Bytes != job.Bytes) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 )
 
 // maxIndexLine bounds one line of an index: a name and a link target of
@@ -25,13 +26,27 @@ type Difference struct {
 }
 
 func (d Difference) String() string {
+	// Names are whatever wrote to the volume chose: a terminal escape or
+	// a newline in one must not paint the output or forge an "ok" line.
+	p := printable(d.Path)
 	switch d.Field {
 	case "missing":
-		return fmt.Sprintf("%s: in the index, not in the restored tree", d.Path)
+		return fmt.Sprintf("%s: in the index, not in the restored tree", p)
 	case "extra":
-		return fmt.Sprintf("%s: in the restored tree, not in the index", d.Path)
+		return fmt.Sprintf("%s: in the restored tree, not in the index", p)
 	}
-	return fmt.Sprintf("%s: %s recorded %s, found %s", d.Path, d.Field, orNone(d.Recorded), orNone(d.Found))
+	return fmt.Sprintf("%s: %s recorded %s, found %s", p, d.Field, printable(orNone(d.Recorded)), printable(orNone(d.Found)))
+}
+
+// printable is s, quoted if it holds anything a terminal would not just
+// print.
+func printable(s string) string {
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func orNone(s string) string {

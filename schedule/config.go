@@ -279,6 +279,9 @@ func parseFile(path string, data []byte) (Config, error) {
 			if j.Verify, err = verifyPlan(v.Schedule, fj.Timezone, v.Deep, v.All, "verify.schedule"); err != nil {
 				return Config{}, fmt.Errorf("%s: %w", where, err)
 			}
+			if err := deepNeedsKey(j, "identity_file"); err != nil {
+				return Config{}, fmt.Errorf("%s: %w", where, err)
+			}
 		}
 		if j.Ping, err = checkPing(ping); err != nil {
 			return Config{}, fmt.Errorf("%s: ping: %w", where, err)
@@ -419,6 +422,15 @@ func newJob(name, spec, tz, jitter string, to []string, level, keep string, noti
 		return j, fmt.Errorf("%s: selects nothing: name volumes, volume or container labels, or all", k.sel)
 	}
 	return j, nil
+}
+
+// deepNeedsKey refuses a deep verify of encrypted snapshots without a key
+// to open them: every run would fail.
+func deepNeedsKey(j Job, key string) error {
+	if j.Verify != nil && j.Verify.Deep && !j.Encrypt.Empty() && j.Keys.Empty() {
+		return fmt.Errorf("verify deep restores the job's snapshots, which it encrypts: give the key that opens them (%s)", key)
+	}
+	return nil
 }
 
 // verifyPlan reads a verify schedule; key names it for messages.
@@ -596,6 +608,9 @@ func fromEnv(getenv func(string) string, environ []string) (Config, error) {
 		}
 	} else if deep || all {
 		errs = append(errs, errors.New("VOLBAK_VERIFY_DEEP and VOLBAK_VERIFY_ALL go with VOLBAK_VERIFY_SCHEDULE (when to verify)"))
+	}
+	if err := deepNeedsKey(j, "VOLBAK_IDENTITY_FILE"); err != nil {
+		errs = append(errs, err)
 	}
 	if j.Ping, err = checkPing(get("VOLBAK_PING")); err != nil {
 		errs = append(errs, fmt.Errorf("VOLBAK_PING: %w", err))

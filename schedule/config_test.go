@@ -244,3 +244,18 @@ func TestEncryptionSettings(t *testing.T) {
 		t.Fatalf("recipients and a passphrase: %v", err)
 	}
 }
+
+// A deep verify of a job that encrypts needs the key that opens its
+// snapshots: without it every run would fail.
+func TestDeepVerifyNeedsKey(t *testing.T) {
+	const a = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+	getenv, environ := env("VOLBAK_SCHEDULE", "@daily", "VOLBAK_TO", "/b", "VOLBAK_ENCRYPT_TO", a,
+		"VOLBAK_VERIFY_SCHEDULE", "@weekly", "VOLBAK_VERIFY_DEEP", "true")
+	if _, err := Load("", getenv, environ); err == nil || !strings.Contains(err.Error(), "VOLBAK_IDENTITY_FILE") {
+		t.Fatalf("deep verify without a key: %v", err)
+	}
+	getenv, environ = env("VOLBAK_SCHEDULE", "@daily", "VOLBAK_TO", "/b", "VOLBAK_ENCRYPT_TO", a, "VOLBAK_VERIFY_SCHEDULE", "@weekly")
+	if _, err := Load("", getenv, environ); err != nil {
+		t.Fatalf("a plain verify needs no key: %v", err)
+	}
+}

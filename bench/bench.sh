@@ -659,20 +659,26 @@ enc_row() { # LABEL KEY PLAINKEY
 		"$(awk -v a="$wall" -v b="$p" 'BEGIN{ printf "%.0f%%", b / a * 100 }')"
 }
 
-# per_rep KEY PLAINKEY: each rep's encrypted / plain wall ratio, and their median.
+# per_rep KEY PLAINKEY [median]: each rep's encrypted / plain wall ratio,
+# and their median; with "median", the median alone.
 per_rep() {
-	awk -v e="${REPWALL[$1]}" -v p="${REPWALL[$2]}" 'BEGIN{
+	awk -v e="${REPWALL[$1]}" -v p="${REPWALL[$2]}" -v only="${3:-}" 'BEGIN{
 		n = split(e, E, " "); split(p, P, " ")
-		for (i = 1; i <= n; i++) { r[i] = E[i] / P[i]; printf "rep %d %.2f / %.2f s = %.3fx; ", i, E[i], P[i], r[i] }
+		for (i = 1; i <= n; i++) { r[i] = E[i] / P[i]; if (only == "") printf "rep %d %.2f / %.2f s = %.3fx; ", i, E[i], P[i], r[i] }
 		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
-		printf "median %.3fx", (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+		m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+		if (only == "") printf "median %.3fx", m; else printf "%.4f", m
 	}'
 }
 
-# enc_verdict KEY PLAINKEY: the throughput encrypted / plain (best of each)
-# against the target of at most 10% lost.
+# enc_verdict KEY PLAINKEY: the throughput encrypted / plain against the
+# target of at most 10% lost, from the best of each and from the median of
+# the reps' pairs: on a busy machine one lucky rep decides the first.
 enc_verdict() {
-	awk -v a="${BEST[$1]}" -v b="${BEST[$2]}" 'BEGIN{ t = b / a * 100; printf "%.1f%% (%s)", t, (t >= 90 ? "met" : "NOT met") }'
+	awk -v a="${BEST[$1]}" -v b="${BEST[$2]}" -v m="$(per_rep "$1" "$2" median)" 'BEGIN{
+		t = b / a * 100; u = 100 / m
+		printf "%.1f%% from the best runs (%s), %.1f%% from the median pair (%s)", t, (t >= 90 ? "met" : "NOT met"), u, (u >= 90 ? "met" : "NOT met")
+	}'
 }
 
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%+.1f%%", (a / b - 1) * 100 }'; }
@@ -717,7 +723,7 @@ RESULT=$OUT_DIR/results-$STAMP.md
 		enc_row "volbak restore" vb_restore vb_restore
 		enc_row "volbak restore --identity" vb_restore_enc vb_restore
 		echo
-		echo "- Target, age costs at most 10% of throughput: backup $(enc_verdict vb_backup_enc vb_backup), restore $(enc_verdict vb_restore_enc vb_restore) of plain."
+		echo "- Target, age costs at most 10% of throughput: backup $(enc_verdict vb_backup_enc vb_backup); restore $(enc_verdict vb_restore_enc vb_restore)."
 		echo "- Per rep, encrypted / plain wall: backup $(per_rep vb_backup_enc vb_backup); restore $(per_rep vb_restore_enc vb_restore)."
 		echo "- CPU s volbak: /usr/bin/time user + sys of the volbak process. CPU s helpers: the helper containers' cgroup CPU usage, read every 20 ms until each container is gone (short by at most 20 ms a helper). The daemon's and its shim's CPU moving the attach stream is in neither."
 		echo "- Stored size encrypted vs plain: $(awk -v e="${OSIZE[vb_backup_enc]}" -v p="${OSIZE[vb_backup]}" 'BEGIN{ printf "%+d bytes, %+.3f%%", e - p, (e / p - 1) * 100 }') (age adds 16 bytes a 64 KiB chunk, and its header)."

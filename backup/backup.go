@@ -225,29 +225,40 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 	// other failure the key is not this destination's to remove: the same
 	// storage reached under another name may hold it, committed by its own
 	// Put.
-	undo := func(i int) {
+	undo := func(i int) error {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
+		var err error
 		if putErrs[i] == nil || storage.MayHaveCommitted(putErrs[i]) {
-			dests[i].Delete(cctx, m.Archive)
+			err = gone(dests[i], m.Archive, dests[i].Delete(cctx, m.Archive))
 		}
-		idx.undo(cctx, dests[i], i)
+		return errors.Join(err, idx.undo(cctx, dests[i], i))
 	}
-	undoAll := func() {
+	// undoAll says what became of what the backup wrote: removed, or
+	// (a destination gone silent) left unlisted, named.
+	undoAll := func() string {
+		var left []error
 		for i := range dests {
-			undo(i)
+			if err := undo(i); err != nil {
+				left = append(left, err)
+			}
 		}
+		if len(left) == 0 {
+			return "nothing was kept"
+		}
+		return fmt.Sprintf("nothing is listed, but what it uploaded could not all be removed (%v): it stays unlisted; delete it by hand, or volbak run removes it after a week", errors.Join(left...))
 	}
 	switch {
 	case ctx.Err() != nil:
-		undoAll()
-		return fail(fmt.Errorf("backup of %s interrupted; nothing was kept: %w", name, ctx.Err()))
+		kept := undoAll()
+		return fail(fmt.Errorf("backup of %s interrupted; %s: %w", name, kept, ctx.Err()))
 	case runErr != nil && !errors.Is(runErr, errStorageGaveUp):
-		undoAll()
+		if kept := undoAll(); kept != "nothing was kept" {
+			return fail(fmt.Errorf("%w; %s", runErr, kept))
+		}
 		return fail(runErr) // the helper failed first; the Puts saw its error
 	case end == errNoReport:
-		undoAll()
-		return fail(errors.New("helper ended without its final report; nothing was kept"))
+		return fail(errors.New("helper ended without its final report; " + undoAll()))
 	}
 	if done != nil {
 		m.Size, m.SHA256 = tee.n, hex.EncodeToString(tee.sum.Sum(nil))
@@ -339,8 +350,8 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 			}
 			if keep {
 				log.Warn("not removing the archive from a failed destination: it shows the manifest another destination wrote (the same storage under another name), or it could not be asked; if the archive was stored there, it stays unlisted", "storage", st.String())
-			} else {
-				undo(i)
+			} else if uerr := undo(i); uerr != nil {
+				log.Warn("what the failed destination was given could not all be removed: it stays unlisted; delete it by hand, or volbak run removes it after a week", "storage", st.String(), "err", uerr)
 			}
 		}
 		res.Errs[i] = err
@@ -359,6 +370,15 @@ func volume(ctx context.Context, eng Engine, dests []storage.Storage, name strin
 		return res, res.Errs[0]
 	}
 	return res, fmt.Errorf("%d of %d destinations failed: %s", len(failed), len(dests), strings.Join(failed, ", "))
+}
+
+// gone is err of a Delete of key from st, nil if the key is gone (or
+// never was), else naming what stays.
+func gone(st storage.Storage, key string, err error) error {
+	if err == nil || errors.Is(err, storage.ErrNotExist) {
+		return nil
+	}
+	return fmt.Errorf("%s in %s: %w", key, st, err)
 }
 
 // helperError adds what the helper said to how it ended.

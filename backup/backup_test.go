@@ -30,6 +30,7 @@ type fakeEngine struct {
 	data     []byte
 	noReport bool
 	lines    []string
+	after    func() // called once the helper has ended (an interrupt then)
 }
 
 var threeLines = []string{`{"path":".","type":"dir"}`, `{"path":"a","type":"file","size":1}`, `{"path":"b","type":"fifo"}`}
@@ -61,6 +62,9 @@ func (f *fakeEngine) Run(_ context.Context, h engine.Helper) error {
 	if !f.noReport {
 		line, _ := json.Marshal(agent.Event{Event: "done", Bytes: int64(len(f.data)), Entries: 3})
 		h.Stderr.Write(append(line, '\n'))
+	}
+	if f.after != nil {
+		f.after()
 	}
 	return nil
 }
@@ -298,4 +302,36 @@ func TestManifestThereAfterAllKeepsTheArchive(t *testing.T) {
 		t.Fatalf("a listed snapshot lost its archive: %v", err)
 	}
 	rc.Close()
+}
+
+// undeletable commits what it is given whatever happens meanwhile (the
+// server had the request) and cannot delete it (a server gone silent
+// after the upload).
+type undeletable struct{ *local.Dir }
+
+func (u undeletable) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := u.Dir.Put(context.WithoutCancel(ctx), key, r); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return storage.CommitUnknown(ctx.Err())
+	}
+	return nil
+}
+
+func (u undeletable) Delete(context.Context, string) error { return errors.New("server not answering") }
+
+// A backup interrupted once its uploads committed, where they cannot be
+// removed, says what stays instead of "nothing was kept".
+func TestUndoneBackupNamesWhatStays(t *testing.T) {
+	st := undeletable{dir(t)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, err := Volume(ctx, &fakeEngine{data: newData(2 << 20), after: cancel}, []storage.Storage{st}, "vol", Options{})
+	if err == nil || strings.Contains(err.Error(), "nothing was kept") || !strings.Contains(err.Error(), "could not all be removed") || !strings.Contains(err.Error(), "stays unlisted") {
+		t.Fatalf("want what stays named: %v", err)
+	}
+	if ms, _ := snapshot.List(context.Background(), st, ""); len(ms.Snapshots) != 0 {
+		t.Fatalf("listed: %+v", ms.Snapshots)
+	}
 }

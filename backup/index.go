@@ -108,10 +108,11 @@ func (x *indexUpload) finish(end error, events *agent.Events, done *agent.Event)
 
 // undo removes the index from dests[i] if its Put there committed it, or
 // may have (see storage.CommitUnknown): what a failed backup wrote goes.
-func (x *indexUpload) undo(ctx context.Context, st storage.Storage, i int) {
-	if x.mayHold(i) {
-		st.Delete(ctx, x.key)
+func (x *indexUpload) undo(ctx context.Context, st storage.Storage, i int) error {
+	if !x.mayHold(i) {
+		return nil
 	}
+	return gone(st, x.key, st.Delete(ctx, x.key))
 }
 
 // mayHold tells whether the index Put to dests[i] committed, or may have.

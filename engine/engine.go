@@ -48,6 +48,8 @@ type Engine struct {
 	imageID   string
 	imageErr  error
 
+	sweepOnce sync.Once // stale helpers, before the first helper
+
 	mu   sync.Mutex
 	ncpu int // the daemon's, once known: see cores
 }

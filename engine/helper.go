@@ -109,6 +109,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	if err != nil {
 		return err
 	}
+	e.sweepOnce.Do(func() { e.sweepCreated(ctx) })
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	name := "volbak-" + h.Op + "-" + hex.EncodeToString(suffix[:])
@@ -357,3 +358,29 @@ func (r *readErr) Read(p []byte) (int, error) {
 }
 
 func short(id string) string { return id[:min(12, len(id))] }
+
+// staleCreated is how long a helper may sit created and never started
+// before another volbak takes it for one whose volbak was killed between
+// the two calls (an instant for a live one).
+var staleCreated = 10 * time.Minute
+
+// sweepCreated removes helper containers that were created and never
+// started, by a volbak killed in between: AutoRemove acts only on a
+// container that ran, so such a one stays, and pins its volume (a
+// throwaway volume's sweep, a user's docker volume rm, all fail on it).
+// A failure is no obstacle to the run.
+func (e *Engine) sweepCreated(ctx context.Context) {
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: client.Filters{}.Add("label", LabelHelper).Add("status", "created")})
+	if err != nil {
+		return
+	}
+	for _, c := range res.Items {
+		if time.Since(time.Unix(c.Created, 0)) < staleCreated {
+			continue
+		}
+		cctx, cancel := cleanupContext(ctx)
+		e.cli.ContainerRemove(cctx, c.ID, client.ContainerRemoveOptions{Force: true})
+		cancel()
+	}
+}

@@ -346,3 +346,32 @@ func testVolume(t *testing.T, e *Engine, role string) (string, string) {
 	}
 	return name, v.Mountpoint
 }
+
+// A helper created and never started (its volbak killed in between) pins
+// its volume; the next volbak's first helper run removes it once stale.
+func TestStaleCreatedHelperRemoved(t *testing.T) {
+	e := helperEngine(t)
+	vol, _ := testVolume(t, e, "pinned")
+	res, err := e.cli.ContainerCreate(t.Context(), client.ContainerCreateOptions{
+		Name:       testPrefix + "created-helper",
+		Config:     &container.Config{Image: testPrefix + "helper:test", Labels: map[string]string{LabelHelper: "backup", LabelVolume: vol}},
+		HostConfig: &container.HostConfig{Binds: []string{vol + ":" + MountPoint}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.cli.ContainerRemove(context.Background(), res.ID, client.ContainerRemoveOptions{Force: true})
+	})
+	before := staleCreated
+	staleCreated = time.Second
+	t.Cleanup(func() { staleCreated = before })
+	time.Sleep(1500 * time.Millisecond)
+	e.sweepCreated(t.Context())
+	if _, err := e.cli.ContainerInspect(t.Context(), res.ID, client.ContainerInspectOptions{}); err == nil {
+		t.Fatal("the stale created helper is still there")
+	}
+	if err := e.RemoveVolume(t.Context(), vol); err != nil {
+		t.Fatalf("its volume is still pinned: %v", err)
+	}
+}

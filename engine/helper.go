@@ -109,7 +109,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	if err != nil {
 		return err
 	}
-	e.sweepOnce.Do(func() { e.sweepCreated(ctx) })
+	e.sweepOnce.Do(func() { e.sweepCreated(ctx, staleCreated) })
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	name := "volbak-" + h.Op + "-" + hex.EncodeToString(suffix[:])
@@ -362,21 +362,25 @@ func short(id string) string { return id[:min(12, len(id))] }
 // staleCreated is how long a helper may sit created and never started
 // before another volbak takes it for one whose volbak was killed between
 // the two calls (an instant for a live one).
-var staleCreated = 10 * time.Minute
+const staleCreated = 10 * time.Minute
 
 // sweepCreated removes helper containers that were created and never
 // started, by a volbak killed in between: AutoRemove acts only on a
 // container that ran, so such a one stays, and pins its volume (a
 // throwaway volume's sweep, a user's docker volume rm, all fail on it).
-// A failure is no obstacle to the run.
-func (e *Engine) sweepCreated(ctx context.Context) {
-	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true,
-		Filters: client.Filters{}.Add("label", LabelHelper).Add("status", "created")})
+// A failure is no obstacle to the run. labels narrow it further (a test
+// sweeps its own only).
+func (e *Engine) sweepCreated(ctx context.Context, olderThan time.Duration, labels ...string) {
+	f := client.Filters{}.Add("label", LabelHelper).Add("status", "created")
+	for _, l := range labels {
+		f = f.Add("label", l)
+	}
+	res, err := e.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {
 		return
 	}
 	for _, c := range res.Items {
-		if time.Since(time.Unix(c.Created, 0)) < staleCreated {
+		if time.Since(time.Unix(c.Created, 0)) < olderThan {
 			continue
 		}
 		cctx, cancel := cleanupContext(ctx)

@@ -27,7 +27,7 @@ import (
 
 // Event is one line of a helper's stderr.
 type Event struct {
-	Event    string `json:"event"` // warning, note, estimate, progress, ready, switching, done, error
+	Event    string `json:"event"` // warning, note, estimate, progress, ready, switching, done, error, stream
 	Path     string `json:"path,omitempty"`
 	Message  string `json:"message,omitempty"`
 	Bytes    int64  `json:"bytes,omitempty"`
@@ -98,7 +98,17 @@ func (x indexLines) Write(line []byte) (int, error) {
 // Main runs `volbak agent ARGS`. It returns the process exit code.
 func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	em := newEmitter(stderr)
-	var err error
+	conn, err := dialStream()
+	if err != nil {
+		// Not an error event: the run that follows on the attach stream
+		// reports its own.
+		em.emit(Event{Event: "stream", Message: err.Error()})
+		return ExitNoStream
+	}
+	if conn != nil {
+		defer conn.Close()
+		stdin, stdout = conn, conn
+	}
 	if spec := os.Getenv(UserEnv); spec != "" {
 		err = dropRoot(spec)
 	}

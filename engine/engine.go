@@ -6,13 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/system"
 	"github.com/moby/moby/client"
 )
 
@@ -37,6 +40,10 @@ type Options struct {
 	HelperImage string
 	// Version tags the helper image.
 	Version string
+	// Stream is how helpers' archives travel (see StreamMode); "" is auto.
+	Stream StreamMode
+	// Log gets the choice of stream, at debug level.
+	Log *slog.Logger
 }
 
 // Engine talks to one Docker daemon.
@@ -50,8 +57,15 @@ type Engine struct {
 
 	sweepOnce sync.Once // stale helpers, before the first helper
 
-	mu   sync.Mutex
-	ncpu int // the daemon's, once known: see cores
+	mu     sync.Mutex
+	daemon *system.Info // once known: see info
+
+	self     string                 // the container volbak runs in, if any: see direct
+	noDirect atomic.Pointer[string] // why the direct path failed, once it has
+	log      *slog.Logger
+	// directHook, in tests, sees (and may spoil) each socket before its
+	// helper is created.
+	directHook func(*direct)
 }
 
 // New connects to the daemon named by DOCKER_HOST (or the default socket)
@@ -65,7 +79,14 @@ func New(ctx context.Context, opts Options) (*Engine, error) {
 		cli.Close()
 		return nil, daemonError(cli.DaemonHost(), err)
 	}
-	return &Engine{cli: cli, opts: opts}, nil
+	if opts.Stream == "" {
+		opts.Stream = StreamAuto
+	}
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Engine{cli: cli, opts: opts, self: Self(), log: log}, nil
 }
 
 // Close releases the connection.
@@ -135,9 +156,9 @@ func (e *Engine) RemoveVolume(ctx context.Context, name string) error {
 // Hostname is the daemon's host name, for the manifest: the volume lives
 // there, wherever volbak itself runs.
 func (e *Engine) Hostname(ctx context.Context) string {
-	info, err := e.cli.Info(ctx, client.InfoOptions{})
-	if err == nil && info.Info.Name != "" {
-		return info.Info.Name
+	info, err := e.info(ctx)
+	if err == nil && info.Name != "" {
+		return info.Name
 	}
 	h, _ := os.Hostname()
 	return h

@@ -2,12 +2,16 @@ package engine
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"time"
 
@@ -104,7 +108,37 @@ func (e *ExitError) Error() string {
 
 // Run runs the helper to its end. The container is removed on every path,
 // cancellation included.
-func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
+func (e *Engine) Run(ctx context.Context, h Helper) error {
+	d, why, err := e.directFor(h)
+	if err != nil {
+		return err
+	}
+	if d == nil {
+		if why != "" {
+			e.log.Debug("helper stream: attach", "op", h.Op, "volume", h.Volume, "why", why)
+		}
+		return e.run(ctx, h, nil)
+	}
+	defer d.close()
+	e.log.Debug("helper stream: direct", "op", h.Op, "volume", h.Volume, "socket", d.addr, "network", cmp.Or(d.network, "none"))
+	err = e.run(ctx, h, d)
+	var fb *fallbackError
+	if !errors.As(err, &fb) {
+		return err
+	}
+	if e.opts.Stream == StreamDirect {
+		return fmt.Errorf("%w (%s=direct: no fallback to the attach stream)", err, StreamEnv)
+	}
+	if fb.sticky {
+		e.noDirect.Store(&fb.why)
+	}
+	d.close()
+	e.log.Debug("helper stream: attach, the direct path failed", "op", h.Op, "volume", h.Volume, "why", fb.why)
+	return e.run(ctx, h, nil)
+}
+
+// run runs the helper once, its stream over d, or attached if d is nil.
+func (e *Engine) run(ctx context.Context, h Helper, d *direct) (err error) {
 	image, err := e.helperImage(ctx)
 	if err != nil {
 		return err
@@ -122,7 +156,20 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		caps = append(slices.Clone(h.Caps), "SETUID", "SETGID")
 		env = append(env, agent.UserEnv+"="+nobody)
 	}
-	stdin := h.Stdin != nil
+	mounts := []mount.Mount{{
+		Type: mount.TypeVolume, Source: h.Volume, Target: MountPoint, ReadOnly: h.ReadOnly,
+		// Never let Docker copy the image's /data into the volume.
+		VolumeOptions: &mount.VolumeOptions{NoCopy: true},
+	}}
+	network := "none"
+	if d != nil {
+		env = append(env, d.env()...)
+		if d.mount != nil {
+			mounts = append(mounts, *d.mount)
+		}
+		network = cmp.Or(d.network, network)
+	}
+	stdin := h.Stdin != nil && d == nil // attached: the direct path carries it otherwise
 	// Created whole or not at all: an interrupt in the middle of the call
 	// could leave a container the daemon made but volbak never heard of.
 	cctx, cancel := cleanupContext(ctx)
@@ -144,12 +191,8 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			Labels:       map[string]string{LabelHelper: h.Op, LabelVolume: h.Volume},
 		},
 		HostConfig: &container.HostConfig{
-			Mounts: []mount.Mount{{
-				Type: mount.TypeVolume, Source: h.Volume, Target: MountPoint, ReadOnly: h.ReadOnly,
-				// Never let Docker copy the image's /data into the volume.
-				VolumeOptions: &mount.VolumeOptions{NoCopy: true},
-			}},
-			NetworkMode: "none",
+			Mounts:      mounts,
+			NetworkMode: container.NetworkMode(network),
 			// json-file would copy every byte of the stream into the daemon's log.
 			LogConfig:   container.LogConfig{Type: "none"},
 			CapDrop:     []string{"ALL"},
@@ -169,6 +212,11 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	if err != nil {
 		// A timeout may come after the daemon made it: remove it by name.
 		e.removeContainer(ctx, name)
+		if d != nil && ctx.Err() == nil {
+			// The socket's file not on the daemon's host, volbak's
+			// container not the daemon's: the attach stream may do.
+			return &fallbackError{why: "create helper container: " + err.Error()}
+		}
 		return fmt.Errorf("create helper container: %w", err)
 	}
 	id := created.ID
@@ -195,23 +243,75 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		return fmt.Errorf("start helper: %w", err)
 	}
 
+	stdout := h.Stdout
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	stderr := &head{w: h.Stderr}
 	outDone := make(chan error, 1)
 	exited := make(chan struct{}) // the helper's output ended: it is gone
 	go func() {
 		defer close(exited)
+		if d != nil {
+			_, err := stdcopy.StdCopy(refuse{}, stderr, att.Reader)
+			outDone <- err
+			return
+		}
 		// The daemon frames the stream in pieces of at most 32 KiB; handing
 		// them on in 1 MiB batches costs one copy and saves the consumer
 		// (a pipe into storage, a file) thirty-odd wake-ups and writes each.
-		out := bufio.NewWriterSize(h.Stdout, 1<<20)
-		_, err := stdcopy.StdCopy(out, h.Stderr, att.Reader)
+		out := bufio.NewWriterSize(stdout, 1<<20)
+		_, err := stdcopy.StdCopy(out, stderr, att.Reader)
 		if err == nil {
 			err = out.Flush()
 		}
 		outDone <- err
 	}()
+	// connected waits for the helper's connection, or for its end.
+	connected := func() *net.UnixConn {
+		select {
+		case <-d.got:
+		case <-exited:
+			d.settle()
+		}
+		return d.conn
+	}
+	// The direct connection's output read to its end: its consumer's
+	// failure (dataDone), or its own (readFail: a restore's helper that
+	// exits with input unread resets it, and its exit status says why).
+	dataDone := make(chan error, 1)
+	var readFail error
+	if d != nil {
+		go func() {
+			c := connected()
+			if c == nil {
+				dataDone <- nil
+				return
+			}
+			// The helper's stdout (nothing, for a restore), straight from
+			// the kernel: no frames, no daemon.
+			w := &writeErr{w: stdout}
+			_, err := io.CopyBuffer(w, c, make([]byte, 1<<20))
+			switch {
+			case w.err != nil:
+				// The consumer gave up: the helper would otherwise write
+				// on into nothing.
+				c.Close()
+				e.kill(ctx, id)
+				dataDone <- w.err
+				return
+			case err != nil:
+				c.Close()
+				readFail = err
+			}
+			dataDone <- nil
+		}()
+	} else {
+		dataDone <- nil
+	}
 	inDone := make(chan error, 1)
 	inShort := false // the helper stopped reading before the input ended
-	if stdin {
+	if h.Stdin != nil {
 		go func() {
 			if h.Ready != nil {
 				select {
@@ -221,8 +321,18 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 					return
 				}
 			}
+			var dst io.Writer = att.Conn
+			closeWrite := att.CloseWrite
+			if d != nil {
+				c := connected()
+				if c == nil { // it could not connect, and exited before reading
+					inDone <- nil
+					return
+				}
+				dst, closeWrite = c, c.CloseWrite
+			}
 			src := &readErr{r: h.Stdin}
-			_, err := io.CopyBuffer(att.Conn, src, make([]byte, 1<<20))
+			_, err := io.CopyBuffer(dst, src, make([]byte, 1<<20))
 			switch {
 			case src.err != nil:
 				// Kill before the helper could take a closed stdin for a
@@ -233,7 +343,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 			case err != nil:
 				inShort = true
 			default:
-				if err := att.CloseWrite(); err != nil {
+				if err := closeWrite(); err != nil {
 					inShort = true
 				}
 			}
@@ -265,6 +375,10 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		if !drained {
 			<-outDone
 		}
+		if d != nil {
+			d.close() // a reader of the connection stuck on nothing
+		}
+		<-dataDone
 		<-inDone
 		return ctx.Err()
 	}
@@ -273,17 +387,26 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 		// Whoever consumes stdout gave up (a full disk, a failed upload):
 		// stop the helper rather than let it run on into nothing.
 		e.kill(ctx, id)
+		if d != nil {
+			d.close()
+		}
 	}
+	dataErr := <-dataDone
 	if inErr := <-inDone; inErr != nil {
 		return inErr
 	}
-	if outErr != nil {
-		return outErr
+	// The first to fail is the cause: a failed consumer of stdout
+	// (outErr) closes the connection under the data's reader.
+	if err := cmp.Or(outErr, dataErr); err != nil {
+		return err
 	}
 	select {
 	case res := <-wait.Result:
 		if res.Error != nil && res.Error.Message != "" {
 			return fmt.Errorf("helper: %s", res.Error.Message)
+		}
+		if res.StatusCode == agent.ExitNoStream && d != nil && d.conn == nil {
+			return &fallbackError{why: "the helper could not connect: " + stderr.message(), sticky: true}
 		}
 		if res.StatusCode != 0 {
 			return &ExitError{Code: res.StatusCode, Memory: lim.memory}
@@ -293,6 +416,9 @@ func (e *Engine) Run(ctx context.Context, h Helper) (err error) {
 	case <-ctx.Done():
 		e.kill(ctx, id)
 		return ctx.Err()
+	}
+	if readFail != nil {
+		return fmt.Errorf("read the helper's stream: %w", readFail)
 	}
 	if inShort {
 		return errors.New("helper exited before reading all of its input")
@@ -342,6 +468,43 @@ const drainTimeout = 5 * time.Second
 // interrupt is exactly when it must still run.
 func cleanupContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+}
+
+// writeErr keeps the error of its writer, to tell it from the reader's.
+type writeErr struct {
+	w   io.Writer
+	err error
+}
+
+func (w *writeErr) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// head passes a helper's stderr on, keeping its first line: the reason a
+// helper that could not connect gives.
+type head struct {
+	w    io.Writer
+	line []byte
+}
+
+func (h *head) Write(p []byte) (int, error) {
+	if len(h.line) < 1024 {
+		h.line = append(h.line, p[:min(len(p), 1024-len(h.line))]...)
+	}
+	return h.w.Write(p)
+}
+
+func (h *head) message() string {
+	line, _, _ := bytes.Cut(h.line, []byte("\n"))
+	var ev agent.Event
+	if json.Unmarshal(line, &ev) == nil && ev.Message != "" {
+		return ev.Message
+	}
+	return string(line)
 }
 
 type readErr struct {

@@ -155,8 +155,21 @@ func checkConfinement(t *testing.T, c container.InspectResponse, writes bool) {
 	if c.Config.User != "0:0" {
 		t.Errorf("starts as %q", c.Config.User)
 	}
-	if len(c.Mounts) != 1 || c.Mounts[0].Destination != MountPoint || c.Mounts[0].RW != writes {
-		t.Errorf("mounts %+v: want only the volume at %s, writable %v", c.Mounts, MountPoint, writes)
+	// The volume, and the direct stream's socket (on this host, volbak
+	// reaches the daemon by its socket): nothing else, and that read-only.
+	ok := len(c.Mounts) == 2
+	for _, m := range c.Mounts {
+		switch m.Destination {
+		case MountPoint:
+			ok = ok && m.RW == writes
+		case helperSocket:
+			ok = ok && !m.RW && m.Type == "bind"
+		default:
+			ok = false
+		}
+	}
+	if !ok {
+		t.Errorf("mounts %+v: want the volume at %s, writable %v, and the stream's socket at %s, read-only", c.Mounts, MountPoint, writes, helperSocket)
 	}
 }
 

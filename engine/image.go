@@ -45,12 +45,12 @@ func (e *Engine) ensureImage(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	info, err := e.cli.Info(ctx, client.InfoOptions{})
+	info, err := e.info(ctx)
 	if err != nil {
 		return "", fmt.Errorf("daemon info: %w", err)
 	}
-	if want := goArch(info.Info.Architecture); want != arch || info.Info.OSType != "linux" {
-		return "", fmt.Errorf("this volbak is linux/%s but the daemon runs %s/%s: run a volbak built for the daemon's platform, or pass --helper-image", arch, info.Info.OSType, info.Info.Architecture)
+	if want := goArch(info.Architecture); want != arch || info.OSType != "linux" {
+		return "", fmt.Errorf("this volbak is linux/%s but the daemon runs %s/%s: run a volbak built for the daemon's platform, or pass --helper-image", arch, info.OSType, info.Architecture)
 	}
 	img, err := describeImage(bin, arch, HelperRepo+":"+e.opts.Version)
 	if err != nil {

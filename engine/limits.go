@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/moby/moby/api/types/system"
 	"github.com/moby/moby/client"
 )
 
@@ -52,17 +53,27 @@ func (e *Engine) helperLimits(ctx context.Context) (limits, error) {
 	return limits{memory: memoryBase + memoryPerCore*int64(n), pids: pidsBase + pidsPerCore*int64(n)}, nil
 }
 
-// cores is the daemon's number of CPUs, asked once it is known: an error
-// is not kept, the next helper asks again.
+// cores is the daemon's number of CPUs.
 func (e *Engine) cores(ctx context.Context) (int, error) {
+	info, err := e.info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("daemon info (for the helper's limits): %w", err)
+	}
+	return max(1, info.NCPU), nil
+}
+
+// info is the daemon's, asked once it is known (a backup asked three
+// times, 10-15 ms each: the daemon counts its images and containers for
+// every answer); an error is not kept, the next caller asks again.
+func (e *Engine) info(ctx context.Context) (*system.Info, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.ncpu == 0 {
-		info, err := e.cli.Info(ctx, client.InfoOptions{})
+	if e.daemon == nil {
+		res, err := e.cli.Info(ctx, client.InfoOptions{})
 		if err != nil {
-			return 0, fmt.Errorf("daemon info (for the helper's limits): %w", err)
+			return nil, err
 		}
-		e.ncpu = max(1, info.Info.NCPU)
+		e.daemon = &res.Info
 	}
-	return e.ncpu, nil
+	return e.daemon, nil
 }

@@ -492,8 +492,10 @@ var envVars = []string{
 }
 
 // deploymentVars are read whichever way the jobs are given: where the
-// sidecar keeps its state is the deployment's, not a job's.
-var deploymentVars = []string{"VOLBAK_CONFIG", "VOLBAK_STATE_DIR"}
+// sidecar keeps its state, and how its helpers' streams travel
+// (engine.StreamEnv, read where the engine is made), are the
+// deployment's, not a job's.
+var deploymentVars = []string{"VOLBAK_CONFIG", "VOLBAK_STATE_DIR", "VOLBAK_STREAM"}
 
 // volbakVars are the VOLBAK_ variables of environ that are neither in
 // allowed (as NAME or NAME_FILE) nor deploymentVars.

@@ -158,7 +158,11 @@ func (g *globals) destOptions() dest.Options {
 }
 
 func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {
-	return engine.New(ctx, engine.Options{HelperImage: g.helperImage, Version: version})
+	mode, err := engine.ParseStreamMode(os.Getenv(engine.StreamEnv))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return engine.New(ctx, engine.Options{HelperImage: g.helperImage, Version: version, Stream: mode, Log: g.logger()})
 }
 
 // ref splits VOLUME[@ID] and checks the volume name as Docker would.

@@ -67,6 +67,12 @@ func testMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "the end-to-end tests need root: they fill and read volumes through their mountpoints")
 		return 1
 	}
+	// Every volbak the tests run takes the direct stream or fails, so that
+	// a fallback cannot hide; VOLBAK_STREAM=attach in the environment runs
+	// them all over the attach stream instead.
+	if os.Getenv("VOLBAK_STREAM") == "" {
+		os.Setenv("VOLBAK_STREAM", "direct")
+	}
 	dir, err := os.MkdirTemp("", prefix+"bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

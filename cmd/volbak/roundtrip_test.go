@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -84,6 +85,36 @@ func TestBackupListVerifyRestore(t *testing.T) {
 	got, _ = dc.VolumeInspect(context.Background(), dst2, client.VolumeInspectOptions{})
 	if got.Volume.Labels["app"] != "restored" || got.Volume.Labels["com.example.tier"] != "gold" {
 		t.Fatalf("labels after override: %v", got.Volume.Labels)
+	}
+}
+
+// Each stream a helper can take carries a backup, a deep verify and a
+// restore whole: the direct socket (the default here, volbak and the
+// daemon sharing the host) and the attach stream through the daemon (its
+// fallback, forced); --log-level debug says which.
+func TestBothStreamPaths(t *testing.T) {
+	vol, src := newVolume(t, nil, edgeAndData(4<<20))
+	for _, mode := range []string{"direct", "attach"} {
+		t.Run(mode, func(t *testing.T) {
+			store := t.TempDir()
+			run := func(args ...string) result {
+				t.Helper()
+				cmd := exec.Command(bin, append(args, "--log-level", "debug")...)
+				cmd.Env = append(os.Environ(), "VOLBAK_STREAM="+mode)
+				r := mustOK(t, volbakCmd(t, cmd))
+				if !strings.Contains(r.stderr, `"msg":"helper stream: `+mode+`"`) {
+					t.Fatalf("%v did not say it took the %s stream: %s", args, mode, r)
+				}
+				return r
+			}
+			run("backup", vol, "--to", store)
+			run("verify", vol, "--from", store, "--deep")
+			dst := randName("stream-" + mode)
+			defer removeVolume(dst)
+			run("restore", vol, "--from", store, "--to-volume", dst)
+			sameTree(t, src, mountpoint(t, dst))
+			noHelpersLeft(t)
+		})
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -83,6 +84,11 @@ func startSidecarWith(t *testing.T, labels map[string]string, vols []string, arg
 	t.Helper()
 	s := &sidecar{backups: t.TempDir(), state: t.TempDir()}
 	ctx := context.Background()
+	// In its container, the sidecar's helpers join its network namespace
+	// to reach its socket: proved, not fallen back from (see TestMain).
+	if !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "VOLBAK_STREAM=") }) {
+		env = append(slices.Clip(env), "VOLBAK_STREAM="+os.Getenv("VOLBAK_STREAM"))
+	}
 	var ms []mount.Mount
 	for _, v := range vols {
 		ms = append(ms, mount.Mount{Type: mount.TypeVolume, Source: v, Target: "/mnt/" + v})

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/bench.sh: time volbak backup/restore against a plain
-# "busybox tar | zstd" baseline, on the same generated volume, in one run.
+# "busybox tar | zstd" baseline (and, given its binary, offen's
+# docker-volume-backup), on the same generated volume, in one run.
 #
 #   bash bench/bench.sh                        # 1 GiB mixed tree, 2 reps
 #   SIZE=64MiB REPS=1 bash bench/bench.sh      # quick check
@@ -9,6 +10,12 @@
 #   SIZE         voltree -size            (default 1GiB)
 #   PROFILE      voltree -profile         (default mixed: mixed|small|big|edge)
 #   REPS         repetitions per timed run, best (min) wall time is kept (default 2)
+#   OFFEN        path to offen/docker-volume-backup's "backup" binary (go build
+#                ./cmd/backup in its source tree): each rep also times it
+#                backing up the source volume's host path into the work dir,
+#                BACKUP_COMPRESSION=gz and =zst (one-shot, no docker socket;
+#                see bench/compare.sh); unset (default): no offen rows
+#   OFFEN_LABEL  free text naming that binary's version in the report
 #   KEEP_IMAGES  if set, keep the volbakbench-busybox:1 image afterwards
 #   ENCRYPT      1 (default): also volbak backup --encrypt-to and restore
 #                --identity (age, a key generated in the work dir), each rep
@@ -40,7 +47,8 @@
 #                returns pages)
 #
 # Needs: root, a local Docker daemon, Go (PATH or /usr/local/go/bin), apt-get
-# (only if zstd, GNU time, busybox-static or, with ENCRYPT=1, age are missing).
+# (only if zstd, GNU time, busybox-static or, with ENCRYPT=1, age are missing);
+# with OFFEN, unshare (util-linux).
 #
 # stdout is the Markdown result (also saved to bench/out/results-<date>.md);
 # progress goes to stderr. Docker objects created: volumes volbakbench-*,
@@ -62,6 +70,7 @@ SIDECAR_VOLUMES=${SIDECAR_VOLUMES:-50}
 SIDECAR_VOL_SIZE=${SIDECAR_VOL_SIZE:-2MiB}
 SIDECAR_IDLE=${SIDECAR_IDLE:-60}
 SIDECAR_POST_IDLE=${SIDECAR_POST_IDLE:-240}
+OFFEN=${OFFEN:-}
 BB_IMAGE=volbakbench-busybox:1
 SRC_VOL=volbakbench-src
 WARM_VOL=volbakbench-warm
@@ -85,6 +94,11 @@ command -v go >/dev/null || die "go not found (PATH or /usr/local/go/bin)"
 command -v docker >/dev/null || die "docker CLI not found"
 docker info >/dev/null 2>&1 || die "docker daemon not reachable"
 [[ -d $VOLTREE_SRC ]] || die "voltree sources not found at $VOLTREE_SRC"
+if [[ -n $OFFEN ]]; then
+	[[ -f $OFFEN && -x $OFFEN ]] || die "OFFEN is not an executable file: '$OFFEN'"
+	OFFEN=$(realpath "$OFFEN")
+	command -v unshare >/dev/null || die "OFFEN needs unshare (util-linux)"
+fi
 
 # One run at a time: cleanup removes every volbakbench-* object, so a second
 # concurrent run would destroy the first one's volumes.
@@ -340,6 +354,9 @@ done
 # live in their own file, sourced here.
 # shellcheck source=bench/sidecar.sh
 source "$SCRIPT_DIR/sidecar.sh"
+# offen's rows and the targets block.
+# shellcheck source=bench/compare.sh
+source "$SCRIPT_DIR/compare.sh"
 
 if ((SIDECAR && ONLY_SIDECAR)); then
 	WORK_FS=$(df -PT "$WORK" | awk 'NR==2{print $2}')
@@ -433,6 +450,8 @@ for ((i = 1; i <= REPS; i++)); do
 	log "  ${WALL}s"
 	BEST[base_backup]=$(min "${BEST[base_backup]:-}" "$WALL")
 
+	# volbak and offen take turns going right after the baseline.
+	if [[ -n $OFFEN ]] && ((i % 2 == 0)); then offen_rep "$i" zst gz; fi
 	for kind in $(rep_kinds "$i"); do
 		if [[ $kind == plain ]]; then
 			rm -rf "$WORK/store"
@@ -446,6 +465,7 @@ for ((i = 1; i <= REPS; i++)); do
 				backup "$SRC_VOL" --to "$WORK/store-enc" --encrypt-to "$AGE_RECIPIENT" -q --log-format json
 		fi
 	done
+	if [[ -n $OFFEN ]] && ((i % 2)); then offen_rep "$i" gz zst; fi
 done
 OSIZE[base_backup]=$(stat -c %s "$WORK/baseline.tar.zst")
 OSIZE[vb_backup]=$(manifest_field "$WORK/store" size)
@@ -598,6 +618,8 @@ if ((SIDECAR)); then
 	sidecar_measure
 fi
 
+if [[ -n $OFFEN ]]; then offen_census; fi
+
 # Informational: how faithful is the baseline (busybox tar) restore?
 BASE_DIFF_LINE=$("$VOLTREE" diff "$SRC_MP" "$(mountpoint_of "$DST_BASE_VOL")" 2>&1 | tail -n1) || true
 
@@ -693,17 +715,19 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "volbak $VOLBAK_COMMIT$VOLBAK_DIRTY. Best (min) wall time of $REPS rep(s) per row, except \`--level default\` (1 rep)."
 	echo "Caches are dropped before the warm-up and before each restore; then the source tree is read once (voltree hash), and both archives before each restore, so every timed run reads from page cache. Outputs go to $WORK_FS under /var/tmp."
 	echo
-	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB (volbak only) | ratio vs baseline (wall) |"
+	echo "| run | wall s | MB/s | output size MiB | peak RSS MiB (volbak, offen) | ratio vs baseline (wall) |"
 	echo "|---|---:|---:|---:|---:|---:|"
 	fmt_row "baseline backup (busybox tar \| zstd -T0 -3)" base_backup base_backup
 	fmt_row "volbak backup (default flags, level $VB_LEVEL)" vb_backup base_backup
 	fmt_row "volbak backup --level default" vb_backup_def base_backup
+	if [[ -n $OFFEN ]]; then offen_rows; fi
 	fmt_row "baseline restore (zstd -dc \| busybox tar -x)" base_restore base_restore
 	fmt_row "volbak restore" vb_restore base_restore
 	fmt_row "volbak restore --force over a previous copy (in place)" vb_restore_inplace base_restore
 	echo
 	echo "- MB/s = apparent volume bytes (\`du -sb\` of the source mountpoint, $VOL_BYTES) / 10^6 / wall s.$SPARSE_NOTE"
-	echo "- Peak RSS = max over reps of /usr/bin/time %M of the volbak process (helper containers not included)."
+	echo "- Peak RSS = max over reps of /usr/bin/time %M of the volbak process (helper containers not included), or of the offen process."
+	if [[ -n $OFFEN ]]; then offen_notes; fi
 	echo "- Output size volbak/baseline: $(pct "${OSIZE[vb_backup]}" "${OSIZE[base_backup]}") (level $VB_LEVEL), $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[base_backup]}") (--level default)."
 	echo "- Level default vs $VB_LEVEL: size $(pct "${OSIZE[vb_backup_def]}" "${OSIZE[vb_backup]}"), wall $(pct "${BEST[vb_backup_def]}" "${BEST[vb_backup]}")."
 	echo "- In-place restore vs a restore into a fresh volume: $(awk -v a="${BEST[vb_restore_inplace]}" -v b="${BEST[vb_restore]}" 'BEGIN{ printf "%.2fx", a / b }') (target <= 1.3x)."
@@ -712,6 +736,8 @@ RESULT=$OUT_DIR/results-$STAMP.md
 	echo "- Sparse file edge/sparse.img: $SPARSE_LINE"
 	echo "- Baseline restore fidelity (info only; busybox tar is known to drop xattrs, symlink owners and directory mtimes): $BASE_DIFF_LINE"
 	echo "- Machine: $(machine)."
+	echo
+	targets_report
 	if ((ENCRYPT)); then
 		echo
 		echo "Encryption with age (one X25519 recipient, generated for the run): \`volbak backup --encrypt-to\` to and \`volbak restore --identity\` from a local directory, each rep right beside the plain volbak runs of the table above (the same runs: which of the two goes first alternates by rep). Best (min) wall time of $REPS rep(s); the CPU columns are of the best rep."

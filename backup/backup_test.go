@@ -6,14 +6,17 @@ package backup
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/volbak/volbak/agent"
@@ -24,12 +27,13 @@ import (
 )
 
 // fakeEngine "archives" data: it writes it to the helper's stdout in 1 MiB
-// chunks, with an index line for each of its 3 entries between them (or
-// lines, if set) on stderr, then its final report (unless noReport).
+// chunks, and an index line for each of its 3 entries (or lines, if set)
+// on stderr meanwhile, then its final report (unless noReport).
 type fakeEngine struct {
 	data     []byte
 	noReport bool
 	lines    []string
+	entries  int64  // in the final report; 3 if 0
 	after    func() // called once the helper has ended (an interrupt then)
 }
 
@@ -46,21 +50,30 @@ func (f *fakeEngine) Run(_ context.Context, h engine.Helper) error {
 	if lines == nil {
 		lines = threeLines
 	}
-	for off, n := 0, 0; off < len(f.data) || n < len(lines); off, n = off+1<<20, n+1 {
-		if off < len(f.data) {
-			end := min(off+1<<20, len(f.data))
-			if _, err := h.Stdout.Write(f.data[off:end]); err != nil {
-				return err
+	// From two goroutines, as the engine writes them: the archive from
+	// the helper's socket, the index lines from its stderr.
+	var wg sync.WaitGroup
+	var outErr, errErr error
+	wg.Go(func() {
+		for off := 0; off < len(f.data); off += 1 << 20 {
+			if _, outErr = h.Stdout.Write(f.data[off:min(off+1<<20, len(f.data))]); outErr != nil {
+				return
 			}
 		}
-		if n < len(lines) {
-			if _, err := h.Stderr.Write([]byte(agent.IndexPrefix + lines[n] + "\n")); err != nil {
-				return err
+	})
+	wg.Go(func() {
+		for _, l := range lines {
+			if _, errErr = h.Stderr.Write([]byte(agent.IndexPrefix + l + "\n")); errErr != nil {
+				return
 			}
 		}
+	})
+	wg.Wait()
+	if err := cmp.Or(outErr, errErr); err != nil {
+		return err
 	}
 	if !f.noReport {
-		line, _ := json.Marshal(agent.Event{Event: "done", Bytes: int64(len(f.data)), Entries: 3})
+		line, _ := json.Marshal(agent.Event{Event: "done", Bytes: int64(len(f.data)), Entries: cmp.Or(f.entries, 3)})
 		h.Stderr.Write(append(line, '\n'))
 	}
 	if f.after != nil {
@@ -162,6 +175,27 @@ func TestSeveralDestinations(t *testing.T) {
 		rc.Close()
 		if !bytes.Equal(stored, data) {
 			t.Fatalf("%s holds %d bytes, not the stream", st, len(stored))
+		}
+	}
+}
+
+// A destination that fails while the archive and the index both stream,
+// from their two goroutines, is dropped from both at once (run with
+// -race: the two fan-outs share their list of live destinations).
+func TestDropWhileBothStream(t *testing.T) {
+	lines := make([]string, 20000)
+	for i := range lines {
+		lines[i] = fmt.Sprintf(`{"path":"f%d","type":"file","size":1}`, i)
+	}
+	good := dir(t)
+	for _, after := range []int64{1 << 20, 40 << 10} { // the archive's drop first, then the index's
+		failing := failAfter{dir(t), after}
+		res, err := Volume(context.Background(), &fakeEngine{data: newData(8 << 20), lines: lines, entries: int64(len(lines))}, []storage.Storage{failing, good}, "vol", Options{})
+		if err == nil || res.Errs[0] == nil || res.Errs[1] != nil {
+			t.Fatalf("want the failing destination alone failed: %v %v", err, res.Errs)
+		}
+		if n := len(keys(t, failing)); n != 0 {
+			t.Fatalf("the failing destination holds %d objects", n)
 		}
 	}
 }

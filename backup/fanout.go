@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/volbak/volbak/storage"
@@ -19,6 +20,11 @@ import (
 // A destination whose Put fails is dropped and the others go on; when none is
 // left the stream stops.
 type fanout struct {
+	// mu guards live, and is shared with a linked fan-out (the index's,
+	// see newIndexUpload): the helper's stdout and stderr, which feed the
+	// two, are written from two goroutines, and dropping a destination
+	// from one drops it from the other.
+	mu    *sync.Mutex
 	pipes []*io.PipeWriter
 	live  []bool
 	done  []chan error
@@ -31,7 +37,7 @@ type fanout struct {
 }
 
 func newFanout(ctx context.Context, dests []storage.Storage, key string) *fanout {
-	f := &fanout{sum: sha256.New(), errs: make([]error, len(dests))}
+	f := &fanout{mu: &sync.Mutex{}, sum: sha256.New(), errs: make([]error, len(dests))}
 	for _, st := range dests {
 		pr, pw := io.Pipe()
 		done := make(chan error, 1)
@@ -48,9 +54,12 @@ func newFanout(ctx context.Context, dests []storage.Storage, key string) *fanout
 }
 
 func (f *fanout) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	live := slices.Clone(f.live)
+	f.mu.Unlock()
 	var wg sync.WaitGroup
 	for i, pw := range f.pipes {
-		if !f.live[i] {
+		if !live[i] {
 			continue
 		}
 		wg.Add(1)
@@ -62,9 +71,11 @@ func (f *fanout) Write(p []byte) (int, error) {
 	f.sum.Write(p)
 	f.n += int64(len(p))
 	wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	alive := 0
 	for i := range f.pipes {
-		if f.live[i] && f.errs[i] != nil {
+		if live[i] && f.live[i] && f.errs[i] != nil {
 			f.live[i] = false
 			if f.onDrop != nil {
 				f.onDrop(i)
@@ -83,6 +94,20 @@ func (f *fanout) Write(p []byte) (int, error) {
 // drop ends destination i's stream with err, if it is still live: its
 // Put fails, and it is written no more.
 func (f *fanout) drop(i int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dropLocked(i, err)
+}
+
+// isLive tells whether destination i is still written.
+func (f *fanout) isLive(i int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live[i]
+}
+
+// dropLocked is drop, with mu held (onDrop's callers hold it).
+func (f *fanout) dropLocked(i int, err error) {
 	if f.live[i] {
 		f.live[i] = false
 		f.pipes[i].CloseWithError(err)
@@ -96,7 +121,7 @@ func (f *fanout) finish(end error) []error {
 	for i, pw := range f.pipes {
 		pw.CloseWithError(end)
 		out[i] = <-f.done[i]
-		if out[i] == nil && !f.live[i] {
+		if out[i] == nil && !f.isLive(i) {
 			// A Put that stopped reading yet reports success holds less than
 			// the stream: never give it a manifest, and remove it.
 			out[i] = storage.CommitUnknown(errors.New("destination stopped reading before the end of the stream"))

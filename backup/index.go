@@ -64,19 +64,22 @@ func newIndexUpload(ctx context.Context, dests []storage.Storage, key string, ar
 		return nil, err
 	}
 	x.enc = enc
+	// One lock for both: each one's onDrop, called with it held, drops
+	// the destination from the other.
+	x.fan.mu = archive.mu
 	x.fan.onDrop = func(i int) {
 		if archive.live[i] {
 			x.first[i] = true
-			archive.drop(i, errOtherUpload)
+			archive.dropLocked(i, errOtherUpload)
 		}
 	}
-	archive.onDrop = func(i int) { x.fan.drop(i, errOtherUpload) }
+	archive.onDrop = func(i int) { x.fan.dropLocked(i, errOtherUpload) }
 	return x, nil
 }
 
-// Write takes index lines (agent.Events.Index). Encoding runs on the
-// caller's goroutine (concurrency 1), the one that feeds the archive's
-// fan-out too, so the two fan-outs are never touched at once.
+// Write takes index lines (agent.Events.Index), on the goroutine that
+// reads the helper's stderr; the archive's fan-out is fed from another
+// (its stdout, or its socket).
 func (x *indexUpload) Write(p []byte) (int, error) { return x.enc.Write(p) }
 
 // finish ends the index's uploads before the archive's are committed:
@@ -98,7 +101,7 @@ func (x *indexUpload) finish(end error, events *agent.Events, done *agent.Event)
 	x.puts = x.fan.finish(end)
 	own := make([]error, len(x.puts))
 	for i, err := range x.puts {
-		if err != nil && (x.first[i] || streaming && x.archive.live[i]) {
+		if err != nil && (x.first[i] || streaming && x.archive.isLive(i)) {
 			own[i] = fmt.Errorf("upload of the index %s: %w", x.key, err)
 			x.archive.drop(i, errOtherUpload)
 		}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -14,7 +15,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/client"
 	"github.com/volbak/volbak/agent"
 )
 
@@ -62,17 +65,11 @@ const helperSocket = "/volbak.sock"
 // as it starts (before it drops root), sends the token, and then the
 // connection carries its stdin or stdout.
 //
-// Two ways for the helper to reach it. volbak on the daemon's host: a
-// socket file in a private directory (0700, volbak's user), bind-mounted
-// into the helper, which keeps NetworkMode none. volbak in a container
-// (the sidecar, or the CLI run with the socket mounted): its files are not
-// the daemon's to bind, so the socket is an abstract one in volbak's own
-// network namespace, and the helper joins that namespace (NetworkMode
-// container:<volbak's>): it can reach what volbak reaches, no more, and
-// nothing outside that namespace can reach the socket. The token makes
-// sure that whatever connects is the helper given it either way: an
-// abstract socket has no permissions, and volbak run with --network host
-// would share the host's namespace.
+// Where the socket is depends on where volbak runs (see plan): a file the
+// daemon can bind-mount into the helper, which keeps NetworkMode none, or
+// an abstract socket in volbak's own network namespace, which the helper
+// joins. The token makes sure that whatever connects is the helper given
+// it: an abstract socket has no permissions.
 type direct struct {
 	ln      *net.UnixListener
 	dir     string       // the private directory holding the socket file, if any
@@ -83,27 +80,27 @@ type direct struct {
 
 	once sync.Once
 	got  chan struct{} // closed once conn is settled
+	mu   sync.Mutex
 	conn *net.UnixConn // the helper's connection, or nil if it never came
 }
 
-// newDirect listens for a helper: on an abstract socket when volbak runs
-// in container self, else on a socket file.
-func newDirect(self string) (*direct, error) {
+// newDirect listens for a helper as p says.
+func newDirect(p plan) (*direct, error) {
 	var tok, name [16]byte
 	rand.Read(tok[:])
 	rand.Read(name[:])
 	d := &direct{token: hex.EncodeToString(tok[:]), got: make(chan struct{})}
-	if self != "" {
+	if p.network != "" {
 		d.addr = "@volbak-" + hex.EncodeToString(name[:])
 		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: d.addr, Net: "unix"})
 		if err != nil {
 			return nil, fmt.Errorf("listen on %s: %w", d.addr, err)
 		}
-		d.ln, d.network = ln, "container:"+self
+		d.ln, d.network = ln, p.network
 		go d.accept()
 		return d, nil
 	}
-	dir, err := os.MkdirTemp("", "volbak-stream-")
+	dir, err := os.MkdirTemp(p.dir, socketDirPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -123,60 +120,103 @@ func newDirect(self string) (*direct, error) {
 		return nil, fmt.Errorf("listen on %s: %w", sock, err)
 	}
 	d.ln, d.dir, d.addr = ln, dir, helperSocket
-	d.mount = &mount.Mount{Type: mount.TypeBind, Source: sock, Target: helperSocket, ReadOnly: true}
+	// The daemon binds the socket as its host sees it: volbak in a
+	// container made it in a mount of its own.
+	source := filepath.Join(p.hostDir, filepath.Base(dir), "s")
+	d.mount = &mount.Mount{Type: mount.TypeBind, Source: source, Target: helperSocket, ReadOnly: true}
 	go d.accept()
 	return d, nil
 }
+
+// socketDirPrefix names the directories sockets are made in.
+const socketDirPrefix = "volbak-stream-"
 
 // env is what the helper is told.
 func (d *direct) env() []string {
 	return []string{agent.StreamEnv + "=" + d.addr, agent.TokenEnv + "=" + d.token}
 }
 
-// accept takes the first connection that shows the token, and settles.
-// It ends when the listener closes or times out (see settle).
+// accept takes connections until the listener closes, each one's token
+// read on its own goroutine (a silent one must not hold up the helper's),
+// and settles when the helper's connection is taken, or when the listener
+// has closed and every connection has been heard.
 func (d *direct) accept() {
-	defer d.once.Do(func() { close(d.got) })
-	want := []byte(d.token + "\n")
+	var wg sync.WaitGroup
 	for {
 		c, err := d.ln.AcceptUnix()
 		if err != nil {
-			return
+			break
 		}
-		c.SetReadDeadline(time.Now().Add(tokenTimeout))
-		got := make([]byte, len(want))
-		if _, err := io.ReadFull(c, got); err != nil || subtle.ConstantTimeCompare(got, want) != 1 {
-			c.Close()
-			continue
-		}
-		c.SetReadDeadline(time.Time{})
-		d.conn = c
-		d.once.Do(func() { close(d.got) })
-		d.ln.Close()
-		return
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !d.greeted(c) {
+				c.Close()
+				return
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if d.conn != nil { // a second with the token: nobody's
+				c.Close()
+				return
+			}
+			d.conn = c
+			d.once.Do(func() { close(d.got) })
+			d.ln.Close()
+		}()
 	}
+	wg.Wait()
+	d.once.Do(func() { close(d.got) })
 }
 
-// settle ends the wait for a helper that has exited: it connected before
-// it did anything else, so its connection, if any, is waiting in the
-// listener's queue, and accept takes it at once.
+// greeted reads c's token.
+func (d *direct) greeted(c *net.UnixConn) bool {
+	want := []byte(d.token + "\n")
+	c.SetReadDeadline(time.Now().Add(tokenTimeout))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil || subtle.ConstantTimeCompare(got, want) != 1 {
+		return false
+	}
+	c.SetReadDeadline(time.Time{})
+	return true
+}
+
+// settle ends the wait for a helper that has exited. It connected before
+// it did anything else, so its connection, if any, is in the listener's
+// queue or already taken: accept has it at once.
 func (d *direct) settle() {
-	d.ln.SetDeadline(time.Now().Add(time.Second))
+	select {
+	case <-d.got:
+		return
+	case <-time.After(settleTimeout):
+	}
+	d.ln.Close()
 	<-d.got
+}
+
+// taken is the helper's connection, or nil; only once settled.
+func (d *direct) taken() *net.UnixConn {
+	<-d.got
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conn
 }
 
 // close ends the listener (removing the socket file) and the connection.
 // It may be called more than once.
 func (d *direct) close() {
 	d.ln.Close()
-	<-d.got
-	if d.conn != nil {
-		d.conn.Close()
+	if c := d.taken(); c != nil {
+		c.Close()
 	}
 	if d.dir != "" {
 		os.RemoveAll(d.dir)
 	}
 }
+
+// settleTimeout bounds the wait for a connection a helper made before it
+// exited: ample, for a host under load.
+const settleTimeout = 5 * time.Second
 
 // tokenTimeout bounds the wait for a connection's token.
 const tokenTimeout = 5 * time.Second
@@ -192,32 +232,140 @@ func (e *fallbackError) Error() string { return "direct stream unavailable: " + 
 
 // directFor returns the socket h's stream takes, or nil and why it takes
 // the attach stream.
-func (e *Engine) directFor(h Helper) (*direct, string, error) {
+func (e *Engine) directFor(ctx context.Context, h Helper) (*direct, string, error) {
 	if h.Stdin == nil && (h.Stdout == nil || h.Stdout == io.Discard) {
-		return nil, "no stream", nil
+		return nil, "", nil
 	}
-	switch {
-	case e.opts.Stream == StreamAttach:
+	if e.opts.Stream == StreamAttach {
 		return nil, StreamEnv + "=attach", nil
-	case !strings.HasPrefix(e.cli.DaemonHost(), "unix://"):
-		if e.opts.Stream == StreamDirect {
-			return nil, "", fmt.Errorf("%s=direct: the daemon at %s is not on this host", StreamEnv, e.cli.DaemonHost())
-		}
-		return nil, "the daemon is not on a local socket (" + e.cli.DaemonHost() + ")", nil
-	case e.noDirect.Load() != nil && e.opts.Stream != StreamDirect:
-		return nil, "an earlier helper could not take the direct path: " + *e.noDirect.Load(), nil
 	}
-	d, err := newDirect(e.self)
-	if err == nil && e.directHook != nil {
+	refuse := func(why string) (*direct, string, error) {
+		if e.opts.Stream == StreamDirect {
+			return nil, "", fmt.Errorf("%s=direct: %s", StreamEnv, why)
+		}
+		return nil, why, nil
+	}
+	if !strings.HasPrefix(e.cli.DaemonHost(), "unix://") {
+		return refuse("the daemon is not on a local socket (" + e.cli.DaemonHost() + ")")
+	}
+	if off := e.noDirect.Load(); off != nil && time.Since(off.at) < noDirectFor && e.opts.Stream != StreamDirect {
+		return nil, "an earlier helper could not take the direct path: " + off.why, nil
+	}
+	p := e.directPlan(ctx)
+	if p.why != "" {
+		return refuse(p.why)
+	}
+	d, err := newDirect(p)
+	if err != nil {
+		return refuse(err.Error())
+	}
+	if e.directHook != nil {
 		e.directHook(d)
 	}
-	if err != nil {
-		if e.opts.Stream == StreamDirect {
-			return nil, "", fmt.Errorf("%s=direct: %w", StreamEnv, err)
-		}
-		return nil, err.Error(), nil
-	}
 	return d, "", nil
+}
+
+// noDirectFor is how long the direct path stays off after a helper could
+// not connect: for good would let one bad moment (a listen queue that
+// something filled) cost a long-running sidecar its direct path.
+const noDirectFor = 10 * time.Minute
+
+// directOff is why, and since when, the direct path is off.
+type directOff struct {
+	why string
+	at  time.Time
+}
+
+// plan is where this volbak's helpers find their sockets, worked out once.
+type plan struct {
+	dir     string // where volbak makes socket directories, as it sees it
+	hostDir string // that directory as the daemon's host sees it
+	network string // or: the helper joins this NetworkMode, and the socket is abstract
+	why     string // or: why there is no direct path
+}
+
+// directPlan works out, once, where helpers' sockets can be.
+//
+// On the daemon's host (no container of its own), volbak makes them in
+// its temporary directory, whose path the daemon shares. In a container,
+// its paths are not the daemon's: a mount of its own that the daemon
+// can bind (the sidecar's state directory, SocketDir) comes first, since
+// the helper then keeps NetworkMode none; else the helper joins volbak's
+// network namespace, unless that is the host's (a helper that restores
+// as root must not sit beside the host's loopback services and abstract
+// sockets): then the attach stream.
+func (e *Engine) directPlan(ctx context.Context) plan {
+	e.planOnce.Do(func() {
+		if e.self == "" {
+			tmp := os.TempDir()
+			sweepSocketDirs(tmp)
+			e.plan = plan{dir: tmp, hostDir: tmp}
+			return
+		}
+		res, err := e.cli.ContainerInspect(ctx, e.self, client.ContainerInspectOptions{})
+		switch {
+		case err != nil:
+			e.plan.why = fmt.Sprintf("volbak's own container %s is not this daemon's (%v)", short(e.self), err)
+			return
+		case res.Container.State == nil || !res.Container.State.Running:
+			e.plan.why = fmt.Sprintf("volbak's own container %s is not running, says the daemon", short(e.self))
+			return
+		}
+		if dir := e.opts.SocketDir; dir != "" {
+			if host := hostPath(res.Container.Mounts, dir); host != "" {
+				sweepSocketDirs(dir)
+				e.plan = plan{dir: dir, hostDir: host}
+				return
+			}
+		}
+		if nm := res.Container.HostConfig; nm != nil && nm.NetworkMode.IsHost() {
+			e.plan.why = "volbak's container uses the host's network, which its helpers would share" +
+				" (mount a volume at the state directory for the direct path)"
+			return
+		}
+		e.plan = plan{network: "container:" + e.self}
+	})
+	return e.plan
+}
+
+// hostPath is dir, in volbak's container, as the daemon's host sees it: in
+// a writable bind or volume mount, or "" if it is in none.
+func hostPath(mounts []container.MountPoint, dir string) string {
+	best := -1
+	for i, m := range mounts {
+		if !m.RW || (m.Type != mount.TypeBind && m.Type != mount.TypeVolume) || m.Source == "" {
+			continue
+		}
+		rel, err := filepath.Rel(m.Destination, dir)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		if best < 0 || len(m.Destination) > len(mounts[best].Destination) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return ""
+	}
+	rel, _ := filepath.Rel(mounts[best].Destination, dir)
+	return filepath.Join(mounts[best].Source, rel)
+}
+
+// sweepSocketDirs removes what a killed volbak left in dir: socket
+// directories a day old (a live one is minutes old at most).
+func sweepSocketDirs(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, en := range entries {
+		if !en.IsDir() || !strings.HasPrefix(en.Name(), socketDirPrefix) {
+			continue
+		}
+		if info, err := en.Info(); err == nil && time.Since(info.ModTime()) > 24*time.Hour {
+			os.RemoveAll(filepath.Join(dir, en.Name()))
+		}
+	}
 }
 
 // errStdoutUsed: a helper on the direct path wrote data to its stdout.

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/internal/voltest"
 )
@@ -86,17 +88,21 @@ func TestDirectStream(t *testing.T) {
 		}
 	}
 
-	// An impostor connects first, with a wrong token: refused, and the
-	// helper's own connection is taken.
-	viaSocket, _, err := backup(StreamAuto, func(d *direct) {
-		c, err := net.Dial("unix", d.ln.Addr().String())
-		if err != nil {
-			t.Errorf("impostor: %v", err)
-			return
+	// Impostors connect first, one with a wrong token, one silent: both
+	// refused, and the helper's own connection is taken without waiting
+	// on them.
+	impostors := func(d *direct) {
+		for _, hello := range []string{strings.Repeat("0", len(d.token)) + "\n", ""} {
+			c, err := net.Dial("unix", d.ln.Addr().String())
+			if err != nil {
+				t.Errorf("impostor: %v", err)
+				return
+			}
+			c.Write([]byte(hello))
+			t.Cleanup(func() { c.Close() })
 		}
-		c.Write([]byte(strings.Repeat("0", len(d.token)) + "\n"))
-		t.Cleanup(func() { c.Close() })
-	})
+	}
+	viaSocket, _, err := backup(StreamAuto, impostors)
 	if err != nil {
 		t.Fatalf("direct backup: %v", err)
 	}
@@ -109,6 +115,19 @@ func TestDirectStream(t *testing.T) {
 	if sha256.Sum256(viaSocket) != sha256.Sum256(attached) || len(viaSocket) < 1<<20 {
 		t.Fatalf("the direct path carried %d bytes, the attach stream %d: not the same", len(viaSocket), len(attached))
 	}
+
+	// A helper whose whole archive fits in the socket's buffer exits at
+	// once: its stream is still taken, not the silent impostor's wait.
+	small, smallDir := testVolume(t, e, "dsmall")
+	if err := voltest.Fill(smallDir, 192<<10, 6); err != nil {
+		t.Fatal(err)
+	}
+	src, src0 := small, src
+	quick, ev, err := backup(StreamAuto, impostors)
+	if err != nil || len(quick) == 0 || ev.Done() == nil {
+		t.Fatalf("small backup past a silent impostor: %v, %d bytes", err, len(quick))
+	}
+	src = src0
 
 	// Into a new volume over the direct socket.
 	restore := func(mode StreamMode, archive []byte) {
@@ -167,6 +186,33 @@ func TestDirectStream(t *testing.T) {
 	for _, d := range dirs {
 		if _, err := os.Stat(d); !os.IsNotExist(err) {
 			t.Errorf("socket directory %s left behind (%v)", d, err)
+		}
+	}
+}
+
+// A directory of volbak's container is found in the daemon's host by its
+// deepest writable bind or volume mount; read-only mounts, the daemon's
+// socket and tmpfs do not count.
+func TestHostPath(t *testing.T) {
+	mounts := []container.MountPoint{
+		{Type: mount.TypeBind, Source: "/srv/sidecar", Destination: "/var/lib", RW: true},
+		{Type: mount.TypeVolume, Source: "/var/lib/docker/volumes/state/_data", Destination: "/var/lib/volbak", RW: true},
+		{Type: mount.TypeBind, Source: "/run/docker.sock", Destination: "/var/run/docker.sock", RW: true},
+		{Type: mount.TypeBind, Source: "/etc/ro", Destination: "/ro", RW: false},
+		{Type: mount.TypeTmpfs, Destination: "/tmpfs", RW: true},
+	}
+	for dir, want := range map[string]string{
+		"/var/lib/volbak":     "/var/lib/docker/volumes/state/_data",
+		"/var/lib/volbak/sub": "/var/lib/docker/volumes/state/_data/sub",
+		"/var/lib/other":      "/srv/sidecar/other",
+		"/var/lib/volbakx":    "/srv/sidecar/volbakx",
+		"/ro/x":               "",
+		"/tmpfs":              "",
+		"/":                   "",
+		"/var":                "",
+	} {
+		if got := hostPath(mounts, dir); got != want {
+			t.Errorf("hostPath(%s) = %q, want %q", dir, got, want)
 		}
 	}
 }

@@ -44,6 +44,10 @@ type Options struct {
 	Stream StreamMode
 	// Log gets the choice of stream, at debug level.
 	Log *slog.Logger
+	// SocketDir, for volbak in a container, is a directory of its own in
+	// a mount the daemon can see (the sidecar's state directory): the
+	// direct stream's sockets go there (see directPlan).
+	SocketDir string
 }
 
 // Engine talks to one Docker daemon.
@@ -60,8 +64,10 @@ type Engine struct {
 	mu     sync.Mutex
 	daemon *system.Info // once known: see info
 
-	self     string                 // the container volbak runs in, if any: see direct
-	noDirect atomic.Pointer[string] // why the direct path failed, once it has
+	self     string                    // the container volbak runs in, if any: see direct
+	noDirect atomic.Pointer[directOff] // why the direct path failed, and when
+	planOnce sync.Once
+	plan     plan
 	log      *slog.Logger
 	// directHook, in tests, sees (and may spoil) each socket before its
 	// helper is created.

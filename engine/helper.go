@@ -109,7 +109,7 @@ func (e *ExitError) Error() string {
 // Run runs the helper to its end. The container is removed on every path,
 // cancellation included.
 func (e *Engine) Run(ctx context.Context, h Helper) error {
-	d, why, err := e.directFor(h)
+	d, why, err := e.directFor(ctx, h)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func (e *Engine) Run(ctx context.Context, h Helper) error {
 		return fmt.Errorf("%w (%s=direct: no fallback to the attach stream)", err, StreamEnv)
 	}
 	if fb.sticky {
-		e.noDirect.Store(&fb.why)
+		e.noDirect.Store(&directOff{why: fb.why, at: time.Now()})
 	}
 	d.close()
 	e.log.Debug("helper stream: attach, the direct path failed", "op", h.Op, "volume", h.Volume, "why", fb.why)
@@ -274,7 +274,7 @@ func (e *Engine) run(ctx context.Context, h Helper, d *direct) (err error) {
 		case <-exited:
 			d.settle()
 		}
-		return d.conn
+		return d.taken()
 	}
 	// The direct connection's output read to its end: its consumer's
 	// failure (dataDone), or its own (readFail: a restore's helper that
@@ -292,6 +292,9 @@ func (e *Engine) run(ctx context.Context, h Helper, d *direct) (err error) {
 			// the kernel: no frames, no daemon.
 			w := &writeErr{w: stdout}
 			_, err := io.CopyBuffer(w, c, make([]byte, 1<<20))
+			if w.err == nil && errors.Is(err, io.ErrShortWrite) {
+				w.err = err // the consumer's, not the connection's
+			}
 			switch {
 			case w.err != nil:
 				// The consumer gave up: the helper would otherwise write
@@ -405,11 +408,16 @@ func (e *Engine) run(ctx context.Context, h Helper, d *direct) (err error) {
 		if res.Error != nil && res.Error.Message != "" {
 			return fmt.Errorf("helper: %s", res.Error.Message)
 		}
-		if res.StatusCode == agent.ExitNoStream && d != nil && d.conn == nil {
+		if res.StatusCode == agent.ExitNoStream && d != nil && d.taken() == nil {
 			return &fallbackError{why: "the helper could not connect: " + stderr.message(), sticky: true}
 		}
 		if res.StatusCode != 0 {
 			return &ExitError{Code: res.StatusCode, Memory: lim.memory}
+		}
+		if d != nil && d.taken() == nil {
+			// Whatever it sent never arrived: an empty stream is not its
+			// archive.
+			return errors.New("the helper exited without reaching volbak's stream socket: nothing it sent arrived")
 		}
 	case err := <-wait.Error:
 		return fmt.Errorf("wait for helper: %w", err)

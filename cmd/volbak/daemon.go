@@ -32,6 +32,7 @@ func runDaemon(ctx context.Context, g *globals, cfg schedule.Config, o runOption
 	if err != nil {
 		return err
 	}
+	g.socketDir = dir
 	defer state.Close()
 	if len(state.Pending()) > 0 {
 		eng, err := g.engine(ctx)

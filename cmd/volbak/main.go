@@ -110,8 +110,11 @@ type globals struct {
 	helperImage  string
 	ssh          sftp.Options
 	stallTimeout time.Duration
-	stdout       io.Writer
-	stderr       io.Writer
+	// socketDir, for volbak run, is its state directory: where a sidecar's
+	// helpers find their sockets (engine.Options.SocketDir).
+	socketDir string
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 func (g *globals) logger() *slog.Logger {
@@ -162,7 +165,7 @@ func (g *globals) engine(ctx context.Context) (*engine.Engine, error) {
 	if err != nil {
 		return nil, usageError{err}
 	}
-	return engine.New(ctx, engine.Options{HelperImage: g.helperImage, Version: version, Stream: mode, Log: g.logger()})
+	return engine.New(ctx, engine.Options{HelperImage: g.helperImage, Version: version, Stream: mode, Log: g.logger(), SocketDir: g.socketDir})
 }
 
 // ref splits VOLUME[@ID] and checks the volume name as Docker would.

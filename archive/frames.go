@@ -52,6 +52,11 @@ func newFrameWriter(out io.Writer, level Level, chunk int) (*frameWriter, error)
 		go func() {
 			defer fw.wg.Done()
 			for j := range fw.work {
+				// Incompressible data (media, archives) needs no test of
+				// its own first: the fastest level gives up on random
+				// bytes early and stores them as raw blocks, at ~3 ms per
+				// chunk against ~50 ms for text, and a perfect, free test
+				// would save ~0.1 of ~3.6 CPU-s per GiB of a mixed volume.
 				j.out = enc.EncodeAll(j.in, j.out[:0])
 				close(j.ready)
 			}

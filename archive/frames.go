@@ -68,6 +68,12 @@ func newFrameWriter(out io.Writer, level Level, chunk int, ix *indexer) (*frameW
 					// bytes early and stores them as raw blocks, at ~3 ms per
 					// chunk against ~50 ms for text, and a perfect, free test
 					// would save ~0.1 of ~3.6 CPU-s per GiB of a mixed volume.
+					// Room for the worst case up front: else a chunk of random
+					// bytes after one of text grows the output buffer, copy
+					// after copy, as frames come out of the encoder.
+					if need := enc.MaxEncodedSize(len(j.in)); cap(j.out) < need {
+						j.out = make([]byte, 0, need)
+					}
 					j.out = enc.EncodeAll(j.in, j.out[:0])
 					close(j.ready)
 				}

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"archive/tar"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -17,6 +18,7 @@ type indexer struct {
 	sum hash.Hash // of the regular file whose content is going by
 	on  bool      // the stream's bytes are that file's content
 	buf [sha256.Size]byte
+	enc *lineEncoder
 }
 
 // mark is something the indexer does at an offset of a chunk.
@@ -24,7 +26,8 @@ type mark struct {
 	off  int
 	kind markKind
 	n    int64       // markZeros: how many
-	e    *IndexEntry // markLine: the entry, its sum still to fill if a file
+	rel  string      // markLine: the entry's name
+	hdr  *tar.Header // markLine: its header, which the walk no longer changes
 }
 
 type markKind uint8
@@ -38,7 +41,7 @@ const (
 )
 
 func newIndexer(w io.Writer) *indexer {
-	return &indexer{w: w, sum: sha256.New()}
+	return &indexer{w: w, sum: sha256.New(), enc: newLineEncoder()}
 }
 
 // chunk runs the marks of one chunk, in; each mark's offset is where it
@@ -62,7 +65,7 @@ func (x *indexer) chunk(in []byte, marks []mark) error {
 			hashZeros(x.sum, m.n)
 		case markLine:
 			x.on = false
-			if err := x.line(m.e); err != nil {
+			if err := x.entry(m.rel, m.hdr); err != nil {
 				return err
 			}
 		}
@@ -73,16 +76,20 @@ func (x *indexer) chunk(in []byte, marks []mark) error {
 	return nil
 }
 
-func (x *indexer) line(e *IndexEntry) error {
-	if e.Size != nil {
-		e.SHA256 = hex.EncodeToString(x.sum.Sum(x.buf[:0]))
+// entry writes the line of the entry hdr heads, rel its name; a regular
+// file's takes the sum of the content that went by.
+func (x *indexer) entry(rel string, hdr *tar.Header) error {
+	e := newIndexEntry(rel, hdr)
+	if hdr.Typeflag == tar.TypeReg {
+		size := hdr.Size
+		e.Size, e.SHA256 = &size, hex.EncodeToString(x.sum.Sum(x.buf[:0]))
 	}
-	line, err := indexLine(e)
+	line, err := x.enc.line(e)
 	if err != nil {
 		return err
 	}
 	if _, err := x.w.Write(line); err != nil {
-		return fmt.Errorf("write the index line of %s: %w", e.Path, err)
+		return fmt.Errorf("write the index line of %s: %w", rel, err)
 	}
 	return nil
 }

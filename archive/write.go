@@ -432,12 +432,7 @@ func (a *writer) indexed(rel string, hdr *tar.Header) {
 	if !a.index {
 		return
 	}
-	e := newIndexEntry(rel, hdr)
-	if hdr.Typeflag == tar.TypeReg {
-		size := hdr.Size
-		e.Size = &size
-	}
-	a.out.mark(mark{kind: markLine, e: e})
+	a.out.mark(mark{kind: markLine, rel: rel, hdr: hdr})
 }
 
 // setTypeflag changes a USTAR header block's type and fixes its checksum.

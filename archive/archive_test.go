@@ -110,22 +110,37 @@ func TestCorruptInput(t *testing.T) {
 }
 
 // A file that shrinks is padded, one that grows is cut: the header's size
-// is always what follows it.
-func TestCopyExactly(t *testing.T) {
-	buf := make([]byte, 7)
-	var out bytes.Buffer
-	n, err := CopyExactly(&out, strings.NewReader("short"), 12, buf)
-	if err != nil || n != 5 || out.String() != "short\x00\x00\x00\x00\x00\x00\x00" {
-		t.Fatalf("shrunk: n=%d err=%v out=%q", n, err, out.String())
+// is always what follows it, whatever the chunks' edges.
+func TestCopyFrom(t *testing.T) {
+	copyFrom := func(r io.Reader, size int64) (int64, string, error) {
+		var out bytes.Buffer
+		fw, err := newFrameWriter(&out, LevelFastest, 7, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fw.Write([]byte("hdr"))
+		n, err := fw.copyFrom(r, size)
+		if cerr := fw.Close(); cerr != nil {
+			t.Fatal(cerr)
+		}
+		dec, _ := zstd.NewReader(&out)
+		defer dec.Close()
+		got, derr := io.ReadAll(dec)
+		if derr != nil {
+			t.Fatal(derr)
+		}
+		return n, strings.TrimPrefix(string(got), "hdr"), err
 	}
-	out.Reset()
-	n, err = CopyExactly(&out, strings.NewReader("a longer text than promised"), 8, buf)
-	if err != nil || n != 8 || out.String() != "a longer" {
-		t.Fatalf("grown: n=%d err=%v out=%q", n, err, out.String())
+	n, out, err := copyFrom(strings.NewReader("short"), 12)
+	if err != nil || n != 5 || out != "short\x00\x00\x00\x00\x00\x00\x00" {
+		t.Fatalf("shrunk: n=%d err=%v out=%q", n, err, out)
 	}
-	out.Reset()
+	n, out, err = copyFrom(strings.NewReader("a longer text than promised"), 8)
+	if err != nil || n != 8 || out != "a longer" {
+		t.Fatalf("grown: n=%d err=%v out=%q", n, err, out)
+	}
 	boom := errors.New("boom")
-	if _, err := CopyExactly(&out, io.MultiReader(strings.NewReader("ab"), errReader{boom}), 8, buf); !errors.Is(err, boom) {
+	if _, _, err := copyFrom(io.MultiReader(strings.NewReader("ab"), errReader{boom}), 8); !errors.Is(err, boom) {
 		t.Fatalf("read error lost: %v", err)
 	}
 }
@@ -212,7 +227,7 @@ func TestFrameWriter(t *testing.T) {
 			data[i] = byte(i * i >> 7)
 		}
 		var out bytes.Buffer
-		fw, err := newFrameWriter(&out, LevelFastest, 64<<10)
+		fw, err := newFrameWriter(&out, LevelFastest, 64<<10, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -229,7 +244,7 @@ func TestFrameWriter(t *testing.T) {
 		}
 	}
 	boom := errors.New("disk full")
-	fw, _ := newFrameWriter(failWriter{boom}, LevelFastest, 4096)
+	fw, _ := newFrameWriter(failWriter{boom}, LevelFastest, 4096, nil)
 	var err error
 	for range 100 {
 		if _, err = fw.Write(make([]byte, 4096)); err != nil {

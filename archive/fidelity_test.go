@@ -319,3 +319,40 @@ func TestHardlinkedSpecialFiles(t *testing.T) {
 	}
 	voltest.SameTree(t, src, dst)
 }
+
+// The stream is one the zstd command line reads, frame after frame, and
+// `tar --zstd -x` (which runs it) restores the tree: random, text and
+// mostly-zero files alike, whichever way each frame was stored.
+func TestZstdCommandReads(t *testing.T) {
+	zstdCLI, err := exec.LookPath("zstd")
+	if err != nil {
+		t.Fatal("the zstd command is needed: apt-get install zstd")
+	}
+	gnutar, err := exec.LookPath("tar")
+	if err != nil {
+		t.Fatal("GNU tar not found: it comes with every Debian system")
+	}
+	src, dst := t.TempDir(), t.TempDir()
+	if err := voltest.Fill(src, 24<<20, 7); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := archiveTree(t, src)
+	file := filepath.Join(t.TempDir(), "volume.tar.zst")
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(zstdCLI, "-q", "-d", "-c", file).Output()
+	if err != nil {
+		t.Fatalf("zstd -d: %v", err)
+	}
+	dec, _ := zstd.NewReader(bytes.NewReader(data))
+	defer dec.Close()
+	want, err := io.ReadAll(dec)
+	if err != nil || !bytes.Equal(out, want) {
+		t.Fatalf("zstd -d gives %d bytes, the Go decoder %d (%v)", len(out), len(want), err)
+	}
+	if out, err := exec.Command(gnutar, "--zstd", "-x", "-f", file, "-C", dst, "--numeric-owner", "-p").CombinedOutput(); err != nil {
+		t.Fatalf("tar --zstd -x: %v\n%s", err, out)
+	}
+	voltest.SameTree(t, src, dst)
+}

@@ -91,16 +91,33 @@ func (e *IndexEntry) Target() string {
 	return e.Link
 }
 
-// indexLine is e as one line of JSON, newline included. Names keep their
-// <, > and & as they are, for a person reading them.
-func indexLine(e *IndexEntry) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(e); err != nil {
+// lineEncoder formats index lines: each entry one line of JSON, newline
+// included. Names keep their <, > and & as they are, for a person reading
+// them. One encoder serves a whole walk, its buffer reused line to line.
+type lineEncoder struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+func newLineEncoder() *lineEncoder {
+	l := &lineEncoder{}
+	l.enc = json.NewEncoder(&l.buf)
+	l.enc.SetEscapeHTML(false)
+	return l
+}
+
+// line is e's line, good until the next call.
+func (l *lineEncoder) line(e *IndexEntry) ([]byte, error) {
+	l.buf.Reset()
+	if err := l.enc.Encode(e); err != nil {
 		return nil, fmt.Errorf("index entry %q: %w", e.Path, err)
 	}
-	return b.Bytes(), nil
+	return l.buf.Bytes(), nil
+}
+
+// indexLine is e's line, in a buffer of its own.
+func indexLine(e *IndexEntry) ([]byte, error) {
+	return newLineEncoder().line(e)
 }
 
 // fields are what a deep verify compares of two entries of one name, each

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/volbak/volbak/internal/voltest"
 )
 
@@ -234,4 +236,104 @@ func FuzzCompareIndex(f *testing.F) {
 			t.Fatalf("a stream differs from itself: %+v", c)
 		}
 	})
+}
+
+// Files cut across many chunks, at every offset, get the same lines and the
+// same tar stream as in one chunk: the indexer follows a file's content
+// from chunk to chunk, holes included.
+func TestIndexAcrossChunks(t *testing.T) {
+	src := t.TempDir()
+	for i, size := range []int{0, 1, 511, 512, 513, 4095, 4096, 4097, 70000, 300001} {
+		data := make([]byte, size)
+		for j := range data {
+			data[j] = byte(j*7 + i)
+		}
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%02d", i)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Symlink(fmt.Sprintf("f%02d", i), filepath.Join(src, fmt.Sprintf("l%02d", i)))
+	}
+	// Holes between data, and one at the end, where the filesystem keeps them.
+	sparse, err := os.Create(filepath.Join(src, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{5000, 1 << 20, 3 << 20} {
+		sparse.WriteAt(bytes.Repeat([]byte("data"), 3000), off)
+	}
+	sparse.Truncate(5 << 20)
+	sparse.Close()
+
+	tarOf := func(data []byte) []byte {
+		dec, err := zstd.NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dec.Close()
+		raw, err := io.ReadAll(dec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	whole, wholeData, _ := indexOf(t, src, false)
+	defer func(n int) { chunkSize = n }(chunkSize)
+	for _, chunk := range []int{512, 1000, 4099} {
+		chunkSize = chunk
+		cut, cutData, _ := indexOf(t, src, false)
+		if cut.text() != whole.text() {
+			t.Fatalf("chunks of %d: index differs:\n%s\nwant\n%s", chunk, cut.text(), whole.text())
+		}
+		if !bytes.Equal(tarOf(cutData), tarOf(wholeData)) {
+			t.Fatalf("chunks of %d: tar stream differs", chunk)
+		}
+		only, _, _ := indexOf(t, src, true)
+		if only.text() != whole.text() {
+			t.Fatalf("chunks of %d: IndexOnly lines differ", chunk)
+		}
+	}
+	for _, l := range whole.lines {
+		var e IndexEntry
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatal(err)
+		}
+		if e.Type != "file" {
+			continue
+		}
+		content, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(content); e.SHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: sha256 %s, want %x", e.Path, e.SHA256, sum)
+		}
+	}
+}
+
+// An index that cannot be written stops the archive with its error.
+func TestIndexWriteFails(t *testing.T) {
+	src := t.TempDir()
+	if err := voltest.Fill(src, 1<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("stderr closed")
+	for _, only := range []bool{false, true} {
+		_, err := Write(src, io.Discard, WriteOptions{Index: failAfter{3, new(int), boom}, IndexOnly: only})
+		if !errors.Is(err, boom) || !strings.Contains(err.Error(), "index line") {
+			t.Fatalf("IndexOnly %v: %v", only, err)
+		}
+	}
+}
+
+type failAfter struct {
+	n    int
+	seen *int
+	err  error
+}
+
+func (f failAfter) Write(p []byte) (int, error) {
+	if *f.seen++; *f.seen > f.n {
+		return 0, f.err
+	}
+	return len(p), nil
 }

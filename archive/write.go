@@ -2,13 +2,9 @@ package archive
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"maps"
 	"os"
@@ -37,7 +33,8 @@ type WriteOptions struct {
 	// Index, if set, gets one JSON line per entry (an IndexEntry), in
 	// archive order, each in a single Write once the entry is written: a
 	// regular file's once its content went by, hashed on its way, so the
-	// file is read once.
+	// file is read once. The lines are written by a goroutine of Write's
+	// own, beside the compression; the last before Write returns.
 	Index io.Writer
 	// IndexOnly walks and reads the tree as an archive would, but
 	// compresses nothing and writes nothing to w: only Index gets lines.
@@ -45,6 +42,10 @@ type WriteOptions struct {
 	// that recorded the backup's index reads the restored files.
 	IndexOnly bool
 }
+
+// chunkSize is the uncompressed size of a zstd frame; tests make it small
+// to put files across many.
+var chunkSize = 8 << 20
 
 // Write archives the tree at root as tar+zstd to w. Entry names are relative
 // to root ("./" is root itself, so its mode and owner come back too). It walks
@@ -54,59 +55,53 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	// less CPU than the encoder's own concurrent mode (which copies each
 	// job's history): on a 2-core host every copy competes with the daemon
 	// moving the stream. 8 MiB frames cost <0.1% in size.
-	var enc io.WriteCloser = discard{}
-	if !opt.IndexOnly {
-		fw, err := newFrameWriter(w, opt.Level, 8<<20)
-		if err != nil {
-			return Stats{}, err
-		}
-		enc = fw
+	chunk := chunkSize
+	if opt.IndexOnly {
+		// Chunks only wait there for the hash: a few MiB keep the read
+		// and the hash going side by side.
+		w, chunk = nil, min(chunk, 1<<20)
 	}
-	cw := &countWriter{w: enc, progress: opt.Progress}
-	bw := bufio.NewWriterSize(cw, 64<<10) // headers are 512 bytes; data passes through
+	var ix *indexer
+	if opt.Index != nil {
+		ix = newIndexer(opt.Index)
+	}
+	fw, err := newFrameWriter(w, opt.Level, chunk, ix)
+	if err != nil {
+		return Stats{}, err
+	}
+	fw.progress = opt.Progress
 	a := &writer{
 		root:  root,
-		out:   bw,
-		tw:    tar.NewWriter(bw),
+		out:   fw,
 		links: map[[2]uint64]string{},
-		buf:   make([]byte, 1<<20),
 		warn:  opt.Warn,
 		skip:  opt.Skip,
-		index: opt.Index,
-		sum:   sha256.New(),
+		index: ix != nil,
 	}
 	if a.warn == nil {
 		a.warn = func(string, string) {}
 	}
-	if err := a.walk("."); err != nil {
-		enc.Close()
-		return a.stats, err
+	err = a.walk(".")
+	if err == nil {
+		_, err = fw.Write(zeros[:1024]) // the tar's end: two zero blocks
 	}
-	if err := a.tw.Close(); err != nil {
-		enc.Close()
-		return a.stats, err
+	if cerr := fw.Close(); err == nil {
+		err = cerr
 	}
-	if err := bw.Flush(); err != nil {
-		enc.Close()
-		return a.stats, err
-	}
-	if err := enc.Close(); err != nil {
-		return a.stats, err
-	}
-	a.stats.Bytes = cw.n
-	return a.stats, nil
+	a.stats.Bytes = fw.n
+	return a.stats, err
 }
 
+// writer makes the tar stream itself, out of headers that archive/tar
+// formats: a file's content is read straight into the compressor's chunks,
+// with no copy through a tar.Writer and buffers between.
 type writer struct {
 	root  string
-	out   io.Writer // what tw writes to; sparse entries are written here directly
-	tw    *tar.Writer
+	out   *frameWriter
 	links map[[2]uint64]string // (dev, inode) of a multiply-linked non-directory -> first name
-	buf   []byte
 	warn  func(path, msg string)
 	skip  func(string) bool
-	index io.Writer
-	sum   hash.Hash // of the regular file being written, for the index
+	index bool
 	stats Stats
 }
 
@@ -138,7 +133,8 @@ func (a *writer) walk(rel string) error {
 			if err := a.header(hdr); err != nil {
 				return err
 			}
-			return a.indexed(rel, hdr, nil)
+			a.indexed(rel, hdr)
+			return nil
 		}
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -182,7 +178,8 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 	if st.Nlink > 1 {
 		a.links[[2]uint64{st.Dev, st.Ino}] = hdr.Name
 	}
-	return a.indexed(hdr.Name, hdr, nil)
+	a.indexed(hdr.Name, hdr)
+	return nil
 }
 
 func (a *writer) dir(full, rel string, hdr *tar.Header) error {
@@ -197,9 +194,7 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 	if err := a.header(hdr); err != nil {
 		return err
 	}
-	if err := a.indexed(rel, hdr, nil); err != nil {
-		return err
-	}
+	a.indexed(rel, hdr)
 	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		if rel != "." && (errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR)) {
@@ -276,21 +271,22 @@ func (a *writer) file(full, rel string, hdr *tar.Header) error {
 	if err := a.header(hdr); err != nil {
 		return err
 	}
-	var dst io.Writer = a.tw
-	if a.index != nil {
-		a.sum.Reset()
-		dst = io.MultiWriter(a.tw, a.sum)
-	}
-	n, err := CopyExactly(dst, f, size, a.buf)
+	a.mark(mark{kind: markBegin})
+	n, err := a.out.copyFrom(f, size)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", rel, err)
+		return a.readErr(rel, err)
+	}
+	a.mark(mark{kind: markPause})
+	if _, err := a.out.Write(zeros[:blockPad(size)]); err != nil {
+		return err
 	}
 	if n < size {
 		a.warnf(rel, fmt.Sprintf("shrank while read (%d of %d bytes); padded with zeros", n, size))
 	} else if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size > size {
 		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", size))
 	}
-	return a.indexed(rel, hdr, a.sum.Sum(nil))
+	a.indexed(rel, hdr)
+	return nil
 }
 
 // dataSegments maps where f holds data, as [offset, length] pairs, ending
@@ -379,9 +375,6 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	}
 	hdrBytes := blocks.Bytes()[:blocks.Len()] // both headers; scratch is dropped before any data
 	a.stats.Entries++
-	if err := a.tw.Flush(); err != nil {
-		return err
-	}
 	if _, err := a.out.Write(hdrBytes); err != nil {
 		return err
 	}
@@ -390,75 +383,57 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	}
 	// The index's sum is of the file as sha256sum reads it: the holes
 	// between the segments count as zeros.
-	var dst io.Writer = a.out
+	a.mark(mark{kind: markBegin})
+	a.mark(mark{kind: markPause})
 	var pos int64 // how far the sum has got
-	if a.index != nil {
-		a.sum.Reset()
-		dst = io.MultiWriter(a.out, a.sum)
-	}
 	var short int64
 	for _, s := range segs {
-		if a.index != nil {
-			hashZeros(a.sum, s[0]-pos)
-			pos = s[0] + s[1]
-		}
-		n, err := CopyExactly(dst, io.NewSectionReader(f, s[0], s[1]), s[1], a.buf)
+		a.mark(mark{kind: markZeros, n: s[0] - pos})
+		a.mark(mark{kind: markResume})
+		pos = s[0] + s[1]
+		n, err := a.out.copyFrom(io.NewSectionReader(f, s[0], s[1]), s[1])
 		if err != nil {
-			return fmt.Errorf("read %s: %w", rel, err)
+			return a.readErr(rel, err)
 		}
+		a.mark(mark{kind: markPause})
 		short += s[1] - n
 	}
-	if _, err := a.out.Write(make([]byte, blockPad(stored))); err != nil {
+	a.mark(mark{kind: markZeros, n: size - pos})
+	if _, err := a.out.Write(zeros[:blockPad(stored)]); err != nil {
 		return err
 	}
 	if short > 0 {
 		a.warnf(rel, fmt.Sprintf("shrank while read; %d bytes padded with zeros", short))
 	}
-	if a.index == nil {
-		return nil
-	}
-	hashZeros(a.sum, size-pos)
-	return a.indexed(rel, hdr, a.sum.Sum(nil))
-}
-
-// zeros is what a hole reads as.
-var zeros = make([]byte, 256<<10)
-
-// hashZeros adds n zero bytes to h.
-func hashZeros(h hash.Hash, n int64) {
-	for n > 0 {
-		k := min(n, int64(len(zeros)))
-		h.Write(zeros[:k])
-		n -= k
-	}
-}
-
-// indexed writes the index line of the entry hdr heads, if an index is
-// kept; sum is a regular file's content's.
-func (a *writer) indexed(rel string, hdr *tar.Header, sum []byte) error {
-	if a.index == nil {
-		return nil
-	}
-	e := newIndexEntry(rel, hdr)
-	if hdr.Typeflag == tar.TypeReg {
-		size := hdr.Size
-		e.Size, e.SHA256 = &size, hex.EncodeToString(sum)
-	}
-	line, err := indexLine(e)
-	if err != nil {
-		return err
-	}
-	if _, err := a.index.Write(line); err != nil {
-		return fmt.Errorf("write the index line of %s: %w", rel, err)
-	}
+	a.indexed(rel, hdr)
 	return nil
 }
 
-// discard stands in for the compressor when no archive is made.
-type discard struct{}
+// readErr is err from copying rel's content: the stream's own failure (the
+// output, the index) as it is, or else a read error of rel's.
+func (a *writer) readErr(rel string, err error) error {
+	if ferr := a.out.failed(); ferr != nil {
+		return ferr
+	}
+	return fmt.Errorf("read %s: %w", rel, err)
+}
 
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-func (discard) Close() error                { return nil }
+// mark has the index do m at this point of the stream, if an index is kept.
+func (a *writer) mark(m mark) {
+	if a.index {
+		a.out.mark(m)
+	}
+}
+
+// indexed has the index line of the entry hdr heads written, if an index
+// is kept, once the stream up to here went by: a regular file's takes the
+// sum of its content then.
+func (a *writer) indexed(rel string, hdr *tar.Header) {
+	if !a.index {
+		return
+	}
+	a.out.mark(mark{kind: markLine, rel: rel, hdr: hdr})
+}
 
 // setTypeflag changes a USTAR header block's type and fixes its checksum.
 func setTypeflag(blk []byte, flag byte) {
@@ -502,47 +477,12 @@ func paxTime(t time.Time) string {
 // real time, since USTAR cannot hold every time a file may carry.
 var epoch = time.Unix(0, 0)
 
-// CopyExactly copies size bytes from r to w. If r ends early, the rest is
-// written as zeros, so a header promising size bytes is never followed by
-// fewer. It returns how many bytes came from r. An error reading r other than
-// EOF, or any write error, is returned as is.
-func CopyExactly(w io.Writer, r io.Reader, size int64, buf []byte) (int64, error) {
-	var read int64
-	for read < size {
-		chunk := buf
-		if rest := size - read; rest < int64(len(chunk)) {
-			chunk = chunk[:rest]
-		}
-		n, err := r.Read(chunk)
-		if n > 0 {
-			if _, werr := w.Write(chunk[:n]); werr != nil {
-				return read, werr
-			}
-			read += int64(n)
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return read, err
-		}
-	}
-	if read < size {
-		clear(buf)
-		for pad := size - read; pad > 0; {
-			k := min(pad, int64(len(buf)))
-			if _, err := w.Write(buf[:k]); err != nil {
-				return read, err
-			}
-			pad -= k
-		}
-	}
-	return read, nil
-}
-
+// header writes hdr's blocks. A tar.Writer of its own formats them, and
+// is dropped before the entry's content: that goes into the stream
+// straight from the file.
 func (a *writer) header(hdr *tar.Header) error {
 	a.stats.Entries++
-	if err := a.tw.WriteHeader(hdr); err != nil {
+	if err := tar.NewWriter(a.out).WriteHeader(hdr); err != nil {
 		return fmt.Errorf("write header %s: %w", hdr.Name, err)
 	}
 	return nil
@@ -570,19 +510,4 @@ func (a *writer) xattrs(full string, hdr *tar.Header) error {
 func (a *writer) warnf(rel, msg string) {
 	a.stats.Warnings++
 	a.warn(rel, msg)
-}
-
-type countWriter struct {
-	w        io.Writer
-	n        int64
-	progress *atomic.Int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	if c.progress != nil {
-		c.progress.Add(int64(n))
-	}
-	return n, err
 }

@@ -188,6 +188,46 @@ func TestGrowingFile(t *testing.T) {
 	}
 }
 
+// A file with fewer blocks than bytes and no holes (ZFS compresses, ext4
+// keeps small files inline) is archived with its content: the hole probe
+// left the file's position at its end, and the whole file went out as
+// zeros. A sysfs file (4096 bytes, no blocks) bind-mounted into the tree
+// stands in for one.
+func TestFewerBlocksThanBytes(t *testing.T) {
+	voltest.RequireRoot(t)
+	const sys = "/sys/devices/system/cpu/possible"
+	var st unix.Stat_t
+	if err := unix.Stat(sys, &st); err != nil || st.Blocks*512 >= st.Size {
+		t.Fatalf("%s: want more bytes than blocks: %+v %v", sys, st, err)
+	}
+	want, err := os.ReadFile(sys)
+	if err != nil || len(want) == 0 {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	f := filepath.Join(src, "compressed")
+	if err := os.WriteFile(f, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(sys, f, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(f, unix.MNT_DETACH)
+	var buf bytes.Buffer
+	var warned []string
+	if _, err := Write(src, &buf, WriteOptions{Warn: func(p, msg string) { warned = append(warned, p+": "+msg) }}); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := Extract(bytes.NewReader(buf.Bytes()), dst, ExtractOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(filepath.Join(dst, "compressed"))
+	if err != nil || !bytes.HasPrefix(got, want) {
+		t.Fatalf("archived as %q..., want %q first (warnings %v, %v)", got[:min(len(got), 16)], want, warned, err)
+	}
+}
+
 // Hostile names: climbing out of the target, and writing through a symlink
 // planted by the archive itself, are refused (hostile_test.go has the rest).
 func TestHostileArchive(t *testing.T) {

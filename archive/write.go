@@ -272,7 +272,11 @@ func (a *writer) file(full, rel string, hdr *tar.Header) error {
 		return err
 	}
 	a.mark(mark{kind: markBegin})
-	n, err := a.out.copyFrom(f, size)
+	// From offset 0 whatever the file's position: dataSegments' seeks leave
+	// it at the end of a file with fewer blocks than bytes and no holes
+	// (ZFS with compression, inline data), which read from there came out
+	// as all zeros.
+	n, err := a.out.copyFrom(io.NewSectionReader(f, 0, size), size)
 	if err != nil {
 		return a.readErr(rel, err)
 	}

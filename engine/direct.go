@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/moby/moby/api/types/container"
@@ -142,11 +143,26 @@ func (d *direct) env() []string {
 // has closed and every connection has been heard.
 func (d *direct) accept() {
 	var wg sync.WaitGroup
+	pause := 5 * time.Millisecond
 	for {
 		c, err := d.ln.AcceptUnix()
+		if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
+			errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED) {
+			// Out of descriptors for a moment (silent connections hold
+			// some until their token times out): the helper's connection
+			// waits in the queue, and giving up on it would leave the
+			// helper writing into a queue nobody reads.
+			time.Sleep(pause)
+			pause = min(2*pause, time.Second)
+			continue
+		}
 		if err != nil {
+			// Closed (or broken: then a helper not yet connected is
+			// refused, exits 75, and runs again attached).
+			d.ln.Close()
 			break
 		}
+		pause = 5 * time.Millisecond
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -216,7 +232,7 @@ func (d *direct) close() {
 
 // settleTimeout bounds the wait for a connection a helper made before it
 // exited: ample, for a host under load.
-const settleTimeout = 5 * time.Second
+const settleTimeout = 2 * time.Second
 
 // tokenTimeout bounds the wait for a connection's token.
 const tokenTimeout = 5 * time.Second

@@ -7,15 +7,18 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/volbak/volbak/agent"
 	"github.com/volbak/volbak/internal/voltest"
+	"golang.org/x/sys/unix"
 )
 
 // syncBuffer is a log both the test and the engine's goroutines use.
@@ -215,4 +218,75 @@ func TestHostPath(t *testing.T) {
 			t.Errorf("hostPath(%s) = %q, want %q", dir, got, want)
 		}
 	}
+}
+
+// Out of descriptors when the helper connects: accept waits and takes it
+// once some are free, instead of leaving it in a queue nobody reads (the
+// helper then blocked for ever on a full socket, and volbak on the helper).
+func TestDirectAcceptOutOfDescriptors(t *testing.T) {
+	tmp := t.TempDir()
+	d, err := newDirect(plan{dir: tmp, hostDir: tmp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	sock := filepath.Join(d.dir, "s")
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	// Fill the table, leave one descriptor for the helper's end of the
+	// connection: volbak's accept has none for its end.
+	low := lim
+	low.Cur = uint64(countFDs(t) + 64)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var fill []*os.File
+	defer func() {
+		for _, f := range fill {
+			f.Close()
+		}
+	}()
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		fill = append(fill, f)
+		if len(fill) > 200 {
+			t.Fatal("the descriptor limit never bit")
+		}
+	}
+	fill[len(fill)-1].Close()
+	fill = fill[:len(fill)-1]
+	helper, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("the helper could not connect: %v", err)
+	}
+	defer helper.Close()
+	helper.Write([]byte(d.token + "\n"))
+	time.Sleep(100 * time.Millisecond) // accept meets EMFILE meanwhile
+	for _, f := range fill {
+		f.Close()
+	}
+	fill = nil
+	select {
+	case <-d.got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the helper's connection was never taken")
+	}
+	if d.taken() == nil {
+		t.Fatal("settled without the helper's connection")
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(fds)
 }

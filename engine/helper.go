@@ -101,7 +101,7 @@ type ExitError struct {
 
 func (e *ExitError) Error() string {
 	if e.Code == 137 && e.Memory > 0 {
-		return fmt.Sprintf("helper was killed (status 137), most likely for going over its memory limit of %d MiB", e.Memory>>20)
+		return fmt.Sprintf("helper was killed (status 137): by its memory limit of %d MiB, or from outside it (docker kill, the host's OOM killer)", e.Memory>>20)
 	}
 	return fmt.Sprintf("helper exited with status %d", e.Code)
 }

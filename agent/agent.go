@@ -193,6 +193,9 @@ func runArchive(args []string, stdout io.Writer, em *emitter) error {
 	if err != nil {
 		return err
 	}
+	if err := enter(root); err != nil {
+		return err
+	}
 	// A restore into this volume must not run while it is read, and what a
 	// dead one left (a half-done switch) must not be archived as data.
 	unlock, err := stage.Lock(*root, false)
@@ -230,6 +233,22 @@ func runArchive(args []string, stdout io.Writer, em *emitter) error {
 	return nil
 }
 
+// enter makes root the working directory, and root "." from then on:
+// every path the walk resolves then starts there, not at the container's
+// "/". With Docker's fuse-overlayfs storage driver, a lookup through "/"
+// is a round trip to the FUSE daemon (the permission check of "/" asks
+// for its ACL every time): on the 1 GiB mixed volume (27,365 entries)
+// that was 1.5 CPU-s in fuse-overlayfs and more in the helper, and the
+// backup took 6.1-6.9 s against 2.0-2.2 s for the same agent run on the
+// host.
+func enter(root *string) error {
+	if err := os.Chdir(*root); err != nil {
+		return err
+	}
+	*root = "."
+	return nil
+}
+
 // runDigest writes the index of the tree at root to stdout, one line per
 // entry, as `archive --index` would record it, with the same walk, but
 // builds no archive: a deep verify runs it on a restored volume and
@@ -239,6 +258,9 @@ func runDigest(args []string, stdout io.Writer, em *emitter) error {
 	fl.SetOutput(io.Discard)
 	root := fl.String("root", "/data", "tree to digest")
 	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if err := enter(root); err != nil {
 		return err
 	}
 	unlock, err := stage.Lock(*root, false)

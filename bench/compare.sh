@@ -60,7 +60,7 @@ tar_census() {
 	local bytes
 	bytes=$(zstd -dc "$1" | wc -c)
 	zstd -dc "$1" | tar -tvf - 2>/dev/null |
-		awk -v b="$bytes" '{ n++ } / link to / { h++ } END { printf "%d %d %d\n", n, b, h }'
+		awk -v b="$bytes" '{ n++ } / link to / { h++ } END { printf "%d %.0f %d\n", n, b, h }'
 }
 
 # offen_census: what offen's tar holds next to the baseline's, from the

@@ -65,6 +65,10 @@ snapshots into fresh volumes with their labels and driver.
 
 The helper image is built from this very binary (no registry is needed) and
 loaded into the daemon named by DOCKER_HOST (default: the local socket).
+With a daemon on this host the archive goes between volbak and its helper
+over a unix socket, not through the daemon; VOLBAK_STREAM=attach sends it
+through the daemon's attach stream (as with a remote DOCKER_HOST), =direct
+fails rather than fall back; --log-level debug says which each helper took.
 
 Exit codes: 0 ok, 1 failed, 2 bad command line, 3 snapshot corrupt,
 130 interrupted (what was begun is undone).

@@ -109,7 +109,8 @@ func (a *writer) walk(rel string) error {
 	full := filepath.Join(a.root, rel)
 	var st unix.Stat_t
 	if err := unix.Lstat(full, &st); err != nil {
-		if rel != "." && errors.Is(err, unix.ENOENT) {
+		// ENOTDIR: a directory on its path became something else.
+		if rel != "." && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
 			a.warnf(rel, "vanished while the backup ran; not archived")
 			return nil
 		}
@@ -145,6 +146,12 @@ func (a *writer) walk(rel string) error {
 	case unix.S_IFLNK:
 		target, err := os.Readlink(full)
 		if err != nil {
+			// Gone, or no longer a link (EINVAL), since the Lstat: lock
+			// files that editors make as symlinks come and go so.
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTDIR) {
+				a.warnf(rel, "vanished or replaced while the backup ran; not archived")
+				return nil
+			}
 			return fmt.Errorf("readlink %s: %w", rel, err)
 		}
 		hdr.Typeflag = tar.TypeSymlink
@@ -206,6 +213,11 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
+		// Removed while it was listed (its header is out already).
+		if rel != "." && errors.Is(err, unix.ENOENT) {
+			a.warnf(rel, "directory removed while the backup listed it; archived empty")
+			return nil
+		}
 		return fmt.Errorf("read directory %s: %w", rel, err)
 	}
 	slices.Sort(names)

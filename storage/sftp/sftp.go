@@ -106,9 +106,11 @@ func parseURL(u *url.URL, getenv func(string) string) (target, error) {
 	if t.host == "" {
 		return t, fmt.Errorf("sftp URL %s: no host", u.Redacted())
 	}
-	if _, err := netip.ParseAddr(t.host); strings.Contains(t.host, ":") && err != nil {
-		// "sftp://::/x" has host ":", which no dial reaches (FuzzParseURL).
-		return t, fmt.Errorf("sftp URL %s: bad host %q (an IPv6 address goes in brackets: sftp://user@[::1]:22/path)", u.Redacted(), t.host)
+	if a, err := netip.ParseAddr(t.host); strings.Contains(t.host, ":") && (err != nil || !zoneName(a.Zone())) {
+		// "sftp://::/x" has host ":", which no dial reaches; a zone of any
+		// bytes ("::%\x87") is no interface either, and prints as a URL
+		// that does not parse (FuzzParseURL).
+		return t, fmt.Errorf("sftp URL %s: bad host %q (an IPv6 address goes in brackets: sftp://user@[::1]:22/path, or [fe80::1%%25eth0] with an interface)", u.Redacted(), t.host)
 	}
 	t.port = 22
 	if p := u.Port(); p != "" {
@@ -123,6 +125,17 @@ func parseURL(u *url.URL, getenv func(string) string) (target, error) {
 		return t, fmt.Errorf("sftp URL %s: no directory: write sftp://%s@%s/path/to/backups", u.Redacted(), t.user, u.Host)
 	}
 	return t, nil
+}
+
+// zoneName tells whether an IPv6 zone can name an interface: none, or
+// an interface name or index (letters, digits, . _ -).
+func zoneName(z string) bool {
+	for _, c := range z {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Open connects to the server of u and opens the directory of its path.

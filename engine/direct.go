@@ -255,25 +255,27 @@ func (e *Engine) directFor(ctx context.Context, h Helper) (*direct, string, erro
 	if e.opts.Stream == StreamAttach {
 		return nil, StreamEnv + "=attach", nil
 	}
-	refuse := func(why string) (*direct, string, error) {
+	// attached says why h takes the attach stream, or refuses it under
+	// VOLBAK_STREAM=direct.
+	attached := func(why string) (*direct, string, error) {
 		if e.opts.Stream == StreamDirect {
 			return nil, "", fmt.Errorf("%s=direct: %s", StreamEnv, why)
 		}
 		return nil, why, nil
 	}
 	if !strings.HasPrefix(e.cli.DaemonHost(), "unix://") {
-		return refuse("the daemon is not on a local socket (" + e.cli.DaemonHost() + ")")
+		return attached("the daemon is not on a local socket (" + e.cli.DaemonHost() + ")")
 	}
 	if off := e.noDirect.Load(); off != nil && time.Since(off.at) < noDirectFor && e.opts.Stream != StreamDirect {
 		return nil, "an earlier helper could not take the direct path: " + off.why, nil
 	}
 	p := e.directPlan(ctx)
 	if p.why != "" {
-		return refuse(p.why)
+		return attached(p.why)
 	}
 	d, err := newDirect(p)
 	if err != nil {
-		return refuse(err.Error())
+		return attached(err.Error())
 	}
 	if e.directHook != nil {
 		e.directHook(d)

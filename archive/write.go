@@ -8,8 +8,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"path"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,7 +69,6 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	}
 	fw.progress = opt.Progress
 	a := &writer{
-		root:  root,
 		out:   fw,
 		links: map[[2]uint64]string{},
 		warn:  opt.Warn,
@@ -81,7 +78,18 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	if a.warn == nil {
 		a.warn = func(string, string) {}
 	}
-	err = a.walk(".")
+	// The walk goes from this descriptor down, each entry looked up by
+	// name in its directory's descriptor, never by a path from root: a
+	// directory on the way that is swapped for a symlink while the walk
+	// is inside it cannot lead it anywhere else (the backup helper's own
+	// image, /proc), and no lookup starts at "/" (on fuse-overlayfs each
+	// one was a round trip to the FUSE daemon).
+	rootFd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = a.walkRoot(rootFd)
+	} else {
+		err = fmt.Errorf("open %s: %w", root, err)
+	}
 	if err == nil {
 		_, err = fw.Write(zeros[:1024]) // the tar's end: two zero blocks
 	}
@@ -96,7 +104,6 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 // formats: a file's content is read straight into the compressor's chunks,
 // with no copy through a tar.Writer and buffers between.
 type writer struct {
-	root  string
 	out   *frameWriter
 	links map[[2]uint64]string // (dev, inode) of a multiply-linked non-directory -> first name
 	warn  func(path, msg string)
@@ -105,18 +112,19 @@ type writer struct {
 	stats Stats
 }
 
-func (a *writer) walk(rel string) error {
-	full := filepath.Join(a.root, rel)
+// walkRoot archives the tree whose root directory fd is open, and closes it.
+func (a *writer) walkRoot(fd int) error {
 	var st unix.Stat_t
-	if err := unix.Lstat(full, &st); err != nil {
-		// ENOTDIR: a directory on its path became something else.
-		if rel != "." && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
-			a.warnf(rel, "vanished while the backup ran; not archived")
-			return nil
-		}
-		return fmt.Errorf("stat %s: %w", rel, err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("stat the root: %w", err)
 	}
-	hdr := &tar.Header{
+	return a.dir(fd, ".", a.headerOf(".", &st))
+}
+
+// headerOf starts the header of the entry rel from its stat.
+func (a *writer) headerOf(rel string, st *unix.Stat_t) *tar.Header {
+	return &tar.Header{
 		Name:    rel,
 		Mode:    int64(st.Mode & 0o7777),
 		Uid:     int(st.Uid),
@@ -124,6 +132,25 @@ func (a *writer) walk(rel string) error {
 		ModTime: time.Unix(st.Mtim.Sec, st.Mtim.Nsec),
 		Format:  tar.FormatPAX,
 	}
+}
+
+// walk archives the entry name of the directory dirFd, rel in the tree.
+func (a *writer) walk(dirFd int, name, rel string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirFd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			a.warnf(rel, "vanished while the backup ran; not archived")
+			return nil
+		}
+		return fmt.Errorf("stat %s: %w", rel, err)
+	}
+	// A restore refuses names past PATH_MAX (it could not write them); the
+	// walk, going by descriptors, reaches them.
+	if long := len(rel) + b2i(st.Mode&unix.S_IFMT == unix.S_IFDIR); long > maxName {
+		a.warnf(rel[:64]+"…", fmt.Sprintf("has a path of %d bytes, longer than any a restore can write (PATH_MAX); not archived", long))
+		return nil
+	}
+	hdr := a.headerOf(rel, &st)
 	// Every inode but a directory can have several names, a FIFO, a
 	// symlink or a device node as well as a file: later names become
 	// hardlinks to the first, or a restore would split them apart.
@@ -140,15 +167,30 @@ func (a *writer) walk(rel string) error {
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		return a.dir(full, rel, hdr)
-	case unix.S_IFREG:
-		return a.file(full, rel, hdr)
-	case unix.S_IFLNK:
-		target, err := os.Readlink(full)
+		fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
-			// Gone, or no longer a link (EINVAL), since the Lstat: lock
+			// ELOOP, ENOTDIR: replaced by a symlink or something else.
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+				a.warnf(rel, "directory vanished or replaced while the backup ran; not archived")
+				return nil
+			}
+			return fmt.Errorf("open directory %s: %w", rel, err)
+		}
+		// What was opened is what gets archived: a directory put in the
+		// place of the one stat'ed has its own owner and mode.
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("stat %s: %w", rel, err)
+		}
+		return a.dir(fd, rel, a.headerOf(rel, &st))
+	case unix.S_IFREG:
+		return a.file(dirFd, name, rel, hdr)
+	case unix.S_IFLNK:
+		target, err := readlinkat(dirFd, name)
+		if err != nil {
+			// Gone, or no longer a link (EINVAL), since the stat: lock
 			// files that editors make as symlinks come and go so.
-			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOTDIR) {
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
 				a.warnf(rel, "vanished or replaced while the backup ran; not archived")
 				return nil
 			}
@@ -170,10 +212,30 @@ func (a *writer) walk(rel string) error {
 		a.warnf(rel, "is a socket; not archived")
 		return nil
 	}
-	if err := a.xattrs(full, hdr); err != nil {
-		return err
-	}
+	// Not opened: a FIFO's open waits for a writer, a device's has effects.
+	a.xattrs(hdr, func() (map[string]string, error) { return xattrsAt(dirFd, name) })
 	return a.first(hdr, &st)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// readlinkat reads the target of the symlink name in dirFd.
+func readlinkat(dirFd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirFd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
 }
 
 // first writes the header of an entry without data, and makes it the name
@@ -189,29 +251,26 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 	return nil
 }
 
-func (a *writer) dir(full, rel string, hdr *tar.Header) error {
+// testAfterList, if set, is called with a directory's rel once its names
+// are read, before any of them is walked: a test swaps things there.
+var testAfterList func(rel string)
+
+// dir archives the directory open as fd, rel in the tree, and what it
+// holds; it closes fd.
+func (a *writer) dir(fd int, rel string, hdr *tar.Header) error {
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
 	hdr.Typeflag = tar.TypeDir
 	hdr.Name = rel + "/"
 	if rel == "." {
 		hdr.Name = "./"
 	}
-	if err := a.xattrs(full, hdr); err != nil {
-		return err
-	}
+	a.xattrs(hdr, func() (map[string]string, error) { return xattrsOf(fd) })
 	if err := a.header(hdr); err != nil {
 		return err
 	}
 	a.indexed(rel, hdr)
-	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		if rel != "." && (errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR)) {
-			a.warnf(rel, "directory vanished or replaced while the backup ran; archived empty")
-			return nil
-		}
-		return fmt.Errorf("open directory %s: %w", rel, err)
-	}
 	names, err := f.Readdirnames(-1)
-	f.Close()
 	if err != nil {
 		// Removed while it was listed (its header is out already).
 		if rel != "." && errors.Is(err, unix.ENOENT) {
@@ -221,6 +280,9 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 		return fmt.Errorf("read directory %s: %w", rel, err)
 	}
 	slices.Sort(names)
+	if testAfterList != nil {
+		testAfterList(rel)
+	}
 	for _, n := range names {
 		if rel == "." && a.skip != nil && a.skip(n) {
 			a.warnf(n, "volbak's own restore state; not archived")
@@ -228,9 +290,9 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 		}
 		child := n
 		if rel != "." {
-			child = path.Join(rel, n)
+			child = rel + "/" + n
 		}
-		if err := a.walk(child); err != nil {
+		if err := a.walk(fd, n, child); err != nil {
 			return err
 		}
 	}
@@ -241,17 +303,18 @@ func (a *writer) dir(full, rel string, hdr *tar.Header) error {
 // whatever the file does meanwhile: a file that grows is cut at the size it
 // had when stat'ed, one that shrinks is padded with zeros. Both are reported;
 // the tar stays valid either way (GNU tar does the same).
-func (a *writer) file(full, rel string, hdr *tar.Header) error {
+func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
 	// O_NONBLOCK: if the name became a FIFO since the walk saw a file, the
 	// open must not wait for a writer that never comes.
-	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ELOOP) {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
 			a.warnf(rel, "vanished or replaced while the backup ran; not archived")
 			return nil
 		}
 		return fmt.Errorf("open %s: %w", rel, err)
 	}
+	f := os.NewFile(uintptr(fd), rel)
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
@@ -272,9 +335,7 @@ func (a *writer) file(full, rel string, hdr *tar.Header) error {
 	hdr.ModTime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 	hdr.Typeflag = tar.TypeReg
 	hdr.Size = size
-	if err := a.xattrs(full, hdr); err != nil {
-		return err
-	}
+	a.xattrs(hdr, func() (map[string]string, error) { return xattrsOf(fd) })
 	if st.Blocks*512 < size {
 		if segs := dataSegments(f, size); segs != nil {
 			return a.sparse(f, rel, hdr, size, segs)
@@ -504,11 +565,13 @@ func (a *writer) header(hdr *tar.Header) error {
 	return nil
 }
 
-func (a *writer) xattrs(full string, hdr *tar.Header) error {
-	xs, err := readXattrs(full)
+// xattrs puts the entry's xattrs, as read reads them, in its header; what
+// cannot be read is a warning.
+func (a *writer) xattrs(hdr *tar.Header, read func() (map[string]string, error)) {
+	xs, err := read()
 	if err != nil {
 		a.warnf(hdr.Name, "xattrs not readable: "+err.Error())
-		return nil
+		return
 	}
 	for k, v := range xs {
 		if strings.ContainsAny(k, "=\x00") {
@@ -520,7 +583,6 @@ func (a *writer) xattrs(full string, hdr *tar.Header) error {
 		}
 		hdr.PAXRecords[PAXXattr+k] = v
 	}
-	return nil
 }
 
 func (a *writer) warnf(rel, msg string) {

@@ -2,7 +2,11 @@ package archive
 
 import (
 	"errors"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -11,31 +15,119 @@ import (
 // bsdtar and Go's archive/tar all understand.
 const PAXXattr = "SCHILY.xattr."
 
-// readXattrs returns the extended attributes of path (not following a
-// symlink). SELinux labels are left out: they belong to the host's policy,
-// and the restoring host relabels.
-func readXattrs(path string) (map[string]string, error) {
-	size, err := unix.Llistxattr(path, nil)
+// xattrsOf returns the extended attributes of the file or directory open
+// as fd.
+func xattrsOf(fd int) (map[string]string, error) {
+	return readXattrs(
+		func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) },
+		func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) })
+}
+
+// xattrsAt returns the extended attributes of the entry name in the
+// directory dirFd, not following a symlink and never opening the entry (a
+// FIFO or a device): with listxattrat and getxattrat where the kernel has
+// them (6.13), else through the directory's /proc/self/fd link, which
+// resolves to that very directory whatever its path has become.
+func xattrsAt(dirFd int, name string) (map[string]string, error) {
+	if !noXattrAt.Load() {
+		xs, err := readXattrs(
+			func(buf []byte) (int, error) { return listxattrat(dirFd, name, buf) },
+			func(attr string, buf []byte) (int, error) { return getxattrat(dirFd, name, attr, buf) })
+		// ENOSYS: an older kernel; EPERM: a seccomp profile older than
+		// the call (Docker 20.10's default refuses what it does not know
+		// with EPERM), which a helper container runs under.
+		if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+			return xs, err
+		}
+		noXattrAt.Store(true)
+	}
+	p := "/proc/self/fd/" + strconv.Itoa(dirFd) + "/" + name
+	return readXattrs(
+		func(buf []byte) (int, error) { return unix.Llistxattr(p, buf) },
+		func(attr string, buf []byte) (int, error) { return unix.Lgetxattr(p, attr, buf) })
+}
+
+var noXattrAt atomic.Bool
+
+func listxattrat(dirFd int, name string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
 	if err != nil {
-		if errors.Is(err, unix.ENOTSUP) {
+		return 0, err
+	}
+	var ptr unsafe.Pointer
+	if len(buf) > 0 {
+		ptr = unsafe.Pointer(&buf[0])
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_LISTXATTRAT, uintptr(dirFd), uintptr(unsafe.Pointer(p)),
+		unix.AT_SYMLINK_NOFOLLOW, uintptr(ptr), uintptr(len(buf)), 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// xattrArgs is the kernel's struct xattr_args.
+type xattrArgs struct {
+	value uint64
+	size  uint32
+	flags uint32
+}
+
+func getxattrat(dirFd int, name, attr string, buf []byte) (int, error) {
+	p, err := unix.BytePtrFromString(name)
+	if err != nil {
+		return 0, err
+	}
+	ap, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, err
+	}
+	args := xattrArgs{size: uint32(len(buf))}
+	if len(buf) > 0 {
+		args.value = uint64(uintptr(unsafe.Pointer(&buf[0])))
+	}
+	n, _, errno := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(dirFd), uintptr(unsafe.Pointer(p)),
+		unix.AT_SYMLINK_NOFOLLOW, uintptr(unsafe.Pointer(ap)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+	runtime.KeepAlive(buf)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
+}
+
+// readXattrs reads the extended attributes that list names, each with get.
+// SELinux labels are left out: they belong to the host's policy, and the
+// restoring host relabels.
+func readXattrs(list func([]byte) (int, error), get func(string, []byte) (int, error)) (map[string]string, error) {
+	var buf []byte
+	for {
+		size, err := list(nil)
+		if err != nil {
+			if errors.Is(err, unix.ENOTSUP) {
+				return nil, nil
+			}
+			return nil, err
+		}
+		if size == 0 {
 			return nil, nil
 		}
-		return nil, err
-	}
-	if size == 0 {
-		return nil, nil
-	}
-	buf := make([]byte, size)
-	size, err = unix.Llistxattr(path, buf)
-	if err != nil {
-		return nil, err
+		buf = make([]byte, size)
+		size, err = list(buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue // one was added meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		buf = buf[:size]
+		break
 	}
 	out := map[string]string{}
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+	for _, name := range strings.Split(strings.TrimRight(string(buf), "\x00"), "\x00") {
 		if name == "" || strings.HasPrefix(name, "security.selinux") {
 			continue
 		}
-		val, err := lgetxattr(path, name)
+		val, err := getXattr(get, name)
 		if err != nil {
 			if errors.Is(err, unix.ENODATA) {
 				continue // removed meanwhile
@@ -47,12 +139,12 @@ func readXattrs(path string) (map[string]string, error) {
 	return out, nil
 }
 
-func lgetxattr(path, name string) ([]byte, error) {
+func getXattr(get func(string, []byte) (int, error), name string) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Lgetxattr(path, name, buf)
+		n, err := get(name, buf)
 		if errors.Is(err, unix.ERANGE) {
-			size, err := unix.Lgetxattr(path, name, nil)
+			size, err := get(name, nil)
 			if err != nil {
 				return nil, err
 			}

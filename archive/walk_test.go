@@ -2,6 +2,7 @@ package archive
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,5 +160,43 @@ func TestXattrsAt(t *testing.T) {
 		if _, err := xattrsAt(fd, "missing"); !os.IsNotExist(err) {
 			t.Errorf("through /proc %v: a missing entry gave %v", fallback, err)
 		}
+	}
+}
+
+// A file rewritten in place while it is read, its size unchanged (a
+// database's pages), is reported: its copy may be torn.
+func TestRewrittenInPlaceWarns(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "db")
+	page := bytes.Repeat([]byte{'a'}, 4096)
+	if err := os.WriteFile(p, bytes.Repeat(page, 8192), 0o644); err != nil { // 32 MiB
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+				f.WriteAt(page, i%8192*4096)
+			}
+		}
+	}()
+	var warned []string
+	_, err = Write(src, io.Discard, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }})
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 1 || !strings.Contains(warned[0], "db: changed while read") {
+		t.Fatalf("warnings: %q", warned)
 	}
 }

@@ -338,7 +338,7 @@ func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
 	a.xattrs(hdr, func() (map[string]string, error) { return xattrsOf(fd) })
 	if st.Blocks*512 < size {
 		if segs := dataSegments(f, size); segs != nil {
-			return a.sparse(f, rel, hdr, size, segs)
+			return a.sparse(f, &st, rel, hdr, size, segs)
 		}
 	}
 	if err := a.header(hdr); err != nil {
@@ -359,8 +359,8 @@ func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
 	}
 	if n < size {
 		a.warnf(rel, fmt.Sprintf("shrank while read (%d of %d bytes); padded with zeros", n, size))
-	} else if err := unix.Fstat(int(f.Fd()), &st); err == nil && st.Size > size {
-		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", size))
+	} else {
+		a.changed(f, &st, rel)
 	}
 	a.indexed(rel, hdr)
 	return nil
@@ -408,7 +408,7 @@ func dataSegments(f *os.File, size int64) [][2]int64 {
 // with 1 MiB in it archives as 1 MiB. Go's tar.Writer will not write the
 // GNU.sparse records, so this entry's two headers are made here and
 // written between the Writer's entries, at a block boundary.
-func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, segs [][2]int64) error {
+func (a *writer) sparse(f *os.File, st *unix.Stat_t, rel string, hdr *tar.Header, size int64, segs [][2]int64) error {
 	sparseMap := fmt.Appendf(nil, "%d\n", len(segs))
 	var data int64
 	for _, s := range segs {
@@ -481,9 +481,28 @@ func (a *writer) sparse(f *os.File, rel string, hdr *tar.Header, size int64, seg
 	}
 	if short > 0 {
 		a.warnf(rel, fmt.Sprintf("shrank while read; %d bytes padded with zeros", short))
+	} else {
+		a.changed(f, st, rel)
 	}
 	a.indexed(rel, hdr)
 	return nil
+}
+
+// changed warns if the file f, whose stat before it was read is before,
+// was written meanwhile: grown, or rewritten in place (its mtime or ctime
+// moved), as a database file or a log rotated by copy is. Its archived
+// copy may then mix old and new content; GNU tar warns the same way.
+func (a *writer) changed(f *os.File, before *unix.Stat_t, rel string) {
+	var now unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &now); err != nil {
+		return
+	}
+	switch {
+	case now.Size > before.Size:
+		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", before.Size))
+	case now.Mtim != before.Mtim || now.Ctim != before.Ctim:
+		a.warnf(rel, "changed while read; the archived copy may mix old and new content (stop what writes to it for a consistent copy)")
+	}
 }
 
 // readErr is err from copying rel's content: the stream's own failure (the

@@ -125,11 +125,15 @@ goes to every destination; a destination that fails does not stop the others,
 each is reported, and volbak exits 1 if any failed. A slow destination slows
 the backup rather than filling memory. Two --to that name the same storage
 (the same directory once symlinks are resolved, or through a bind mount;
-the same URL) are written once, and volbak says so. Each volume is read by its own helper container, with the volume
-mounted read-only, no network and only the capability to read every file.
-The volume is not stopped: stop what writes to it first for a consistent
-snapshot. A file that changes while read is archived consistently (cut at the
-size it had, or padded) and reported as a warning.
+the same URL) are written once, and volbak says so.
+
+Each volume is read by its own helper container, with the volume mounted
+read-only, no network and only the capability to read every file. The volume
+is not stopped: stop what writes to it first for a consistent snapshot (the
+sidecar, volbak run, does that by label). A file that changes while read is
+reported as a warning and the archive stays valid: one that grew is cut at the
+size it had, one that shrank is padded with zeros, and one rewritten in place
+(a database's pages) may hold old and new content side by side.
 
 If one volume fails, the others are still backed up, and volbak exits 1.
 A failed or interrupted backup leaves no snapshot listed anywhere (an S3

@@ -202,6 +202,11 @@ func (x *extractor) entry(hdr *tar.Header) error {
 		return err
 	}
 	full := x.path(rel)
+	if len(full) > maxName {
+		// Not corrupt: the same archive restores into a target whose own
+		// path is shorter (volbak's backups leave room for a volume's).
+		return fmt.Errorf("entry %s: its path under %s would be %d bytes, more than Linux takes (PATH_MAX, 4095): restore into a directory with a shorter path", quoteName(rel), quoteName(x.root), len(full))
+	}
 	if !supported(hdr) {
 		x.warnOnce(fmt.Sprintf("type %q", hdr.Typeflag), rel, fmt.Sprintf("entry type %q not supported; skipped", hdr.Typeflag))
 		return nil

@@ -33,14 +33,26 @@ func xattrsAt(dirFd int, name string) (map[string]string, error) {
 		xs, err := readXattrs(
 			func(buf []byte) (int, error) { return listxattrat(dirFd, name, buf) },
 			func(attr string, buf []byte) (int, error) { return getxattrat(dirFd, name, attr, buf) })
-		// ENOSYS: an older kernel; EPERM: a seccomp profile older than
-		// the call (Docker 20.10's default refuses what it does not know
-		// with EPERM), which a helper container runs under.
-		if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+		switch {
+		case errors.Is(err, unix.ENOSYS): // an older kernel, or a seccomp profile that says so
+			noXattrAt.Store(true)
+		case errors.Is(err, unix.EPERM):
+			// A seccomp profile older than the call may refuse it with
+			// EPERM; a filesystem may mean it. Only if /proc then reads
+			// this entry is it the profile.
+			xs, err := xattrsProc(dirFd, name)
+			if err == nil {
+				noXattrAt.Store(true)
+			}
+			return xs, err
+		default:
 			return xs, err
 		}
-		noXattrAt.Store(true)
 	}
+	return xattrsProc(dirFd, name)
+}
+
+func xattrsProc(dirFd int, name string) (map[string]string, error) {
 	p := "/proc/self/fd/" + strconv.Itoa(dirFd) + "/" + name
 	return readXattrs(
 		func(buf []byte) (int, error) { return unix.Llistxattr(p, buf) },

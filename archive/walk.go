@@ -27,16 +27,32 @@ import (
 // warning; a backup that a restore could not write is worse.
 const maxArchivedPath = maxName - 64
 
-// maxOpenDirs bounds the directory descriptors a walk holds: one per
-// level it is inside of would run a tree 2,000 levels deep (what PATH_MAX
-// allows) into a 1024-descriptor limit. Past it, the far ancestors are
-// closed and opened again on the way back up, through "..", checked to be
-// the same directory. A variable, for a test.
-var maxOpenDirs = 128
+// maxOpenDirs, if not 0, bounds the directory descriptors a walk holds
+// (a test sets it); else openDirs does. One per level the walk is inside
+// of would run a tree 2,000 levels deep (what PATH_MAX allows) into a
+// 1024-descriptor limit; past the bound, the far ancestors are closed,
+// and opened again on the way back up, each checked to be the directory
+// the walk was in.
+var maxOpenDirs = 0
+
+// openDirs is half the open-files limit, within [16, 4096]: where the
+// limit is Docker's usual 1048576, no tree a restore can write is deep
+// enough to close anything.
+func openDirs() int {
+	if maxOpenDirs != 0 {
+		return maxOpenDirs
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 128
+	}
+	return int(min(max(lim.Cur/2, 16), 4096))
+}
 
 // level is a directory the walk is inside of.
 type level struct {
-	fd       int // -1 while closed
+	name     string // in its parent
+	fd       int    // -1 while closed
 	dev, ino uint64
 }
 
@@ -55,7 +71,8 @@ func (a *writer) walkRoot(root string) error {
 		unix.Close(fd)
 		return fmt.Errorf("stat %s: %w", root, err)
 	}
-	return a.dir(fd, &st, ".", a.headerOf(".", &st))
+	a.window = openDirs()
+	return a.dir(fd, &st, "", ".", a.headerOf(".", &st))
 }
 
 // headerOf starts the header of the entry rel from its stat.
@@ -88,16 +105,23 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	hdr := a.headerOf(rel, &st)
 	// Every inode but a directory can have several names, a FIFO, a
 	// symlink or a device node as well as a file: later names become
-	// hardlinks to the first, or a restore would split them apart.
+	// hardlinks to the first, or a restore would split them apart. Only
+	// while its ctime stays what it was when the first name was archived:
+	// an inode changed since (written, touched, chmod'ed) would be linked
+	// to content and times the archive does not hold for it, and an inode
+	// number freed and given to a new file would link it to the old one.
 	if st.Nlink > 1 && !isDir {
 		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
-			hdr.Typeflag = tar.TypeLink
-			hdr.Linkname = first
-			if err := a.header(hdr); err != nil {
-				return err
+			if first.ctime == st.Ctim {
+				hdr.Typeflag = tar.TypeLink
+				hdr.Linkname = first.name
+				if err := a.header(hdr); err != nil {
+					return err
+				}
+				a.indexed(rel, hdr)
+				return nil
 			}
-			a.indexed(rel, hdr)
-			return nil
+			a.warnf(rel, "changed since "+quoteName(first.name)+", another name of it, was archived; archived apart (a restore makes two files of them)")
 		}
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -117,9 +141,9 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 			unix.Close(fd)
 			return fmt.Errorf("stat %s: %w", rel, err)
 		}
-		return a.dir(fd, &st, rel, a.headerOf(rel, &st))
+		return a.dir(fd, &st, name, rel, a.headerOf(rel, &st))
 	case unix.S_IFREG:
-		return a.file(dirFd, name, rel, hdr)
+		return a.file(dirFd, name, rel, hdr, &st)
 	case unix.S_IFLNK:
 		target, err := readlinkat(dirFd, name)
 		if err != nil {
@@ -154,12 +178,13 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	return a.first(hdr, &st)
 }
 
-// dir archives the directory open as fd (st its stat), rel in the tree,
-// and what it holds; fd is the walk's from then on, and closed by it.
-func (a *writer) dir(fd int, st *unix.Stat_t, rel string, hdr *tar.Header) error {
+// dir archives the directory open as fd (st its stat), name in its
+// parent and rel in the tree, and what it holds; fd is the walk's from
+// then on, and closed by it.
+func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header) error {
 	depth := len(a.levels)
-	a.levels = append(a.levels, level{fd: fd, dev: st.Dev, ino: st.Ino})
-	if far := depth - maxOpenDirs; far >= 1 && a.levels[far].fd >= 0 { // the root stays open
+	a.levels = append(a.levels, level{name: name, fd: fd, dev: st.Dev, ino: st.Ino})
+	if far := depth - a.window; far >= 1 && a.levels[far].fd >= 0 { // the root stays open
 		unix.Close(a.levels[far].fd)
 		a.levels[far].fd = -1
 	}
@@ -195,6 +220,9 @@ func (a *writer) dir(fd int, st *unix.Stat_t, rel string, hdr *tar.Header) error
 		}
 		fd := a.levels[depth].fd
 		if fd < 0 {
+			fd = a.reopen(depth)
+		}
+		if fd < 0 {
 			a.warnf(rel, fmt.Sprintf("directory moved while the backup was inside it; its last %d entries not archived", len(names)-i))
 			return nil
 		}
@@ -212,7 +240,7 @@ func (a *writer) dir(fd int, st *unix.Stat_t, rel string, hdr *tar.Header) error
 // leave ends the walk of the directory at depth: if its parent's
 // descriptor was closed meanwhile, it opens it again through "..", and
 // takes it only if it is the same directory (dev and inode); else the
-// parent stays closed, and is reported as moved. Then it closes its own.
+// parent stays closed, for reopen. Then it closes its own.
 func (a *writer) leave(depth int) {
 	own := a.levels[depth].fd
 	a.levels = a.levels[:depth]
@@ -237,6 +265,36 @@ func (a *writer) leave(depth int) {
 		return
 	}
 	parent.fd = fd
+}
+
+// reopen opens the closed directory at depth again, by name from its
+// nearest open ancestor down, each level checked to be the directory the
+// walk was in (dev and inode): -1 if one is not (it moved), and the rest
+// of the directory at depth is then reported, not read from elsewhere.
+// Only the one at depth is kept open.
+func (a *writer) reopen(depth int) int {
+	k := depth - 1
+	for a.levels[k].fd < 0 { // the root is never closed
+		k--
+	}
+	fd := a.levels[k].fd
+	for j := k + 1; j <= depth; j++ {
+		next, err := unix.Openat(fd, a.levels[j].name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if fd != a.levels[k].fd {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return -1
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(next, &st); err != nil || st.Dev != a.levels[j].dev || st.Ino != a.levels[j].ino {
+			unix.Close(next)
+			return -1
+		}
+		fd = next
+	}
+	a.levels[depth].fd = fd
+	return fd
 }
 
 // readNames lists the directory open as fd, through a duplicate of it: an
@@ -273,8 +331,11 @@ func shortPath(rel string) string {
 	if len(rel) <= i {
 		return rel
 	}
-	for i > 0 && !utf8.RuneStart(rel[i]) {
-		i--
+	for j := i; j > i-utf8.UTFMax && j > 0; j-- {
+		if utf8.RuneStart(rel[j]) {
+			i = j
+			break
+		}
 	}
 	return rel[:i] + "…"
 }

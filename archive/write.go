@@ -3,7 +3,6 @@ package archive
 import (
 	"archive/tar"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -69,7 +68,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	fw.progress = opt.Progress
 	a := &writer{
 		out:   fw,
-		links: map[[2]uint64]string{},
+		links: map[[2]uint64]linked{},
 		warn:  opt.Warn,
 		skip:  opt.Skip,
 		index: ix != nil,
@@ -99,13 +98,22 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 // with no copy through a tar.Writer and buffers between.
 type writer struct {
 	out   *frameWriter
-	links map[[2]uint64]string // (dev, inode) of a multiply-linked non-directory -> first name
+	links map[[2]uint64]linked // (dev, inode) of a multiply-linked non-directory -> its first name
 	warn  func(path, msg string)
 	skip  func(string) bool
 	index bool
 	stats Stats
-	// levels are the directories the walk is inside of, the root first.
+	// levels are the directories the walk is inside of, the root first;
+	// at most window of them open.
 	levels []level
+	window int
+}
+
+// linked is the first name of an inode archived under several, and its
+// ctime then.
+type linked struct {
+	name  string
+	ctime unix.Timespec
 }
 
 // first writes the header of an entry without data, and makes it the name
@@ -115,7 +123,7 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 		return err
 	}
 	if st.Nlink > 1 {
-		a.links[[2]uint64{st.Dev, st.Ino}] = hdr.Name
+		a.links[[2]uint64{st.Dev, st.Ino}] = linked{hdr.Name, st.Ctim}
 	}
 	a.indexed(hdr.Name, hdr)
 	return nil
@@ -125,16 +133,10 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 // whatever the file does meanwhile: a file that grows is cut at the size it
 // had when stat'ed, one that shrinks is padded with zeros. Both are reported;
 // the tar stays valid either way (GNU tar does the same).
-func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
-	// O_NONBLOCK: if the name became a FIFO since the walk saw a file, the
-	// open must not wait for a writer that never comes.
-	fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
-			a.warnf(rel, "vanished or replaced while the backup ran; not archived")
-			return nil
-		}
-		return fmt.Errorf("open %s: %w", rel, err)
+func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header, walked *unix.Stat_t) error {
+	fd, err := a.openFile(dirFd, name, rel, walked)
+	if fd < 0 || err != nil {
+		return err
 	}
 	defer unix.Close(fd)
 	var st unix.Stat_t
@@ -148,11 +150,12 @@ func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
 	// Later names of this inode become hardlinks to this one; recorded only
 	// now that it is sure to be in the archive.
 	if st.Nlink > 1 {
-		a.links[[2]uint64{st.Dev, st.Ino}] = rel
+		a.links[[2]uint64{st.Dev, st.Ino}] = linked{rel, st.Ctim}
 	}
-	// The opened file is what gets archived: take size and mtime from it, in
+	// The opened file is what gets archived: take its metadata from it, in
 	// case the name was replaced between walk and open.
 	size := st.Size
+	hdr.Mode, hdr.Uid, hdr.Gid = int64(st.Mode&0o7777), int(st.Uid), int(st.Gid)
 	hdr.ModTime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
 	hdr.Typeflag = tar.TypeReg
 	hdr.Size = size
@@ -185,6 +188,32 @@ func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header) error {
 	}
 	a.indexed(rel, hdr)
 	return nil
+}
+
+// openFile opens the regular file name in dirFd that the walk stat'ed as
+// walked, or returns -1 having reported that it is gone. An open that
+// fails because the name is something else by now (swapped for a socket:
+// ENXIO; for a device a helper may not open: EPERM) is churn too, told by
+// a second look at the name; one that fails on the same file is tried
+// again (a name swapped back and forth), then is an error. O_NONBLOCK: a
+// FIFO put there must not wait for a writer; O_NOCTTY: a terminal put
+// there must not become the helper's.
+func (a *writer) openFile(dirFd int, name, rel string, walked *unix.Stat_t) (int, error) {
+	for try := 1; ; try++ {
+		fd, err := unix.Openat(dirFd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return fd, nil
+		}
+		var now unix.Stat_t
+		if serr := unix.Fstatat(dirFd, name, &now, unix.AT_SYMLINK_NOFOLLOW); serr != nil ||
+			now.Mode&unix.S_IFMT != unix.S_IFREG || now.Dev != walked.Dev || now.Ino != walked.Ino {
+			a.warnf(rel, "vanished or replaced while the backup ran; not archived")
+			return -1, nil
+		}
+		if try == 3 {
+			return -1, fmt.Errorf("open %s: %w", rel, err)
+		}
+	}
 }
 
 // dataSegments maps where f holds data, as [offset, length] pairs, ending

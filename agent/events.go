@@ -159,10 +159,12 @@ func (e *Events) readyChan() chan struct{} {
 func (e *Events) Done() *Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if len(e.line) > 0 {
+	// A last line cut short is said as it is (a crash's), but for an
+	// index line: a helper killed while writing one said nothing.
+	if len(e.line) > 0 && !bytes.HasPrefix(e.line, []byte(IndexPrefix)) && !bytes.HasPrefix([]byte(IndexPrefix), e.line) {
 		e.handle(e.line)
-		e.line = nil
 	}
+	e.line = nil
 	return e.done
 }
 

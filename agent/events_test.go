@@ -33,6 +33,12 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("error %q after success", ev.Err())
 	}
 
+	killed := &Events{}
+	killed.Write([]byte(IndexPrefix + `{"path":"a/b/c","type":"fi`))
+	if killed.Done() != nil || killed.Err() != "" {
+		t.Fatalf("a cut index line taken for a message: %q", killed.Err())
+	}
+
 	crash := &Events{}
 	crash.Write([]byte("panic: boom\n\ngoroutine 1 [running]:"))
 	if crash.Done() != nil || crash.Err() != "panic: boom; goroutine 1 [running]:" {

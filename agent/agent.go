@@ -91,6 +91,13 @@ type indexLines struct{ e *emitter }
 func (x indexLines) Write(line []byte) (int, error) {
 	x.e.mu.Lock()
 	defer x.e.mu.Unlock()
+	// Flushed between lines, never inside one: a crash's output, written
+	// straight to fd 2, must not be glued to half an index line.
+	if x.e.w.Available() < len(IndexPrefix)+len(line) {
+		if err := x.e.w.Flush(); err != nil {
+			return 0, err
+		}
+	}
 	x.e.w.WriteString(IndexPrefix)
 	return x.e.w.Write(line)
 }

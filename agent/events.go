@@ -160,9 +160,11 @@ func (e *Events) Done() *Event {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	// A last line cut short is said as it is (a crash's), but for an
-	// index line: a helper killed while writing one said nothing.
-	if len(e.line) > 0 && !bytes.HasPrefix(e.line, []byte(IndexPrefix)) && !bytes.HasPrefix([]byte(IndexPrefix), e.line) {
-		e.handle(e.line)
+	// index line or an event: a helper killed while writing one said
+	// nothing more.
+	if l := e.line; len(l) > 0 && !bytes.HasPrefix(l, []byte(IndexPrefix)) && !bytes.HasPrefix([]byte(IndexPrefix), l) &&
+		!bytes.HasPrefix(l, []byte(`{"event":`)) {
+		e.handle(l)
 	}
 	e.line = nil
 	return e.done

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -33,10 +34,12 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("error %q after success", ev.Err())
 	}
 
-	killed := &Events{}
-	killed.Write([]byte(IndexPrefix + `{"path":"a/b/c","type":"fi`))
-	if killed.Done() != nil || killed.Err() != "" {
-		t.Fatalf("a cut index line taken for a message: %q", killed.Err())
+	for _, cut := range []string{IndexPrefix + `{"path":"a/b/c","type":"fi`, "ind", `{"event":"progr`} {
+		killed := &Events{}
+		killed.Write([]byte(cut))
+		if killed.Done() != nil || killed.Err() != "" {
+			t.Fatalf("a cut line taken for a message: %q", killed.Err())
+		}
 	}
 
 	crash := &Events{}
@@ -93,3 +96,33 @@ func TestEventsIndexLines(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// chunks records each write it gets.
+type chunks [][]byte
+
+func (c *chunks) Write(p []byte) (int, error) {
+	*c = append(*c, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// Index lines reach the helper's stderr in writes that end between lines,
+// so that a crash's output, written to fd 2 directly, starts a line.
+func TestIndexLinesFlushBetweenLines(t *testing.T) {
+	var out chunks
+	em := newEmitter(&out)
+	line := []byte(`{"path":"` + strings.Repeat("p", 1000) + `"}` + "\n")
+	for range 200 { // about 200 KiB: three flushes of the 64 KiB buffer
+		if _, err := (indexLines{em}).Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	em.emit(Event{Event: "done"})
+	if len(out) < 3 {
+		t.Fatalf("%d writes", len(out))
+	}
+	for i, c := range out {
+		if !bytes.HasSuffix(c, []byte("\n")) {
+			t.Fatalf("write %d of %d ends inside a line: …%q", i, len(out), c[max(0, len(c)-20):])
+		}
+	}
+}

@@ -28,7 +28,7 @@ import (
 const maxArchivedPath = maxName - 64
 
 // maxOpenDirs, if not 0, bounds the directory descriptors a walk holds
-// (a test sets it); else openDirs does. One per level the walk is inside
+// besides the root's (a test sets it); else openDirs does. One per level the walk is inside
 // of would run a tree 2,000 levels deep (what PATH_MAX allows) into a
 // 1024-descriptor limit; past the bound, the far ancestors are closed,
 // and opened again on the way back up, each checked to be the directory
@@ -112,9 +112,13 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	// number freed and given to a new file would link it to the old one.
 	if st.Nlink > 1 && !isDir {
 		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
-			if first.ctime == st.Ctim {
+			if first.same(&st) {
+				// The link's header says what a restore gives it: its
+				// first name's metadata (a FIFO written to since has a
+				// newer mtime, but is the one inode).
 				hdr.Typeflag = tar.TypeLink
 				hdr.Linkname = first.name
+				hdr.Mode, hdr.Uid, hdr.Gid, hdr.ModTime = first.hdr.Mode, first.hdr.Uid, first.hdr.Gid, first.hdr.ModTime
 				if err := a.header(hdr); err != nil {
 					return err
 				}
@@ -220,7 +224,9 @@ func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header)
 		}
 		fd := a.levels[depth].fd
 		if fd < 0 {
-			fd = a.reopen(depth)
+			if fd, err = a.reopen(depth, rel); err != nil {
+				return err
+			}
 		}
 		if fd < 0 {
 			a.warnf(rel, fmt.Sprintf("directory moved while the backup was inside it; its last %d entries not archived", len(names)-i))
@@ -267,12 +273,14 @@ func (a *writer) leave(depth int) {
 	parent.fd = fd
 }
 
-// reopen opens the closed directory at depth again, by name from its
-// nearest open ancestor down, each level checked to be the directory the
-// walk was in (dev and inode): -1 if one is not (it moved), and the rest
-// of the directory at depth is then reported, not read from elsewhere.
-// Only the one at depth is kept open.
-func (a *writer) reopen(depth int) int {
+// reopen opens the closed directory at depth (rel) again, by name from
+// its nearest open ancestor down, each level checked to be the directory
+// the walk was in (dev and inode): -1 if one is not, or is gone (it
+// moved), and the rest of the directory at depth is then reported, not
+// read from elsewhere; an error for any other failure (out of
+// descriptors, I/O), which is not churn. Only the one at depth is kept
+// open.
+func (a *writer) reopen(depth int, rel string) (int, error) {
 	k := depth - 1
 	for a.levels[k].fd < 0 { // the root is never closed
 		k--
@@ -283,18 +291,25 @@ func (a *writer) reopen(depth int) int {
 		if fd != a.levels[k].fd {
 			unix.Close(fd)
 		}
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+			return -1, nil
+		}
 		if err != nil {
-			return -1
+			return -1, fmt.Errorf("open directory %s again: %w", rel, err)
 		}
 		var st unix.Stat_t
-		if err := unix.Fstat(next, &st); err != nil || st.Dev != a.levels[j].dev || st.Ino != a.levels[j].ino {
+		if err := unix.Fstat(next, &st); err != nil {
 			unix.Close(next)
-			return -1
+			return -1, fmt.Errorf("stat %s: %w", rel, err)
+		}
+		if st.Dev != a.levels[j].dev || st.Ino != a.levels[j].ino {
+			unix.Close(next)
+			return -1, nil
 		}
 		fd = next
 	}
 	a.levels[depth].fd = fd
-	return fd
+	return fd, nil
 }
 
 // readNames lists the directory open as fd, through a duplicate of it: an

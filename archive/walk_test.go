@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/volbak/volbak/internal/voltest"
@@ -450,4 +451,56 @@ func TestOpenFileSwapped(t *testing.T) {
 		t.Fatalf("the file itself: fd %d, %v", fd, err)
 	}
 	unix.Close(fd)
+}
+
+// A hardlinked FIFO touched between its names stays one inode (it has no
+// content to go stale), and its link's header carries the first name's
+// metadata, which is what a restore gives it.
+func TestHardlinkedFIFOTouchedMidWalk(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"a", "b", "c"} {
+		if err := os.Mkdir(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mkfifo(filepath.Join(src, "a/f1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(src, "a/f1"), filepath.Join(src, "c/f2")); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1_000_000_000, 0)
+	if err := os.Chtimes(filepath.Join(src, "a/f1"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	hook := func(rel string) {
+		if rel == "b" {
+			now := time.Now()
+			if err := os.Chtimes(filepath.Join(src, "a/f1"), now, now); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	testAfterList.Store(&hook)
+	defer testAfterList.Store(nil)
+	data, st := archiveTree(t, src)
+	if st.Warnings != 0 {
+		t.Fatalf("%d warnings", st.Warnings)
+	}
+	tr := tarOf(t, data)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			t.Fatal("no c/f2")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name == "c/f2" {
+			if hdr.Typeflag != tar.TypeLink || !hdr.ModTime.Equal(old) {
+				t.Fatalf("c/f2: type %q mtime %v, want a link with a/f1's %v", hdr.Typeflag, hdr.ModTime, old)
+			}
+			return
+		}
+	}
 }

@@ -3,6 +3,7 @@ package archive
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -104,16 +105,33 @@ type writer struct {
 	index bool
 	stats Stats
 	// levels are the directories the walk is inside of, the root first;
-	// at most window of them open.
+	// the root and at most window more open (and one being opened).
 	levels []level
 	window int
 }
 
-// linked is the first name of an inode archived under several, and its
-// ctime then.
+// linked is the first name of an inode archived under several, its
+// header, and its stat then.
 type linked struct {
-	name  string
-	ctime unix.Timespec
+	name string
+	hdr  *tar.Header
+	st   unix.Stat_t
+}
+
+// same says whether st, a later name's, is still the inode archived
+// under the first: for a regular file, by ctime (written, touched,
+// chmod'ed or linked since, it changed) and, where ctime is coarse, mtime
+// and size too; an inode number freed and given to a new file fails it
+// as well. Anything else has no content to go stale, only its mode and
+// owner, which a link shares with its first name.
+func (l linked) same(st *unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT != l.st.Mode&unix.S_IFMT {
+		return false
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return true
+	}
+	return st.Ctim == l.st.Ctim && st.Mtim == l.st.Mtim && st.Size == l.st.Size
 }
 
 // first writes the header of an entry without data, and makes it the name
@@ -123,7 +141,7 @@ func (a *writer) first(hdr *tar.Header, st *unix.Stat_t) error {
 		return err
 	}
 	if st.Nlink > 1 {
-		a.links[[2]uint64{st.Dev, st.Ino}] = linked{hdr.Name, st.Ctim}
+		a.links[[2]uint64{st.Dev, st.Ino}] = linked{hdr.Name, hdr, *st}
 	}
 	a.indexed(hdr.Name, hdr)
 	return nil
@@ -150,7 +168,7 @@ func (a *writer) file(dirFd int, name, rel string, hdr *tar.Header, walked *unix
 	// Later names of this inode become hardlinks to this one; recorded only
 	// now that it is sure to be in the archive.
 	if st.Nlink > 1 {
-		a.links[[2]uint64{st.Dev, st.Ino}] = linked{rel, st.Ctim}
+		a.links[[2]uint64{st.Dev, st.Ino}] = linked{rel, hdr, st}
 	}
 	// The opened file is what gets archived: take its metadata from it, in
 	// case the name was replaced between walk and open.
@@ -205,8 +223,11 @@ func (a *writer) openFile(dirFd int, name, rel string, walked *unix.Stat_t) (int
 			return fd, nil
 		}
 		var now unix.Stat_t
-		if serr := unix.Fstatat(dirFd, name, &now, unix.AT_SYMLINK_NOFOLLOW); serr != nil ||
-			now.Mode&unix.S_IFMT != unix.S_IFREG || now.Dev != walked.Dev || now.Ino != walked.Ino {
+		serr := unix.Fstatat(dirFd, name, &now, unix.AT_SYMLINK_NOFOLLOW)
+		if serr != nil && !errors.Is(serr, unix.ENOENT) {
+			return -1, fmt.Errorf("open %s: %w (and stat: %w)", rel, err, serr)
+		}
+		if serr != nil || now.Mode&unix.S_IFMT != unix.S_IFREG || now.Dev != walked.Dev || now.Ino != walked.Ino {
 			a.warnf(rel, "vanished or replaced while the backup ran; not archived")
 			return -1, nil
 		}

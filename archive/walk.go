@@ -145,6 +145,11 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 			unix.Close(fd)
 			return fmt.Errorf("stat %s: %w", rel, err)
 		}
+		if first, ok := a.moved[[2]uint64{st.Dev, st.Ino}]; ok {
+			unix.Close(fd)
+			a.warnf(rel, "is the directory archived as "+quoteName(first)+", moved here while the backup ran; not archived again")
+			return nil
+		}
 		return a.dir(fd, &st, name, rel, a.headerOf(rel, &st))
 	case unix.S_IFREG:
 		return a.file(dirFd, name, rel, hdr, &st)
@@ -192,7 +197,7 @@ func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header)
 		unix.Close(a.levels[far].fd)
 		a.levels[far].fd = -1
 	}
-	defer a.leave(depth)
+	defer a.leave(depth, rel)
 
 	hdr.Typeflag = tar.TypeDir
 	hdr.Name = rel + "/"
@@ -243,34 +248,46 @@ func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header)
 	return nil
 }
 
-// leave ends the walk of the directory at depth: if its parent's
-// descriptor was closed meanwhile, it opens it again through "..", and
-// takes it only if it is the same directory (dev and inode); else the
-// parent stays closed, for reopen. Then it closes its own.
-func (a *writer) leave(depth int) {
-	own := a.levels[depth].fd
+// leave ends the walk of the directory at depth, rel in the tree. If its
+// parent's descriptor was closed meanwhile, it opens it again through
+// "..", taking it only if it is the same directory (dev and inode); else
+// the parent stays closed, for reopen. A directory that is no longer at
+// its name (moved, renamed, removed, replaced) was archived as far as its
+// descriptor read it, under the name it had: that is reported, and the
+// walk will not archive it again where it went. Then it closes its own
+// descriptor.
+func (a *writer) leave(depth int, rel string) {
+	lv := a.levels[depth]
 	a.levels = a.levels[:depth]
-	if own < 0 {
+	if lv.fd < 0 {
 		return
 	}
-	defer unix.Close(own)
+	defer unix.Close(lv.fd)
 	if depth == 0 {
 		return
 	}
 	parent := &a.levels[depth-1]
-	if parent.fd >= 0 {
-		return
+	moved := false
+	if parent.fd < 0 {
+		if fd, err := unix.Openat(lv.fd, "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			var st unix.Stat_t
+			if err := unix.Fstat(fd, &st); err == nil && st.Dev == parent.dev && st.Ino == parent.ino {
+				parent.fd = fd
+			} else {
+				unix.Close(fd)
+				moved = err == nil // its ".." is another directory
+			}
+		}
 	}
-	fd, err := unix.Openat(own, "..", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
+	if parent.fd >= 0 && !moved {
+		var st unix.Stat_t
+		err := unix.Fstatat(parent.fd, lv.name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		moved = err != nil || st.Dev != lv.dev || st.Ino != lv.ino
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Dev != parent.dev || st.Ino != parent.ino {
-		unix.Close(fd)
-		return
+	if moved {
+		a.moved[[2]uint64{lv.dev, lv.ino}] = rel
+		a.warnf(rel, "directory moved, renamed, removed or replaced while the backup read it; archived as far as it was read, under this name")
 	}
-	parent.fd = fd
 }
 
 // reopen opens the closed directory at depth (rel) again, by name from

@@ -264,16 +264,18 @@ func TestDeeperThanOpenDescriptors(t *testing.T) {
 // ".." no longer leads back) costs its parent nothing, and each ancestor
 // keeps its entries. Only a directory that is itself no longer where it
 // was has the rest of its entries reported instead of read from another.
+// The moved child is reported, archived under its old name, and not
+// again where it went.
 func TestMovedWhileClosed(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		swap   func(src string) error
-		warned string
+		warned []string
 		kept   bool
 	}{
 		{"child moved out", func(src string) error {
 			return os.Rename(filepath.Join(src, "p/a/b"), filepath.Join(src, "zz/b"))
-		}, "", true},
+		}, []string{"p/a/b: directory moved", `zz/b: is the directory archived as "p/a/b"`}, true},
 		{"parent replaced", func(src string) error {
 			if err := os.Rename(filepath.Join(src, "p/a/b"), filepath.Join(src, "zz/b")); err != nil {
 				return err
@@ -282,7 +284,8 @@ func TestMovedWhileClosed(t *testing.T) {
 				return err
 			}
 			return os.Mkdir(filepath.Join(src, "p/a"), 0o755)
-		}, "p/a: directory moved while the backup was inside it; its last 1 entries not archived", false},
+		}, []string{"p/a/b: directory moved", "p/a: directory moved while the backup was inside it; its last 1 entries not archived",
+			`zz/b: is the directory archived as "p/a/b"`}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := t.TempDir()
@@ -324,10 +327,16 @@ func TestMovedWhileClosed(t *testing.T) {
 				}
 				names = append(names, hdr.Name)
 			}
-			if want := tc.warned; (want == "" && len(warned) != 0) || (want != "" && (len(warned) != 1 || !strings.Contains(warned[0], want))) {
-				t.Errorf("warnings %q, want %q", warned, want)
+			if len(warned) != len(tc.warned) {
+				t.Errorf("warnings %q, want %q", warned, tc.warned)
 			}
-			if slices.Contains(names, "p/a/y-after") != tc.kept || !slices.Contains(names, "p/z-after") || !slices.Contains(names, "zz/other") {
+			for i := range min(len(warned), len(tc.warned)) {
+				if !strings.Contains(warned[i], tc.warned[i]) {
+					t.Errorf("warning %q, want %q", warned[i], tc.warned[i])
+				}
+			}
+			if slices.Contains(names, "p/a/y-after") != tc.kept || !slices.Contains(names, "p/z-after") || !slices.Contains(names, "zz/other") ||
+				!slices.Contains(names, "p/a/b/c/") || slices.Contains(names, "zz/b/") || slices.Contains(names, "zz/b/c/") {
 				t.Errorf("archived %q", names)
 			}
 		})
@@ -502,5 +511,54 @@ func TestHardlinkedFIFOTouchedMidWalk(t *testing.T) {
 			}
 			return
 		}
+	}
+}
+
+// With every directory's descriptor open (the window a helper has), a
+// directory moved while the walk is inside it is archived under the name
+// it had, reported, and not archived a second time where it went.
+func TestMovedDirectoryReported(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"a/b", "z"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"a/b/f", "a/y"} {
+		if err := os.WriteFile(filepath.Join(src, f), []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook := func(rel string) {
+		if rel == "a/b" {
+			if err := os.Rename(filepath.Join(src, "a/b"), filepath.Join(src, "z/b")); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	testAfterList.Store(&hook)
+	defer testAfterList.Store(nil)
+	var warned []string
+	data := new(bytes.Buffer)
+	if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 2 || !strings.HasPrefix(warned[0], "a/b: directory moved") || !strings.HasPrefix(warned[1], `z/b: is the directory archived as "a/b"`) {
+		t.Fatalf("warnings %q", warned)
+	}
+	var names []string
+	tr := tarOf(t, data.Bytes())
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, hdr.Name)
+	}
+	if want := []string{"./", "a/", "a/b/", "a/b/f", "a/y", "z/"}; !slices.Equal(names, want) {
+		t.Fatalf("archived %q, want %q", names, want)
 	}
 }

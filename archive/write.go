@@ -70,6 +70,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	a := &writer{
 		out:   fw,
 		links: map[[2]uint64]linked{},
+		moved: map[[2]uint64]string{},
 		warn:  opt.Warn,
 		skip:  opt.Skip,
 		index: ix != nil,
@@ -108,6 +109,9 @@ type writer struct {
 	// the root and at most window more open (and one being opened).
 	levels []level
 	window int
+	// moved: (dev, inode) of each directory found moved once archived,
+	// to the name it was archived under.
+	moved map[[2]uint64]string
 }
 
 // linked is the first name of an inode archived under several, its

@@ -68,20 +68,25 @@ const IndexPrefix = "index\t"
 // write to the attach stream per file would cost a frame and a wake-up
 // each); an event goes out at once, and takes what waited with it.
 type emitter struct {
-	mu  sync.Mutex
-	w   *bufio.Writer
-	enc *json.Encoder
+	mu sync.Mutex
+	w  *bufio.Writer
 }
 
 func newEmitter(w io.Writer) *emitter {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	return &emitter{w: bw, enc: json.NewEncoder(bw)}
+	return &emitter{w: bw}
 }
 
 func (e *emitter) emit(ev Event) {
+	line, _ := json.Marshal(ev)
+	line = append(line, '\n')
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.enc.Encode(ev)
+	// Like an index line, never split by a flush of what waited.
+	if e.w.Available() < len(line) {
+		e.w.Flush()
+	}
+	e.w.Write(line)
 	e.w.Flush()
 }
 

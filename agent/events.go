@@ -162,12 +162,17 @@ func (e *Events) Done() *Event {
 	// A last line cut short is said as it is (a crash's), but for an
 	// index line or an event: a helper killed while writing one said
 	// nothing more.
-	if l := e.line; len(l) > 0 && !bytes.HasPrefix(l, []byte(IndexPrefix)) && !bytes.HasPrefix([]byte(IndexPrefix), l) &&
-		!bytes.HasPrefix(l, []byte(`{"event":`)) {
+	if l := e.line; len(l) > 0 && !cutFrom(l, IndexPrefix) && !cutFrom(l, `{"event":`) {
 		e.handle(l)
 	}
 	e.line = nil
 	return e.done
+}
+
+// cutFrom says whether line is a line that starts with prefix, cut short
+// anywhere, even within prefix.
+func cutFrom(line []byte, prefix string) bool {
+	return bytes.HasPrefix(line, []byte(prefix)) || bytes.HasPrefix([]byte(prefix), line)
 }
 
 // Kind returns the kind of the helper's error event (KindCorrupt, …).

@@ -34,7 +34,7 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("error %q after success", ev.Err())
 	}
 
-	for _, cut := range []string{IndexPrefix + `{"path":"a/b/c","type":"fi`, "ind", `{"event":"progr`} {
+	for _, cut := range []string{IndexPrefix + `{"path":"a/b/c","type":"fi`, "ind", `{"event":"progr`, `{"ev`} {
 		killed := &Events{}
 		killed.Write([]byte(cut))
 		if killed.Done() != nil || killed.Err() != "" {
@@ -116,6 +116,7 @@ func TestIndexLinesFlushBetweenLines(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	em.emit(Event{Event: "warning", Path: strings.Repeat("w", 30000)})
 	em.emit(Event{Event: "done"})
 	if len(out) < 3 {
 		t.Fatalf("%d writes", len(out))

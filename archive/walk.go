@@ -54,6 +54,7 @@ type level struct {
 	name     string // in its parent
 	fd       int    // -1 while closed
 	dev, ino uint64
+	gone     bool // reported removed already
 }
 
 // testAfterList, if set, is called with a directory's rel once its names
@@ -72,7 +73,23 @@ func (a *writer) walkRoot(root string) error {
 		return fmt.Errorf("stat %s: %w", root, err)
 	}
 	a.window = openDirs()
+	defer func() {
+		for _, m := range a.moved {
+			unix.Close(m.fd)
+		}
+	}()
 	return a.dir(fd, &st, "", ".", a.headerOf(".", &st))
+}
+
+// maxMoved bounds the moved directories a walk keeps open (see leave).
+const maxMoved = 256
+
+// movedDir is a directory found moved once archived: the name it was
+// archived under, and its descriptor, held so that its inode number
+// cannot be freed and given to a directory made later.
+type movedDir struct {
+	rel string
+	fd  int
 }
 
 // headerOf starts the header of the entry rel from its stat.
@@ -147,7 +164,7 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 		}
 		if first, ok := a.moved[[2]uint64{st.Dev, st.Ino}]; ok {
 			unix.Close(fd)
-			a.warnf(rel, "is the directory archived as "+quoteName(first)+", moved here while the backup ran; not archived again")
+			a.warnf(rel, "is the directory archived as "+quoteName(first.rel)+", moved here while the backup ran; not archived again")
 			return nil
 		}
 		return a.dir(fd, &st, name, rel, a.headerOf(rel, &st))
@@ -190,14 +207,14 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 // dir archives the directory open as fd (st its stat), name in its
 // parent and rel in the tree, and what it holds; fd is the walk's from
 // then on, and closed by it.
-func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header) error {
+func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header) (err error) {
 	depth := len(a.levels)
 	a.levels = append(a.levels, level{name: name, fd: fd, dev: st.Dev, ino: st.Ino})
 	if far := depth - a.window; far >= 1 && a.levels[far].fd >= 0 { // the root stays open
 		unix.Close(a.levels[far].fd)
 		a.levels[far].fd = -1
 	}
-	defer a.leave(depth, rel)
+	defer func() { a.leave(depth, rel, err == nil) }()
 
 	hdr.Typeflag = tar.TypeDir
 	hdr.Name = rel + "/"
@@ -214,6 +231,7 @@ func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header)
 		// Removed while it was listed (its header is out already).
 		if rel != "." && errors.Is(err, unix.ENOENT) {
 			a.warnf(rel, "directory removed while the backup listed it; archived empty")
+			a.levels[depth].gone = true
 			return nil
 		}
 		return fmt.Errorf("read directory %s: %w", rel, err)
@@ -248,21 +266,27 @@ func (a *writer) dir(fd int, st *unix.Stat_t, name, rel string, hdr *tar.Header)
 	return nil
 }
 
-// leave ends the walk of the directory at depth, rel in the tree. If its
-// parent's descriptor was closed meanwhile, it opens it again through
-// "..", taking it only if it is the same directory (dev and inode); else
-// the parent stays closed, for reopen. A directory that is no longer at
-// its name (moved, renamed, removed, replaced) was archived as far as its
-// descriptor read it, under the name it had: that is reported, and the
-// walk will not archive it again where it went. Then it closes its own
-// descriptor.
-func (a *writer) leave(depth int, rel string) {
+// leave ends the walk of the directory at depth, rel in the tree (ok if
+// the walk of it did not fail). If its parent's descriptor was closed
+// meanwhile, it opens it again through "..", taking it only if it is the
+// same directory (dev and inode); else the parent stays closed, for
+// reopen. A directory that is no longer at its name (moved, renamed,
+// removed, replaced) was archived as far as its descriptor read it, under
+// the name it had: that is reported, and one moved (not removed) is kept,
+// open, so that the walk meeting it again where it went leaves it out.
+// Then it closes its own descriptor.
+func (a *writer) leave(depth int, rel string, ok bool) {
 	lv := a.levels[depth]
 	a.levels = a.levels[:depth]
 	if lv.fd < 0 {
 		return
 	}
-	defer unix.Close(lv.fd)
+	keep := false
+	defer func() {
+		if !keep {
+			unix.Close(lv.fd)
+		}
+	}()
 	if depth == 0 {
 		return
 	}
@@ -279,14 +303,34 @@ func (a *writer) leave(depth int, rel string) {
 			}
 		}
 	}
+	if !ok || lv.gone {
+		return
+	}
 	if parent.fd >= 0 && !moved {
 		var st unix.Stat_t
 		err := unix.Fstatat(parent.fd, lv.name, &st, unix.AT_SYMLINK_NOFOLLOW)
-		moved = err != nil || st.Dev != lv.dev || st.Ino != lv.ino
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+			moved = true
+		case err != nil: // not churn, and not for a warning to guess at
+		default:
+			moved = st.Dev != lv.dev || st.Ino != lv.ino
+		}
 	}
-	if moved {
-		a.moved[[2]uint64{lv.dev, lv.ino}] = rel
-		a.warnf(rel, "directory moved, renamed, removed or replaced while the backup read it; archived as far as it was read, under this name")
+	if !moved {
+		return
+	}
+	// Removed: its inode is freed once closed, and its number may go to
+	// a directory made later, which must not be taken for it.
+	var st unix.Stat_t
+	if err := unix.Fstat(lv.fd, &st); err == nil && st.Nlink == 0 {
+		a.warnf(rel, "directory removed while the backup read it; archived as far as it was read")
+		return
+	}
+	a.warnf(rel, "directory moved, renamed or replaced while the backup read it; archived as far as it was read, under this name")
+	if len(a.moved) < maxMoved {
+		a.moved[[2]uint64{lv.dev, lv.ino}] = movedDir{rel, lv.fd}
+		keep = true
 	}
 }
 

@@ -562,3 +562,53 @@ func TestMovedDirectoryReported(t *testing.T) {
 		t.Fatalf("archived %q, want %q", names, want)
 	}
 }
+
+// A directory removed while the walk is inside it is reported as removed
+// and not remembered as moved: its inode number, freed, may go to a
+// directory made later, which must be archived.
+func TestRemovedDirectoryNotTakenForMoved(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"a/x", "b", "c"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook := func(rel string) {
+		switch rel {
+		case "a/x":
+			if err := os.Remove(filepath.Join(src, "a/x")); err != nil {
+				t.Error(err)
+			}
+		case "b":
+			if err := os.Mkdir(filepath.Join(src, "c/n00"), 0o755); err != nil {
+				t.Error(err)
+			}
+			if err := os.WriteFile(filepath.Join(src, "c/n00/precious"), nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	testAfterList.Store(&hook)
+	defer testAfterList.Store(nil)
+	var warned []string
+	data := new(bytes.Buffer)
+	if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 1 || !strings.HasPrefix(warned[0], "a/x: directory removed while the backup read it") {
+		t.Fatalf("warnings %q", warned)
+	}
+	tr := tarOf(t, data.Bytes())
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			t.Fatal("c/n00/precious not archived")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name == "c/n00/precious" {
+			return
+		}
+	}
+}

@@ -70,7 +70,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	a := &writer{
 		out:   fw,
 		links: map[[2]uint64]linked{},
-		moved: map[[2]uint64]string{},
+		moved: map[[2]uint64]movedDir{},
 		warn:  opt.Warn,
 		skip:  opt.Skip,
 		index: ix != nil,
@@ -109,9 +109,9 @@ type writer struct {
 	// the root and at most window more open (and one being opened).
 	levels []level
 	window int
-	// moved: (dev, inode) of each directory found moved once archived,
-	// to the name it was archived under.
-	moved map[[2]uint64]string
+	// moved: (dev, inode) of each directory found moved once archived
+	// (at most maxMoved).
+	moved map[[2]uint64]movedDir
 }
 
 // linked is the first name of an inode archived under several, its
@@ -126,10 +126,11 @@ type linked struct {
 // under the first: for a regular file, by ctime (written, touched,
 // chmod'ed or linked since, it changed) and, where ctime is coarse, mtime
 // and size too; an inode number freed and given to a new file fails it
-// as well. Anything else has no content to go stale, only its mode and
-// owner, which a link shares with its first name.
+// as well. Anything else has no content to go stale (a FIFO written to
+// has a new mtime and ctime, and is the one inode still): its type,
+// device, mode and owner must match.
 func (l linked) same(st *unix.Stat_t) bool {
-	if st.Mode&unix.S_IFMT != l.st.Mode&unix.S_IFMT {
+	if st.Mode != l.st.Mode || st.Uid != l.st.Uid || st.Gid != l.st.Gid || st.Rdev != l.st.Rdev {
 		return false
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {

@@ -306,6 +306,7 @@ func (a *writer) leave(depth int, rel string, ok bool) {
 	if !ok || lv.gone {
 		return
 	}
+	replaced := false // something else is at its name now
 	if parent.fd >= 0 && !moved {
 		var st unix.Stat_t
 		err := unix.Fstatat(parent.fd, lv.name, &st, unix.AT_SYMLINK_NOFOLLOW)
@@ -315,6 +316,7 @@ func (a *writer) leave(depth int, rel string, ok bool) {
 		case err != nil: // not churn, and not for a warning to guess at
 		default:
 			moved = st.Dev != lv.dev || st.Ino != lv.ino
+			replaced = moved
 		}
 	}
 	if !moved {
@@ -327,7 +329,11 @@ func (a *writer) leave(depth int, rel string, ok bool) {
 		a.warnf(rel, "directory removed while the backup read it; archived as far as it was read")
 		return
 	}
-	a.warnf(rel, "directory moved, renamed or replaced while the backup read it; archived as far as it was read, under this name")
+	if replaced {
+		a.warnf(rel, "directory moved or renamed while the backup read it, and something else put at its name, which is not archived; the directory is archived as far as it was read, under this name")
+	} else {
+		a.warnf(rel, "directory moved or renamed while the backup read it; archived as far as it was read, under this name")
+	}
 	if len(a.moved) < maxMoved {
 		a.moved[[2]uint64{lv.dev, lv.ino}] = movedDir{rel, lv.fd}
 		keep = true

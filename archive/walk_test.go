@@ -612,3 +612,32 @@ func TestRemovedDirectoryNotTakenForMoved(t *testing.T) {
 		}
 	}
 }
+
+// Two directories swapped while the walk is inside one of them: it is
+// archived under its old name, the warning says something else is at
+// that name now and was not archived, and where it went it is left out.
+func TestSwappedDirectoriesReported(t *testing.T) {
+	src := t.TempDir()
+	for _, d := range []string{"k/in-k", "t/in-t"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hook := func(rel string) {
+		if rel == "k" {
+			if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(src, "k"), unix.AT_FDCWD, filepath.Join(src, "t"), unix.RENAME_EXCHANGE); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	testAfterList.Store(&hook)
+	defer testAfterList.Store(nil)
+	var warned []string
+	if _, err := Write(src, io.Discard, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
+		t.Fatal(err)
+	}
+	if len(warned) != 2 || !strings.Contains(warned[0], "k: directory moved or renamed while the backup read it, and something else put at its name, which is not archived") ||
+		!strings.HasPrefix(warned[1], `t: is the directory archived as "k"`) {
+		t.Fatalf("warnings %q", warned)
+	}
+}

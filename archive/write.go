@@ -375,8 +375,12 @@ func (a *writer) changed(fd int, before *unix.Stat_t, rel string) {
 	switch {
 	case now.Size > before.Size:
 		a.warnf(rel, fmt.Sprintf("grew while read; archived its first %d bytes", before.Size))
-	case now.Mtim != before.Mtim || now.Ctim != before.Ctim:
+	case now.Mtim != before.Mtim || now.Size != before.Size:
 		a.warnf(rel, "changed while read; the archived copy may mix old and new content (stop what writes to it for a consistent copy)")
+	case now.Ctim != before.Ctim:
+		// A write that put its mtime back, or only a rename, a link or a
+		// chmod: ctime cannot tell which.
+		a.warnf(rel, "its ctime moved while it was read (renamed, linked, chmod'ed, or written with its mtime put back); if written, the archived copy may mix old and new content")
 	}
 }
 

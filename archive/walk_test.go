@@ -78,27 +78,7 @@ func TestPathPastPathMax(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(src, "kept"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := strings.Repeat("n", 250)
-	for range 17 { // 17 x 251 bytes > 4095
-		if err := unix.Mkdirat(fd, name, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		unix.Close(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fd = next
-	}
-	if err := unix.Mkdirat(fd, "leaf", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	unix.Close(fd)
-	t.Cleanup(func() { removeDeep(t, src, name) })
+	deepChain(t, src, 17, "leaf") // 17 x 251 bytes > 4095
 
 	var buf bytes.Buffer
 	var warned []string
@@ -112,20 +92,42 @@ func TestPathPastPathMax(t *testing.T) {
 	// Scanned rather than restored: whether a restore fits a name in
 	// PATH_MAX depends on how long the target's own path is.
 	longest, kept := 0, false
-	tr := tarOf(t, buf.Bytes())
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		longest = max(longest, len(hdr.Name))
-		kept = kept || hdr.Name == "kept"
+	for _, name := range archivedNames(t, buf.Bytes()) {
+		longest = max(longest, len(name))
+		kept = kept || name == "kept"
 	}
 	if !kept || longest > maxArchivedPath || longest < maxArchivedPath-251 {
 		t.Fatalf("kept %v; longest name %d bytes, want within a component of %d", kept, longest, maxArchivedPath)
+	}
+}
+
+// deepChain makes n directories of 250-byte names one in the other under
+// dir, by descriptor (their paths pass PATH_MAX), with leaf, if not "",
+// in the last; they are removed after the test.
+func deepChain(t *testing.T, dir string, n int, leaf string) {
+	t.Helper()
+	name := strings.Repeat("n", 250)
+	t.Cleanup(func() { removeDeep(t, dir, name) })
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { unix.Close(fd) }()
+	for range n {
+		if err := unix.Mkdirat(fd, name, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	if leaf != "" {
+		if err := unix.Mkdirat(fd, leaf, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
@@ -289,16 +291,8 @@ func TestMovedWhileClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := t.TempDir()
-			for _, d := range []string{"p/a/b/c", "zz"} {
-				if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, f := range []string{"p/a/y-after", "p/z-after", "zz/other"} {
-				if err := os.WriteFile(filepath.Join(src, f), nil, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			mkdirs(t, src, "p/a/b/c", "zz")
+			mkfiles(t, src, "p/a/y-after", "p/z-after", "zz/other")
 			defer func(n int) { maxOpenDirs = n }(maxOpenDirs)
 			maxOpenDirs = 1 // entering p/a closes p, p/a/b closes p/a
 			hook := func(rel string) {
@@ -308,25 +302,8 @@ func TestMovedWhileClosed(t *testing.T) {
 					}
 				}
 			}
-			testAfterList.Store(&hook)
-			defer testAfterList.Store(nil)
-			var warned []string
-			data := new(bytes.Buffer)
-			if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
-				t.Fatal(err)
-			}
-			var names []string
-			tr := tarOf(t, data.Bytes())
-			for {
-				hdr, err := tr.Next()
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				names = append(names, hdr.Name)
-			}
+			data, warned := walkWith(t, src, hook)
+			names := archivedNames(t, data)
 			if len(warned) != len(tc.warned) {
 				t.Errorf("warnings %q, want %q", warned, tc.warned)
 			}
@@ -348,24 +325,7 @@ func TestMovedWhileClosed(t *testing.T) {
 // "corrupt".
 func TestRestoreTargetTooDeep(t *testing.T) {
 	src := t.TempDir()
-	fd, err := unix.Open(src, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := strings.Repeat("n", 250)
-	for range 16 { // 16 x 251 - 1 = 4015 bytes: archived
-		if err := unix.Mkdirat(fd, name, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		unix.Close(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fd = next
-	}
-	unix.Close(fd)
-	t.Cleanup(func() { removeDeep(t, src, name) })
+	deepChain(t, src, 16, "") // 16 x 251 - 1 = 4015 bytes: archived
 	data, st := archiveTree(t, src)
 	if st.Warnings != 0 {
 		t.Fatalf("%d warnings", st.Warnings)
@@ -374,7 +334,7 @@ func TestRestoreTargetTooDeep(t *testing.T) {
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	_, err = Extract(bytes.NewReader(data), dst, ExtractOptions{})
+	_, err := Extract(bytes.NewReader(data), dst, ExtractOptions{})
 	if err == nil || errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "shorter path") || len(err.Error()) > 600 {
 		t.Fatalf("got %v", err)
 	}
@@ -404,18 +364,12 @@ func TestHardlinkChangedMidWalk(t *testing.T) {
 			}
 		}
 	}
-	testAfterList.Store(&hook)
-	defer testAfterList.Store(nil)
-	var warned []string
-	data := new(bytes.Buffer)
-	if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
-		t.Fatal(err)
-	}
+	data, warned := walkWith(t, src, hook)
 	if len(warned) != 1 || !strings.Contains(warned[0], `c/h2: changed since "a/h1"`) {
 		t.Fatalf("warnings %q", warned)
 	}
 	dst := t.TempDir()
-	if _, err := Extract(bytes.NewReader(data.Bytes()), dst, ExtractOptions{}); err != nil {
+	if _, err := Extract(bytes.NewReader(data), dst, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for f, want := range map[string]string{"a/h1": "old", "c/h2": "new"} {
@@ -496,15 +450,7 @@ func TestHardlinkedFIFOTouchedMidWalk(t *testing.T) {
 	if st.Warnings != 0 {
 		t.Fatalf("%d warnings", st.Warnings)
 	}
-	tr := tarOf(t, data)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			t.Fatal("no c/f2")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, hdr := range archivedHeaders(t, data) {
 		if hdr.Name == "c/f2" {
 			if hdr.Typeflag != tar.TypeLink || !hdr.ModTime.Equal(old) {
 				t.Fatalf("c/f2: type %q mtime %v, want a link with a/f1's %v", hdr.Typeflag, hdr.ModTime, old)
@@ -512,6 +458,7 @@ func TestHardlinkedFIFOTouchedMidWalk(t *testing.T) {
 			return
 		}
 	}
+	t.Fatal("no c/f2")
 }
 
 // With every directory's descriptor open (the window a helper has), a
@@ -519,16 +466,8 @@ func TestHardlinkedFIFOTouchedMidWalk(t *testing.T) {
 // it had, reported, and not archived a second time where it went.
 func TestMovedDirectoryReported(t *testing.T) {
 	src := t.TempDir()
-	for _, d := range []string{"a/b", "z"} {
-		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, f := range []string{"a/b/f", "a/y"} {
-		if err := os.WriteFile(filepath.Join(src, f), []byte(f), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkdirs(t, src, "a/b", "z")
+	mkfiles(t, src, "a/b/f", "a/y")
 	hook := func(rel string) {
 		if rel == "a/b" {
 			if err := os.Rename(filepath.Join(src, "a/b"), filepath.Join(src, "z/b")); err != nil {
@@ -536,28 +475,11 @@ func TestMovedDirectoryReported(t *testing.T) {
 			}
 		}
 	}
-	testAfterList.Store(&hook)
-	defer testAfterList.Store(nil)
-	var warned []string
-	data := new(bytes.Buffer)
-	if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
-		t.Fatal(err)
-	}
+	data, warned := walkWith(t, src, hook)
 	if len(warned) != 2 || !strings.HasPrefix(warned[0], "a/b: directory moved") || !strings.HasPrefix(warned[1], `z/b: is the directory archived as "a/b"`) {
 		t.Fatalf("warnings %q", warned)
 	}
-	var names []string
-	tr := tarOf(t, data.Bytes())
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, hdr.Name)
-	}
+	names := archivedNames(t, data)
 	if want := []string{"./", "a/", "a/b/", "a/b/f", "a/y", "z/"}; !slices.Equal(names, want) {
 		t.Fatalf("archived %q, want %q", names, want)
 	}
@@ -568,11 +490,7 @@ func TestMovedDirectoryReported(t *testing.T) {
 // directory made later, which must be archived.
 func TestRemovedDirectoryNotTakenForMoved(t *testing.T) {
 	src := t.TempDir()
-	for _, d := range []string{"a/x", "b", "c"} {
-		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkdirs(t, src, "a/x", "b", "c")
 	hook := func(rel string) {
 		switch rel {
 		case "a/x":
@@ -588,28 +506,12 @@ func TestRemovedDirectoryNotTakenForMoved(t *testing.T) {
 			}
 		}
 	}
-	testAfterList.Store(&hook)
-	defer testAfterList.Store(nil)
-	var warned []string
-	data := new(bytes.Buffer)
-	if _, err := Write(src, data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
-		t.Fatal(err)
-	}
+	data, warned := walkWith(t, src, hook)
 	if len(warned) != 1 || !strings.HasPrefix(warned[0], "a/x: directory removed while the backup read it") {
 		t.Fatalf("warnings %q", warned)
 	}
-	tr := tarOf(t, data.Bytes())
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			t.Fatal("c/n00/precious not archived")
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Name == "c/n00/precious" {
-			return
-		}
+	if !slices.Contains(archivedNames(t, data), "c/n00/precious") {
+		t.Fatal("c/n00/precious not archived")
 	}
 }
 
@@ -618,11 +520,7 @@ func TestRemovedDirectoryNotTakenForMoved(t *testing.T) {
 // that name now and was not archived, and where it went it is left out.
 func TestSwappedDirectoriesReported(t *testing.T) {
 	src := t.TempDir()
-	for _, d := range []string{"k/in-k", "t/in-t"} {
-		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkdirs(t, src, "k/in-k", "t/in-t")
 	hook := func(rel string) {
 		if rel == "k" {
 			if err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(src, "k"), unix.AT_FDCWD, filepath.Join(src, "t"), unix.RENAME_EXCHANGE); err != nil {
@@ -639,5 +537,66 @@ func TestSwappedDirectoriesReported(t *testing.T) {
 	if len(warned) != 2 || !strings.Contains(warned[0], "k: directory moved or renamed while the backup read it, and something else put at its name, which is not archived") ||
 		!strings.HasPrefix(warned[1], `t: is the directory archived as "k"`) {
 		t.Fatalf("warnings %q", warned)
+	}
+}
+
+// walkWith archives src with hook called after each directory is listed,
+// and returns the archive and its warnings ("path: message").
+func walkWith(t *testing.T, src string, hook func(rel string)) ([]byte, []string) {
+	t.Helper()
+	testAfterList.Store(&hook)
+	defer testAfterList.Store(nil)
+	var warned []string
+	var data bytes.Buffer
+	if _, err := Write(src, &data, WriteOptions{Warn: func(p, m string) { warned = append(warned, p+": "+m) }}); err != nil {
+		t.Fatal(err)
+	}
+	return data.Bytes(), warned
+}
+
+// archivedHeaders lists the entries of an archive, in order.
+func archivedHeaders(t *testing.T, data []byte) []*tar.Header {
+	t.Helper()
+	var hdrs []*tar.Header
+	tr := tarOf(t, data)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return hdrs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		hdrs = append(hdrs, hdr)
+	}
+}
+
+// archivedNames lists the names of an archive's entries, in order.
+func archivedNames(t *testing.T, data []byte) []string {
+	t.Helper()
+	var names []string
+	for _, hdr := range archivedHeaders(t, data) {
+		names = append(names, hdr.Name)
+	}
+	return names
+}
+
+// mkdirs makes each directory under root, with its parents.
+func mkdirs(t *testing.T, root string, dirs ...string) {
+	t.Helper()
+	for _, d := range dirs {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// mkfiles makes each file under root, its name its content.
+func mkfiles(t *testing.T, root string, files ...string) {
+	t.Helper()
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(root, f), []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -28,11 +28,11 @@ import (
 const maxArchivedPath = maxName - 64
 
 // maxOpenDirs, if not 0, bounds the directory descriptors a walk holds
-// besides the root's (a test sets it); else openDirs does. One per level the walk is inside
-// of would run a tree 2,000 levels deep (what PATH_MAX allows) into a
-// 1024-descriptor limit; past the bound, the far ancestors are closed,
-// and opened again on the way back up, each checked to be the directory
-// the walk was in.
+// besides the root's (a test sets it); else openDirs does. One per level
+// the walk is inside of would run a tree 2,000 levels deep (what PATH_MAX
+// allows) into a 1024-descriptor limit; past the bound, the far ancestors
+// are closed, and opened again on the way back up, each checked to be the
+// directory the walk was in.
 var maxOpenDirs = 0
 
 // openDirs is half the open-files limit, within [16, 4096]: where the
@@ -123,10 +123,10 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	// Every inode but a directory can have several names, a FIFO, a
 	// symlink or a device node as well as a file: later names become
 	// hardlinks to the first, or a restore would split them apart. Only
-	// while its ctime stays what it was when the first name was archived:
-	// an inode changed since (written, touched, chmod'ed) would be linked
-	// to content and times the archive does not hold for it, and an inode
-	// number freed and given to a new file would link it to the old one.
+	// while it is the inode archived under the first (linked.same): one
+	// changed since would be linked to content and times the archive does
+	// not hold for it, and an inode number freed and given to a new file
+	// would link it to the old one.
 	if st.Nlink > 1 && !isDir {
 		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
 			if first.same(&st) {

@@ -78,13 +78,7 @@ func Write(root string, w io.Writer, opt WriteOptions) (Stats, error) {
 	if a.warn == nil {
 		a.warn = func(string, string) {}
 	}
-	// The walk goes from this descriptor down, each entry looked up by
-	// name in its directory's descriptor, never by a path from root: a
-	// directory on the way that is swapped for a symlink while the walk
-	// is inside it cannot lead it anywhere else (the backup helper's own
-	// image, /proc), and no lookup starts at "/" (on fuse-overlayfs each
-	// one was a round trip to the FUSE daemon).
-	err = a.walkRoot(root)
+	err = a.walkRoot(root) // by descriptors: walk.go
 	if err == nil {
 		_, err = fw.Write(zeros[:1024]) // the tar's end: two zero blocks
 	}
@@ -242,7 +236,7 @@ func (a *writer) openFile(dirFd int, name, rel string, walked *unix.Stat_t) (int
 	}
 }
 
-// dataSegments maps where f holds data, as [offset, length] pairs, ending
+// dataSegments maps where the file fd holds data, as [offset, length] pairs, ending
 // with a zero-length entry at size when the file ends in a hole (as GNU tar
 // writes it). It returns nil when the file has no holes or the filesystem
 // cannot say.

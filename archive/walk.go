@@ -81,9 +81,6 @@ func (a *writer) walkRoot(root string) error {
 	return a.dir(fd, &st, "", ".", a.headerOf(".", &st))
 }
 
-// maxMoved bounds the moved directories a walk keeps open (see leave).
-const maxMoved = 256
-
 // movedDir is a directory found moved once archived: the name it was
 // archived under, and its descriptor, held so that its inode number
 // cannot be freed and given to a directory made later.
@@ -128,21 +125,17 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	// not hold for it, and an inode number freed and given to a new file
 	// would link it to the old one.
 	if st.Nlink > 1 && !isDir {
-		if first, ok := a.links[[2]uint64{st.Dev, st.Ino}]; ok {
-			if first.same(&st) {
-				// The link's header says what a restore gives it: its
-				// first name's metadata (a FIFO written to since has a
-				// newer mtime, but is the one inode).
-				hdr.Typeflag = tar.TypeLink
-				hdr.Linkname = first.name
-				hdr.Mode, hdr.Uid, hdr.Gid, hdr.ModTime = first.hdr.Mode, first.hdr.Uid, first.hdr.Gid, first.hdr.ModTime
-				if err := a.header(hdr); err != nil {
-					return err
-				}
-				a.indexed(rel, hdr)
-				return nil
+		if first, ok := a.linkOf(dirFd, name, rel, &st); ok {
+			// The link's header says what a restore gives it: its first
+			// name's metadata.
+			hdr.Typeflag = tar.TypeLink
+			hdr.Linkname = first.name
+			hdr.Mode, hdr.Uid, hdr.Gid, hdr.ModTime = first.hdr.Mode, first.hdr.Uid, first.hdr.Gid, first.hdr.ModTime
+			if err := a.header(hdr); err != nil {
+				return err
 			}
-			a.warnf(rel, "changed since "+quoteName(first.name)+", another name of it, was archived; archived apart (a restore makes two files of them)")
+			a.indexed(rel, hdr)
+			return nil
 		}
 	}
 	switch st.Mode & unix.S_IFMT {
@@ -202,6 +195,26 @@ func (a *writer) walk(dirFd int, name, rel string) error {
 	// Not opened: a FIFO's open waits for a writer, a device's has effects.
 	a.xattrs(hdr, func() (map[string]string, error) { return xattrsAt(dirFd, name) })
 	return a.first(hdr, &st)
+}
+
+// linkOf returns the first name of the inode that the entry name of
+// dirFd (rel, st its stat) is another name of, if one was archived and
+// it is still that inode; one that is not is reported.
+func (a *writer) linkOf(dirFd int, name, rel string, st *unix.Stat_t) (linked, bool) {
+	first, ok := a.links[[2]uint64{st.Dev, st.Ino}]
+	if !ok {
+		return linked{}, false
+	}
+	same := first.same(st)
+	if same && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		// A symlink's content is its target.
+		target, err := readlinkat(dirFd, name)
+		same = err == nil && target == first.hdr.Linkname
+	}
+	if !same {
+		a.warnf(rel, "changed since "+quoteName(first.name)+", another name of it, was archived, or is another inode with its number; archived apart (a restore makes two of them)")
+	}
+	return first, same
 }
 
 // dir archives the directory open as fd (st its stat), name in its
@@ -334,10 +347,13 @@ func (a *writer) leave(depth int, rel string, ok bool) {
 	} else {
 		a.warnf(rel, "directory moved or renamed while the backup read it; archived as far as it was read, under this name")
 	}
-	if len(a.moved) < maxMoved {
-		a.moved[[2]uint64{lv.dev, lv.ino}] = movedDir{rel, lv.fd}
-		keep = true
+	// As many as the levels may hold open: within the open-files limit.
+	if len(a.moved) >= a.window {
+		a.warnf(rel, fmt.Sprintf("more than %d directories moved while the backup ran: where this one went, it may be archived again", a.window))
+		return
 	}
+	a.moved[[2]uint64{lv.dev, lv.ino}] = movedDir{rel, lv.fd}
+	keep = true
 }
 
 // reopen opens the closed directory at depth (rel) again, by name from

@@ -104,7 +104,7 @@ type writer struct {
 	levels []level
 	window int
 	// moved: (dev, inode) of each directory found moved once archived
-	// (at most maxMoved).
+	// (at most window of them).
 	moved map[[2]uint64]movedDir
 }
 
@@ -117,20 +117,15 @@ type linked struct {
 }
 
 // same says whether st, a later name's, is still the inode archived
-// under the first: for a regular file, by ctime (written, touched,
-// chmod'ed or linked since, it changed) and, where ctime is coarse, mtime
-// and size too; an inode number freed and given to a new file fails it
-// as well. Anything else has no content to go stale (a FIFO written to
-// has a new mtime and ctime, and is the one inode still): its type,
-// device, mode and owner must match.
+// under the first, by ctime (written, touched, chmod'ed, linked since, it
+// moved) and, where ctime is coarse, type, owner, device, mtime and size
+// too: an inode number freed and given to a new file or symlink fails it
+// (a symlink's target is compared by the caller). A FIFO written to
+// between its names fails it too, and is archived apart: never two
+// inodes made one.
 func (l linked) same(st *unix.Stat_t) bool {
-	if st.Mode != l.st.Mode || st.Uid != l.st.Uid || st.Gid != l.st.Gid || st.Rdev != l.st.Rdev {
-		return false
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return true
-	}
-	return st.Ctim == l.st.Ctim && st.Mtim == l.st.Mtim && st.Size == l.st.Size
+	return st.Ctim == l.st.Ctim && st.Mtim == l.st.Mtim && st.Size == l.st.Size &&
+		st.Mode == l.st.Mode && st.Uid == l.st.Uid && st.Gid == l.st.Gid && st.Rdev == l.st.Rdev
 }
 
 // first writes the header of an entry without data, and makes it the name

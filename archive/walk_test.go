@@ -165,11 +165,7 @@ func TestXattrsAt(t *testing.T) {
 	if err := unix.Lsetxattr(filepath.Join(dir, "l"), "trusted.volbak", []byte(big), 0); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
+	fd := dirFdOf(t, dir)
 	defer noXattrAt.Store(false)
 	for _, fallback := range []bool{false, true} {
 		noXattrAt.Store(fallback)
@@ -399,11 +395,7 @@ func TestOpenFileSwapped(t *testing.T) {
 	if err := unix.Bind(sock, &unix.SockaddrUnix{Name: filepath.Join(dir, "s")}); err != nil {
 		t.Fatal(err)
 	}
-	dirFd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(dirFd)
+	dirFd := dirFdOf(t, dir)
 	var warned []string
 	a := &writer{warn: func(p, m string) { warned = append(warned, p+": "+m) }}
 	if fd, err := a.openFile(dirFd, "s", "s", &walked); fd != -1 || err != nil || len(warned) != 1 {
@@ -458,11 +450,7 @@ func TestSymlinkReusingAnInodeNumber(t *testing.T) {
 	if err := unix.Lstat(filepath.Join(dir, "B"), &st); err != nil {
 		t.Fatal(err)
 	}
-	dirFd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(dirFd)
+	dirFd := dirFdOf(t, dir)
 	var warned []string
 	a := &writer{
 		warn: func(p, m string) { warned = append(warned, p+": "+m) },
@@ -642,4 +630,15 @@ func TestMovedPastTheBound(t *testing.T) {
 			t.Fatalf("warnings %q, want %q", warned, want)
 		}
 	}
+}
+
+// dirFdOf opens dir for the *at calls of a test, closed after it.
+func dirFdOf(t *testing.T, dir string) int {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
 }
